@@ -1,0 +1,43 @@
+# The commands a newcomer types. `make run` and `make test` set everything up from the project's
+# own files first (a .venv installed with pinned constraints), so both work on a fresh clone.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export DO_NOT_TRACK ?= 1
+
+.PHONY: install system-deps run test test-fast lint bench ui clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e ".[prod,dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install bitune with pinned dependencies
+
+system-deps:  ## Debian packages the tests need (PostgreSQL 15, Chromium); no-op when present
+	bash scripts/install-system-deps.sh
+
+run: install  ## the main job: the retrain flow on params/default.yaml
+	$(VENV)/bin/bitune run
+
+test: install system-deps  ## the whole test suite
+	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+test-fast: install  ## unit tests only (no servers, no browser)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow and not production and not browser"
+
+lint: install
+	$(VENV)/bin/ruff check bitune flows tasks tests bench
+	$(VENV)/bin/mypy
+
+bench: install  ## strategies benchmark on SST-2 (needs ../shared/data)
+	HF_HUB_OFFLINE=1 $(PY) bench/strategies.py --data ../shared/data/sst2 --n-train 2000 --out bench/results/strategies.json
+
+ui: install  ## MLflow UI on the project's store
+	$(VENV)/bin/bitune ui
+
+clean:
+	rm -rf .bitune mlflow.db mlartifacts .dvc-storage

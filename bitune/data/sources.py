@@ -1,0 +1,328 @@
+"""Where data comes from: read `data.source` into frames, and write it into data/ for DVC to version.
+
+Every source ends as frames with exactly the columns `text` and `label` (label as str) plus the
+exact file bytes to put in data/. A local file keeps its original bytes and name, so checking out
+a data version gives back what the user supplied, byte for byte; reading data/ again (source
+'data') gives the same frames as the original source did.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bitune.data.demo import make_demo_frame
+from bitune.errors import DataError
+from bitune.params import DataParams
+
+SPLIT_NAMES = {
+    "train": "train",
+    "validation": "validation",
+    "valid": "validation",
+    "dev": "validation",
+    "val": "validation",
+    "test": "test",
+}
+EXTENSIONS = (".csv", ".tsv", ".parquet", ".jsonl")
+KEPT_IN_DATA_DIR = (".gitignore",)
+
+
+@dataclass(frozen=True)
+class RawData:
+    """Frames keyed 'train'/'validation'/'test' (pre-split source) or 'all'; files: data/ contents."""
+
+    frames: dict[str, pd.DataFrame]
+    files: dict[str, bytes]
+
+
+def read_source(data: DataParams, data_dir: Path) -> RawData:
+    """Read `data.source`: 'demo', a file, a folder of split files, 'hf:<id>[:<config>]' or 'data'."""
+    if data.text_column == data.label_column:
+        raise DataError(
+            f"data.text_column and data.label_column are both {data.text_column!r}; "
+            "set them to two different columns"
+        )
+    source = data.source.strip()
+    if source == "demo":
+        frame = make_demo_frame(data.demo_rows, data.split.seed)
+        return RawData({"all": frame}, {"demo.csv": frame.to_csv(index=False).encode("utf-8")})
+    if source.startswith("hf:"):
+        return _read_hf(source.removeprefix("hf:"), data)
+    if source == "data":
+        if not data_dir.is_dir() or not _data_files(data_dir):
+            raise DataError(
+                f"data.source is 'data' but {data_dir}/ holds no data files; run once with "
+                "data.source=demo or a file, or `dvc pull` the data version"
+            )
+        return _read_folder(data_dir, data)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return _read_folder(path, data)
+    if not path.is_file():
+        raise DataError(
+            f"data.source {source!r}: file not found (looked at {path.resolve()}); give an "
+            "existing file or folder, 'demo', 'hf:<dataset id>' or 'data'"
+        )
+    raw = path.read_bytes()
+    return RawData({"all": _parse(path.name, raw, data)}, {path.name: raw})
+
+
+def materialise(raw: RawData, data_dir: Path) -> list[Path]:
+    """Make data_dir hold exactly raw.files (plus its .gitignore); on any failure it is left as it was.
+
+    Files go to a temporary sibling folder first, which then takes data_dir's place by rename, so a
+    crash never leaves data/ half written for DVC to snapshot.
+    """
+    for name in raw.files:
+        if Path(name).is_absolute() or ".." in Path(name).parts or name in KEPT_IN_DATA_DIR:
+            raise DataError(f"cannot write {name!r} into {data_dir}/: use a plain relative file name")
+    if data_dir.exists() and not data_dir.is_dir():
+        raise DataError(f"{data_dir} is a file, not a folder; move it away or set data.dir elsewhere")
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{data_dir.name}.new-", dir=data_dir.parent))
+    old = data_dir.parent / f".{data_dir.name}.old-{staging.name.rsplit('-', 1)[-1]}"
+    try:
+        for name, content in raw.files.items():
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            (staging / name).write_bytes(content)
+        for name in KEPT_IN_DATA_DIR:
+            if (data_dir / name).is_file():
+                shutil.copy2(data_dir / name, staging / name)
+        if data_dir.exists():
+            os.rename(data_dir, old)
+        try:
+            os.rename(staging, data_dir)
+        except OSError:
+            if old.exists():
+                os.rename(old, data_dir)
+            raise
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise DataError(
+            f"cannot write {data_dir}/ ({exc.strerror or exc}); check permissions and free disk "
+            "space, it was left unchanged"
+        ) from exc
+    shutil.rmtree(old, ignore_errors=True)
+    return sorted(data_dir / name for name in raw.files)
+
+
+def _data_files(folder: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.suffix.lower() in EXTENSIONS and not p.name.startswith(".")
+    )
+
+
+def _read_folder(folder: Path, data: DataParams) -> RawData:
+    """Split files (train.* with validation|dev|val.* and/or test.*), or a folder holding one data file."""
+    files = _data_files(folder)
+    if not files:
+        others = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+        found = f" (found: {', '.join(others[:5])})" if others else ""
+        raise DataError(
+            f"{folder}/: no data file ({', '.join(EXTENSIONS)}){found}; add one or point "
+            "data.source at a file"
+        )
+    if len(files) == 1:  # a lone train.* too: a single file is split like any other
+        raw = files[0].read_bytes()
+        return RawData({"all": _parse(files[0].name, raw, data)}, {files[0].name: raw})
+    by_split: dict[str, Path] = {}
+    for path in files:
+        split = SPLIT_NAMES.get(path.stem.lower())
+        if split is None:
+            raise DataError(
+                f"{folder}/{path.name}: several data files but this one is not a split file; "
+                "name them train.*, validation.* (or dev.*/val.*) and test.*, or keep one file"
+            )
+        if split in by_split:
+            raise DataError(
+                f"{folder}/: both {by_split[split].name} and {path.name} are the {split} split; keep one"
+            )
+        by_split[split] = path
+    if "train" not in by_split:
+        raise DataError(
+            f"{folder}/: split files {', '.join(p.name for p in files)} but no train.*; "
+            "add train.csv (or .tsv/.parquet/.jsonl)"
+        )
+    raws = {split: path.read_bytes() for split, path in by_split.items()}
+    return RawData(
+        {split: _parse(by_split[split].name, raw, data) for split, raw in raws.items()},
+        {by_split[split].name: raw for split, raw in raws.items()},
+    )
+
+
+def _parse(name: str, raw: bytes, data: DataParams) -> pd.DataFrame:
+    """File bytes -> frame with `text` and `label`; every failure is a DataError naming the file."""
+    suffix = Path(name).suffix.lower()
+    reader = READERS.get(suffix)
+    if reader is None:
+        raise DataError(
+            f"{name}: unsupported extension {suffix or '(none)'!r}; use one of {', '.join(EXTENSIONS)}"
+        )
+    if not raw.strip():
+        raise DataError(f"{name}: empty file; it needs a header row and data rows")
+    frame = reader(name, raw)
+    return _select(name, frame, data)
+
+
+def _decode(name: str, raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(
+            f"{name}: not UTF-8 (byte 0x{raw[exc.start]:02x} on line {line}); re-encode it, "
+            f"e.g. `iconv -f latin1 -t utf-8 {name} > utf8-{name}`"
+        ) from None
+
+
+def _read_delimited(name: str, raw: bytes, sep: str, quoting: int) -> pd.DataFrame:
+    kind = "TSV" if sep == "\t" else "CSV"
+    try:
+        # dtype=str and no NA parsing: a review reading "NA" or "null" stays text, labels stay as written
+        return pd.read_csv(
+            io.StringIO(_decode(name, raw)), sep=sep, quoting=quoting, dtype=str, keep_default_na=False
+        )
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
+        detail = " ".join(str(exc).split())
+        raise DataError(
+            f"{name}: cannot parse as {kind} ({detail}); check the quoting and the delimiter"
+        ) from None
+
+
+def _read_csv(name: str, raw: bytes) -> pd.DataFrame:
+    return _read_delimited(name, raw, ",", 0)
+
+
+def _read_tsv(name: str, raw: bytes) -> pd.DataFrame:
+    return _read_delimited(name, raw, "\t", 3)  # quoting=3 (QUOTE_NONE), as GLUE's TSVs need
+
+
+def _read_jsonl(name: str, raw: bytes) -> pd.DataFrame:
+    records: list[dict[str, Any]] = []
+    for number, line in enumerate(_decode(name, raw).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(
+                f"{name} line {number}: not valid JSON ({exc.msg}); each line must be one JSON object"
+            ) from None
+        if not isinstance(record, dict):
+            raise DataError(
+                f"{name} line {number}: a JSON {type(record).__name__}, not an object; each line "
+                'must look like {"text": ..., "label": ...}'
+            )
+        records.append(record)
+    return pd.DataFrame.from_records(records)
+
+
+def _read_parquet(name: str, raw: bytes) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(io.BytesIO(raw))
+    except Exception as exc:  # pyarrow raises several unrelated types for a corrupt file
+        detail = " ".join(str(exc).split())[:200]
+        raise DataError(f"{name}: not a readable Parquet file ({detail}); re-export it") from None
+
+
+READERS: dict[str, Callable[[str, bytes], pd.DataFrame]] = {
+    ".csv": _read_csv,
+    ".tsv": _read_tsv,
+    ".jsonl": _read_jsonl,
+    ".parquet": _read_parquet,
+}
+
+
+def _select(name: str, frame: pd.DataFrame, data: DataParams) -> pd.DataFrame:
+    """Keep the two configured columns as `text` and `label`, both str (nulls stay null)."""
+    found = [str(c) for c in frame.columns]
+    missing = [
+        (key, column)
+        for key, column in (("data.text_column", data.text_column), ("data.label_column", data.label_column))
+        if column not in frame.columns
+    ]
+    if missing:
+        what = " and ".join(f"{column!r} ({key})" for key, column in missing)
+        keys = " / ".join(key for key, _ in missing)
+        raise DataError(
+            f"{name}: no column {what}; columns found: {', '.join(found) or '(none)'}; "
+            f"set {keys} to one of them"
+        )
+    return pd.DataFrame(
+        {
+            "text": [_as_str(v) for v in frame[data.text_column]],
+            "label": [_as_str(v) for v in frame[data.label_column]],
+        }
+    )
+
+
+def _as_str(value: Any) -> str | None:
+    """str, with integral floats as ints (a label column with a null reads 1 as 1.0) and nulls kept."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _read_hf(spec: str, data: DataParams) -> RawData:
+    """'<id>[:<config>]' from the Hugging Face hub; ClassLabel ids become their names."""
+    ident, _, config = spec.partition(":")
+    try:
+        import datasets
+
+        loaded = datasets.load_dataset(ident, config or None)
+    except Exception as exc:  # network, auth, unknown id: all surface here, all need the same advice
+        detail = " ".join(str(exc).split())[:200]
+        raise DataError(
+            f"data.source hf:{spec}: cannot load {ident!r} from the Hugging Face hub ({detail}); "
+            "it needs network access and a valid dataset id — or download it and point "
+            "data.source at the file"
+        ) from None
+    frames: dict[str, pd.DataFrame] = {}
+    for hf_split, dataset in loaded.items():
+        split = SPLIT_NAMES.get(hf_split.lower())
+        if split is None or split in frames:
+            continue
+        label_feature = dataset.features.get(data.label_column)
+        frame = dataset.to_pandas()
+        frame = _select(f"hf:{spec} [{hf_split}]", frame, data)
+        names = getattr(label_feature, "names", None)
+        if names:
+            if (frame["label"] == "-1").all():  # GLUE-style unlabelled test split: carve one instead
+                continue
+            frame["label"] = [names[int(v)] if v is not None and v != "-1" else None for v in frame["label"]]
+        frames[split] = frame
+    if "train" not in frames:
+        raise DataError(
+            f"data.source hf:{spec}: no train split (found: {', '.join(loaded)}); "
+            "pick a dataset or config with a train split"
+        )
+    if len(frames) == 1:
+        frames = {"all": frames["train"]}
+    files = {
+        f"{'train' if split == 'all' else split}.parquet": _to_parquet(frame, data)
+        for split, frame in frames.items()
+    }
+    return RawData(frames, files)
+
+
+def _to_parquet(frame: pd.DataFrame, data: DataParams) -> bytes:
+    """Under the configured column names, so reading data/ back with the same params works."""
+    buffer = io.BytesIO()
+    frame.rename(columns={"text": data.text_column, "label": data.label_column}).to_parquet(
+        buffer, index=False
+    )
+    return buffer.getvalue()

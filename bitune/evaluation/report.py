@@ -1,0 +1,98 @@
+"""The evaluation a reviewer reads: per-class table, confusion matrix, calibration, worst mistakes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bitune.evaluation.metrics import confusion, per_class_report, summary_metrics
+
+WORST = 10
+
+
+def _plot_confusion(matrix: np.ndarray, names: list[str], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 1.2 * len(names) + 1.5))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for (i, j), count in np.ndenumerate(matrix):
+        ax.text(j, i, str(count), ha="center", va="center", color="black")
+    ax.set_title("Confusion matrix (test)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _plot_reliability(probs: np.ndarray, labels: np.ndarray, path: Path, bins: int = 10) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    confidence, correct = probs.max(1), probs.argmax(1) == labels
+    edges = np.linspace(0, 1, bins + 1)
+    centers, accuracy = [], []
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        in_bin = (confidence > lo) & (confidence <= hi)
+        if in_bin.any():
+            centers.append((lo + hi) / 2)
+            accuracy.append(correct[in_bin].mean())
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    ax.bar(centers, accuracy, width=1 / bins, alpha=0.7, edgecolor="black", label="model")
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title("Reliability diagram (test)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def evaluate_predictions(
+    texts: list[str], labels: torch.Tensor, logits: torch.Tensor, names: list[str], out_dir: Path
+) -> tuple[dict[str, float], list[Path]]:
+    """Metrics named `test/<metric>` (and `test/f1/<label>`), plus the report files in `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = summary_metrics(logits, labels)
+    classes = per_class_report(logits, labels, names)
+    metrics = {f"test/{k}": v for k, v in summary.items()}
+    metrics |= {f"test/f1/{c.label}": c.f1 for c in classes}
+    probs = torch.softmax(logits.float(), -1).numpy()
+    y = labels.numpy()
+    pred = probs.argmax(1)
+    wrong = np.flatnonzero(pred != y)
+    worst = wrong[np.argsort(-probs[wrong, pred[wrong]])][:WORST]
+
+    lines = [
+        "# Evaluation report (test split)", "",
+        f"Rows: {len(y)} · accuracy {summary['accuracy']:.4f} · macro-F1 {summary['macro_f1']:.4f} · "
+        f"ECE {summary['ece']:.4f} · loss {summary['loss']:.4f}", "",
+        "| label | precision | recall | F1 | support |", "|---|---|---|---|---|",
+        *(f"| {c.label} | {c.precision:.3f} | {c.recall:.3f} | {c.f1:.3f} | {c.support} |" for c in classes),
+        "", f"## Most confident mistakes (up to {WORST})", "",
+        "| text | true | predicted | confidence |", "|---|---|---|---|",
+        *(
+            f"| {texts[i][:200].replace('|', '/')} | {names[y[i]]} | {names[pred[i]]} | {probs[i, pred[i]]:.3f} |"
+            for i in worst
+        ),
+    ]
+    report = out_dir / "evaluation_report.md"
+    report.write_text("\n".join(lines) + "\n")
+    paths = [
+        report,
+        _plot_confusion(confusion(logits, labels, len(names)), names, out_dir / "confusion_matrix.png"),
+        _plot_reliability(probs, y, out_dir / "reliability_diagram.png"),
+    ]
+    return metrics, paths

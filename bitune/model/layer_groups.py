@@ -1,0 +1,176 @@
+"""Split a backbone into the groups a phase trains: embeddings, encoder layers, pooler, extras.
+
+Resolved from the module tree, not from a table of class names, so any encoder laid out as
+"embeddings + a ModuleList of identical blocks" works (BERT, RoBERTa, DistilBERT, DeBERTa-v2, ELECTRA,
+ModernBERT, ...). Every backbone parameter lands in exactly one group: freezing by group can then
+never leave a weight trainable by accident, and drift per group adds up to the whole model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from bitune.errors import ModelError, ParamsError
+from bitune.params import LAYER_SLICE
+
+SUPPORTED = "bitune supports encoder models like BERT, RoBERTa, DistilBERT, DeBERTa-v2, ELECTRA, ModernBERT"
+HEAD_ADJACENT = ("pooler", "extras")
+
+
+@dataclass
+class LayerGroups:
+    """The backbone's modules by group; `layers` runs bottom (next to the embeddings) to top."""
+
+    embeddings: list[nn.Module]
+    layers: list[nn.Module]
+    pooler: nn.Module | None
+    extras: list[nn.Module]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+
+def _has_params(module: nn.Module) -> bool:
+    return next(module.parameters(), None) is not None
+
+
+def _find_embeddings(backbone: nn.Module) -> list[nn.Module]:
+    return [
+        child for name, child in backbone.named_children() if name.startswith("embed") and _has_params(child)
+    ]
+
+
+def _find_layers(backbone: nn.Module, embeddings: list[nn.Module]) -> nn.ModuleList | None:
+    """The ModuleList of same-class blocks holding the most parameters, outside the embeddings."""
+    inside_embeddings = {id(m) for e in embeddings for m in e.modules()}
+    best: nn.ModuleList | None = None
+    best_size = 0
+    for module in backbone.modules():
+        if not isinstance(module, nn.ModuleList) or len(module) == 0 or id(module) in inside_embeddings:
+            continue
+        if len({type(block) for block in module}) != 1:
+            continue
+        size = sum(p.numel() for p in module.parameters())
+        if size > best_size:
+            best, best_size = module, size
+    return best
+
+
+def _find_extras(module: nn.Module, claimed: set[int], path: str) -> list[nn.Module]:
+    """Largest unclaimed subtrees that own parameters: what the named groups leave over."""
+    if next(module.parameters(recurse=False), None) is not None:
+        raise ModelError(
+            f"{type(module).__name__} at {path or '(root)'} holds parameters next to the encoder layers; "
+            f"bitune cannot group them. {SUPPORTED}"
+        )
+    extras: list[nn.Module] = []
+    for name, child in module.named_children():
+        if id(child) in claimed or not _has_params(child):
+            continue
+        child_path = f"{path}.{name}" if path else name
+        if any(id(m) in claimed for m in child.modules()):
+            extras.extend(_find_extras(child, claimed, child_path))
+        else:
+            extras.append(child)
+    return extras
+
+
+def resolve_layer_groups(backbone: nn.Module) -> LayerGroups:
+    """Find the groups of a Hugging Face encoder (the base model, e.g. `model.base_model`).
+
+    Raises ModelError naming the class when the layout is not embeddings + a ModuleList of blocks.
+    """
+    model_name = type(backbone).__name__
+    embeddings = _find_embeddings(backbone)
+    if not embeddings:
+        raise ModelError(
+            f"{model_name}: found no embeddings module (a child named embeddings*); {SUPPORTED}, "
+            "passed as the base model without the task head"
+        )
+    layers = _find_layers(backbone, embeddings)
+    if layers is None:
+        raise ModelError(f"{model_name}: found no ModuleList of same-class encoder layers; {SUPPORTED}")
+    pooler = getattr(backbone, "pooler", None)
+    if not isinstance(pooler, nn.Module):
+        pooler = None
+    claimed = {id(m) for m in embeddings} | {id(layers)} | ({id(pooler)} if pooler is not None else set())
+    extras = _find_extras(backbone, claimed, "")
+    return LayerGroups(embeddings=embeddings, layers=list(layers), pooler=pooler, extras=extras)
+
+
+def _as_module(modules: list[nn.Module]) -> nn.Module:
+    """One module per group name, so names stay unique; parameters are shared, not copied."""
+    return modules[0] if len(modules) == 1 else nn.ModuleList(modules)
+
+
+def _layer_indices(name: str, num_layers: int) -> list[int]:
+    match = LAYER_SLICE.match(name)
+    if match is None:
+        raise ParamsError(
+            f"train group {name!r}: unknown; use head, pooler, embeddings, extras or layers[i:j]"
+        )
+    start, stop = (int(g) if g else None for g in match.groups())
+    indices = list(range(num_layers))[start:stop]
+    if not indices:
+        raise ParamsError(
+            f"train group {name!r} selects none of this model's {num_layers} layers; "
+            f"use indices within 0..{num_layers - 1}"
+        )
+    return indices
+
+
+def select_modules(groups: LayerGroups, names: list[str]) -> list[tuple[str, nn.Module]]:
+    """Resolve a phase's `train` names to (qualified name, module) pairs, each name once.
+
+    Qualified names are "embeddings", "pooler", "extras" and "layers.<i>" (i counted from the
+    bottom, never negative). "head" is skipped: the classifier owns it. So are "pooler" and "extras"
+    when the model has none. A group of several modules (ELECTRA's embeddings + embeddings_project)
+    comes back as one nn.ModuleList sharing their parameters.
+    """
+    selected: dict[str, nn.Module] = {}
+    for name in names:
+        if name == "head":
+            continue
+        if name == "embeddings":
+            selected["embeddings"] = _as_module(groups.embeddings)
+        elif name == "pooler":
+            if groups.pooler is not None:
+                selected["pooler"] = groups.pooler
+        elif name == "extras":
+            if groups.extras:
+                selected["extras"] = _as_module(groups.extras)
+        else:
+            for i in _layer_indices(name, groups.num_layers):
+                selected[f"layers.{i}"] = groups.layers[i]
+    return list(selected.items())
+
+
+def layer_depth(name: str, num_layers: int) -> int:
+    """Distance from the top, for layer-wise lr decay (lr × decay^depth): the head side is 0."""
+    if name in ("head", "pooler", "extras"):
+        return 0
+    if name == "embeddings":
+        return num_layers + 1
+    prefix, _, index = name.partition(".")
+    if prefix == "layers" and index.isdigit() and int(index) < num_layers:
+        return num_layers - int(index)
+    raise ValueError(f"layer_depth: unknown qualified name {name!r} for a {num_layers}-layer model")
+
+
+def gradual_unfreeze_order(groups: LayerGroups, names: list[str]) -> list[list[str]]:
+    """ULMFiT stages, top down: head-adjacent groups, then one layer per stage, embeddings last.
+
+    An empty first stage merges into the next; with nothing selected the answer is [[]], so there
+    is always a stage 0 for the caller to prepend "head" to.
+    """
+    selected = [name for name, _ in select_modules(groups, names)]
+    first = [name for name in HEAD_ADJACENT if name in selected]
+    layers = sorted((n for n in selected if n.startswith("layers.")), key=lambda n: -int(n.split(".")[1]))
+    stages = [first] if first else []
+    stages += [[name] for name in layers]
+    if "embeddings" in selected:
+        stages.append(["embeddings"])
+    return stages or [[]]

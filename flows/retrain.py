@@ -1,0 +1,82 @@
+"""The `retrain` flow: data version → preprocess → head phase → bottom phase → evaluate → register."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prefect import flow
+
+from bitune.params import load_params
+from bitune.tuning.schedule import expand_strategy
+from tasks.data import version_data
+from tasks.evaluate import evaluate
+from tasks.preprocess import preprocess
+from tasks.registry import register
+from tasks.runs import close_parent_run, open_parent_run, pipeline_key, previous_success, reset_pipeline
+from tasks.tracking import TrackingSettings
+from tasks.tuning import tune_phase
+
+
+@dataclass
+class RetrainSummary:
+    data_version: str
+    tracking_uri: str
+    skipped: bool = False
+    reason: str = ""
+    run_id: str | None = None
+    phases: list[dict[str, object]] = field(default_factory=list)
+    test_metrics: dict[str, float] = field(default_factory=dict)
+    model_name: str = ""
+    model_version: str | None = None
+    promoted: bool = False
+    gate: list[str] = field(default_factory=list)
+    champion_version: str | None = None
+
+
+@flow(name="retrain")
+def retrain(
+    params_file: str = "params/default.yaml",
+    overrides: list[str] | None = None,
+    project_dir: str = ".",
+    force: bool = False,
+) -> RetrainSummary:
+    root = Path(project_dir).resolve()
+    params = load_params(root / params_file, overrides or [])
+    settings = TrackingSettings.from_params(params.tracking, root)
+
+    data = version_data(params.data, str(root))
+    key = pipeline_key(data.md5, params)
+    previous = previous_success(settings, key)
+    if previous and not force:
+        return RetrainSummary(data.md5, settings.uri, skipped=True, run_id=previous,
+                              reason=f"data version and params unchanged since run {previous}; use --force to retrain")
+    if force:
+        reset_pipeline(str(root), key, str(params.train.checkpoint_dir))
+
+    run_id = open_parent_run(settings, params, data, key, str(root))
+    status = "FAILED"
+    try:
+        prepared = preprocess(params, data.md5, str(root))
+        phases = []
+        for phase in expand_strategy(params.strategy):
+            phases.append(
+                tune_phase.with_options(name=f"tune-{phase.key}")(
+                    params, prepared, phase.index, phases[-1] if phases else None, str(root), key, settings, run_id
+                )
+            )
+        evaluation = evaluate(params, prepared, phases, str(root), key, settings, run_id)
+        registration = register(params, prepared, evaluation, phases[-1].model_dir, data.md5, settings, run_id)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        close_parent_run(settings, run_id, status)
+    return RetrainSummary(
+        data_version=data.md5, tracking_uri=settings.uri, run_id=run_id,
+        phases=[{"phase": p.key, **{k: v for k, v in p.best.items() if k.startswith("val_")},
+                 "cka": p.cka_to_pretrained, "seconds": p.train_seconds} for p in phases],
+        test_metrics=evaluation.metrics, model_name=registration.name, model_version=registration.version,
+        promoted=registration.promoted, gate=registration.reasons, champion_version=registration.champion_version,
+    )

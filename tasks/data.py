@@ -1,0 +1,54 @@
+"""Stage 1, version data: source -> validated -> data/ -> `dvc add` -> pushed; returns the md5."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prefect import task
+
+from bitune.data.sources import materialise, read_source
+from bitune.data.validation import validate_frames
+from bitune.params import DataParams
+from tasks import dvc_store
+
+log = logging.getLogger("bitune")
+
+
+@dataclass(frozen=True)
+class DataVersion:
+    md5: str
+    path: str
+    remote: str
+    changed: bool
+    warnings: list[str] = field(default_factory=list)
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+def version_data_fn(data: DataParams, root: Path) -> DataVersion:
+    """Validate before touching anything: a bad source leaves data/, data.dvc and the remote as they were."""
+    data_dir = root / data.dir
+    raw = read_source(data, data_dir)
+    report = validate_frames(raw.frames, data)
+    report.raise_for_errors()
+    for warning in report.warnings:
+        log.warning("data: %s", warning)
+    dvc_store.ensure_repo(root, data.remote)
+    before = dvc_store.data_version(root)
+    if data.source != "data":
+        materialise(raw, data_dir)
+    md5 = dvc_store.add_and_push(root, str(data.dir))
+    return DataVersion(
+        md5=md5,
+        path=str(data_dir),
+        remote=dvc_store.resolve_remote(root, data.remote),
+        changed=md5 != before,
+        warnings=list(report.warnings),
+        stats={k: float(v) for k, v in report.stats.items() if isinstance(v, int | float)},
+    )
+
+
+@task(name="version-data", retries=0)
+def version_data(data: DataParams, root: str) -> DataVersion:
+    return version_data_fn(data, Path(root))

@@ -1,0 +1,174 @@
+"""Stage 6, registration: log the model, register a version, alias it `challenger`, run the gate.
+
+The champion is scored again on the challenger's test split before the gate compares them, so the
+comparison is always on the same data version. Aliases move one at a time and the previous
+champion is recorded on the new one, so `bitune rollback` can restore it; the registry is never
+left without a champion or with two.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+from prefect import task
+
+import bitune
+from bitune.device import make_accelerator
+from bitune.errors import TrackingError
+from bitune.evaluation.metrics import summary_metrics
+from bitune.model.classifier import load_classifier
+from bitune.params import Params, RegistryParams
+from bitune.promotion import GateDecision, decide
+from bitune.tuning.phase import PhaseContext, predict_logits
+from tasks.evaluate import Evaluation
+from tasks.preprocess import PreparedData
+from tasks.tracking import TrackingSettings
+from tasks.tuning import load_rows
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+MODEL_CODE = Path(__file__).parent / "serving" / "pyfunc_model.py"
+SERVING_REQUIREMENTS = ("mlflow", "torch", "transformers", "safetensors", "pandas", "pydantic", "pyyaml", "accelerate")
+
+
+@dataclass(frozen=True)
+class Registration:
+    name: str
+    version: str
+    promoted: bool
+    reasons: list[str]
+    champion_version: str | None
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def pip_requirements() -> list[str]:
+    """Exact versions of what the served model imports (offline, mlflow cannot infer them)."""
+    names = {"pyyaml": "PyYAML"}
+    return [f"{n}=={version(names.get(n, n))}" for n in SERVING_REQUIREMENTS]
+
+
+def log_model(settings: TrackingSettings, run_id: str, model_dir: Path, example_texts: list[str]) -> str:
+    """Save the pyfunc locally and upload it to the run: thread-safe, no active run needed."""
+    mlflow.set_tracking_uri(settings.uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        target = Path(tmp) / "model"
+        example = pd.DataFrame({"text": example_texts[:3]})
+        model, tokenizer, meta = load_classifier(model_dir)
+        enc = tokenizer(example["text"].tolist(), truncation=True, padding=True, return_tensors="pt")
+        with torch.inference_mode():
+            probs = torch.softmax(model(enc["input_ids"], enc["attention_mask"]), -1)
+        output = pd.DataFrame({"label": [meta.labels[i] for i in probs.argmax(-1).tolist()],
+                               "score": probs.max(-1).values.tolist()})
+        for j, label in enumerate(meta.labels):
+            output[f"prob_{label}"] = probs[:, j].tolist()
+        mlflow.pyfunc.save_model(
+            path=str(target),
+            python_model=str(MODEL_CODE),
+            artifacts={"classifier": str(model_dir)},
+            code_paths=[str(Path(bitune.__file__).parent)],
+            pip_requirements=pip_requirements(),
+            signature=infer_signature(example, output),
+            input_example=example,
+        )
+        settings.client().log_artifacts(run_id, str(target), "model")
+    return f"runs:/{run_id}/model"
+
+
+def champion_metrics(
+    settings: TrackingSettings, name: str, params: Params, prepared: PreparedData
+) -> tuple[str | None, dict[str, float] | None]:
+    """The champion's version and its scores on *this* run's test split (same data version)."""
+    client = settings.client()
+    try:
+        champion = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None, None
+    champion_version = str(champion.version)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{name}@{CHAMPION}", dst_path=tmp, tracking_uri=settings.uri
+        )
+        classifier_dir = next(Path(local).rglob("bitune.json")).parent
+        model, tokenizer, meta = load_classifier(classifier_dir)
+        if list(meta.labels) != list(prepared.labels):
+            shutil.rmtree(tmp, ignore_errors=True)
+            return champion_version, {}
+        accelerator = make_accelerator(params.train)
+        model.to(accelerator.device)
+        rows = load_rows(prepared, "test")
+        ctx = PhaseContext(accelerator=accelerator, groups=None, pretrained={},  # type: ignore[arg-type]
+                           eval_batch_size=params.train.eval_batch_size)
+        logits = predict_logits(model, rows, ctx, tokenizer.pad_token_id or 0)
+    scores = {f"test/{k}": v for k, v in summary_metrics(logits, torch.as_tensor([r["labels"] for r in rows])).items()}
+    stored = client.get_run(champion.run_id).data.metrics if champion.run_id else {}
+    if "test/cka_to_pretrained" in stored:
+        scores["test/cka_to_pretrained"] = stored["test/cka_to_pretrained"]
+    return champion_version, scores
+
+
+def set_champion(settings: TrackingSettings, name: str, version: str, previous: str | None, reason: str) -> None:
+    """Move `champion` to `version` in one alias write; remember the previous one for rollback."""
+    client = settings.client()
+    if previous:
+        client.set_model_version_tag(name, version, "bitune.previous_champion", previous)
+    client.set_model_version_tag(name, version, "bitune.promotion", reason[:5000])
+    client.set_registered_model_alias(name, CHAMPION, version)
+
+
+def register_fn(
+    params: Params, prepared: PreparedData, evaluation: Evaluation, model_dir: str, data_md5: str,
+    settings: TrackingSettings, parent_run_id: str,
+) -> Registration:
+    rules: RegistryParams = params.registry
+    client = settings.client()
+    texts = pd.read_parquet(prepared.split_file("test"))["text"].tolist()
+    try:
+        source = log_model(settings, parent_run_id, Path(model_dir), texts)
+        try:
+            client.create_registered_model(rules.model_name, description="Text classifier trained by bitune")
+        except MlflowException:
+            pass  # already registered
+        champion_version, champion_scores = champion_metrics(settings, rules.model_name, params, prepared)
+        mv = client.create_model_version(
+            rules.model_name, source=f"{client.get_run(parent_run_id).info.artifact_uri}/model",
+            run_id=parent_run_id,
+            tags={"bitune.data_version": data_md5, "bitune.strategy": params.strategy.name,
+                  "bitune.params_digest": params.digest(), "bitune.source": source},
+        )
+        client.set_registered_model_alias(rules.model_name, CHALLENGER, mv.version)
+        if champion_scores == {}:
+            decision = GateDecision(False, ["champion has a different label set; promote manually with --force"])
+        else:
+            decision = decide(evaluation.metrics, champion_scores, rules)
+        for key, value in evaluation.metrics.items():
+            if key in (rules.metric, "test/accuracy", "test/macro_f1", "test/cka_to_pretrained"):
+                client.set_model_version_tag(rules.model_name, mv.version, key, f"{value:.6f}")
+        client.set_model_version_tag(rules.model_name, mv.version, "bitune.gate", decision.summary()[:5000])
+        if decision.promote:
+            set_champion(settings, rules.model_name, mv.version, champion_version, decision.summary())
+        client.set_tag(parent_run_id, "bitune.model_version", mv.version)
+        client.set_tag(parent_run_id, "bitune.gate", decision.summary()[:5000])
+    except MlflowException as exc:
+        raise TrackingError(f"registry: MLflow refused ({str(exc).splitlines()[0][:160]}); the champion is unchanged") from None
+    version = str(mv.version)
+    return Registration(rules.model_name, version, decision.promote, decision.reasons,
+                        version if decision.promote else champion_version)
+
+
+@task(name="register-model")
+def register(
+    params: Params, prepared: PreparedData, evaluation: Evaluation, model_dir: str, data_md5: str,
+    settings: TrackingSettings, parent_run_id: str,
+) -> Registration:
+    return register_fn(params, prepared, evaluation, model_dir, data_md5, settings, parent_run_id)

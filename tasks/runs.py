@@ -1,0 +1,92 @@
+"""The flow run's MLflow parent run: opened with everything that produced it, closed with its fate.
+
+Also the explicit skip check: a run whose data version and params equal the last successful
+run's has nothing new to learn.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from mlflow.entities import Dataset, DatasetInput, InputTag
+from prefect import task
+
+from bitune.params import Params
+from tasks import tracking
+from tasks.data import DataVersion
+from tasks.tracking import TrackingSettings
+from tasks.tuning import pipeline_dir
+
+
+def pipeline_key(data_md5: str, params: Params) -> str:
+    """What a trained model is a function of: the data version and the params that shape training."""
+    return f"{data_md5.removesuffix('.dir')[:12]}-{params.digest()}"
+
+
+def previous_success_fn(settings: TrackingSettings, key: str) -> str | None:
+    """The run id of the last finished, registered run with this pipeline key, if any."""
+    client = settings.client()
+    exp = client.get_experiment_by_name(settings.experiment)
+    if exp is None:
+        return None
+    runs = client.search_runs(
+        [exp.experiment_id],
+        filter_string=f"attributes.status = 'FINISHED' and tags.`bitune.pipeline_key` = '{key}' "
+        "and tags.`bitune.model_version` != ''",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def open_parent_run_fn(
+    settings: TrackingSettings, params: Params, data: DataVersion, key: str, root: Path, resolved_params: Path
+) -> str:
+    stale = tracking.close_stale_runs(settings, key)
+    tags = {
+        "bitune.pipeline_key": key,
+        "bitune.strategy": params.strategy.name,
+        "bitune.data_version": data.md5,
+        "bitune.closed_stale_runs": ",".join(stale),
+        **tracking.git_state(root),
+    }
+    run_id = tracking.start_run(settings, f"{params.strategy.name}-{data.md5[:8]}", tags)
+    client = settings.client()
+    tracking.log_params(settings, run_id, params.flat() | {"data.version": data.md5})
+    tracking.set_tags(settings, run_id, tracking.library_versions())
+    resolved_params.parent.mkdir(parents=True, exist_ok=True)
+    resolved_params.write_text(json.dumps(params.model_dump(mode="json"), indent=2))
+    client.log_artifact(run_id, str(resolved_params))
+    source = json.dumps({"dvc_remote": data.remote, "md5": data.md5, "path": "data"})
+    dataset = Dataset(name="data", digest=data.md5, source_type="dvc", source=source,
+                      profile=json.dumps(data.stats))
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])])
+    if data.warnings:
+        client.log_text(run_id, "\n".join(data.warnings), "data_warnings.txt")
+    return run_id
+
+
+@task(name="find-previous-run")
+def previous_success(settings: TrackingSettings, key: str) -> str | None:
+    return previous_success_fn(settings, key)
+
+
+@task(name="open-mlflow-run")
+def open_parent_run(settings: TrackingSettings, params: Params, data: DataVersion, key: str, root: str) -> str:
+    root_path = Path(root)
+    return open_parent_run_fn(settings, params, data, key, root_path,
+                              pipeline_dir(root_path, key) / "params.resolved.json")
+
+
+@task(name="close-mlflow-run")
+def close_parent_run(settings: TrackingSettings, run_id: str, status: str) -> None:
+    tracking.end_run(settings, run_id, status)
+
+
+@task(name="reset-pipeline")
+def reset_pipeline(root: str, key: str, checkpoint_dir: str) -> None:
+    """--force: forget finished phases and checkpoints of this key so every phase trains again."""
+    shutil.rmtree(pipeline_dir(Path(root), key), ignore_errors=True)
+    shutil.rmtree(Path(root) / checkpoint_dir / key, ignore_errors=True)

@@ -1,0 +1,196 @@
+"""Stages 3-4, head- and bottom-phase tuning: one task per scheduled phase, each a nested MLflow run.
+
+A phase reads the previous phase's saved model (a path), trains, measures how far the encoder moved
+from the pretrained one, and saves its own model. A phase whose output already exists for this
+pipeline key is not run again, and a phase with an epoch checkpoint resumes from it: that is how a
+crashed run picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import datasets
+import torch
+from prefect import task
+from safetensors.torch import load_model
+
+from bitune.device import make_accelerator
+from bitune.forgetting import encoder_cka, load_probe_texts, weight_drift
+from bitune.model.classifier import (
+    BituneClassifier,
+    ClassifierMeta,
+    load_backbone,
+    load_tokenizer,
+    save_classifier,
+)
+from bitune.model.layer_groups import resolve_layer_groups
+from bitune.params import Params, flatten
+from bitune.tuning.checkpoint import PhaseCheckpoints
+from bitune.tuning.phase import PhaseContext, PhaseData, run_phase
+from bitune.tuning.schedule import PhaseRun, expand_strategy
+from tasks import tracking
+from tasks.preprocess import PreparedData
+from tasks.tracking import TrackingSettings
+
+log = logging.getLogger("bitune")
+RESULT = "result.json"
+
+
+@dataclass(frozen=True)
+class PhaseOutput:
+    key: str
+    name: str
+    model_dir: str
+    run_id: str | None
+    best: dict[str, float]
+    cka_to_pretrained: float
+    drift: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+    train_seconds: float = 0.0
+    samples_per_s: float = 0.0
+    resumed: bool = False
+
+
+def pipeline_dir(root: Path, pipeline_key: str) -> Path:
+    """Where one pipeline's phase outputs live; the key is data version + params digest."""
+    return root / ".bitune" / "runs" / pipeline_key
+
+
+def probe_batches(params: Params, tokenizer, batch_size: int = 32) -> list[dict[str, torch.Tensor]]:  # type: ignore[no-untyped-def]
+    texts = load_probe_texts(params.forgetting.probe_file, params.forgetting.probe_rows)
+    batches = []
+    for i in range(0, len(texts), batch_size):
+        enc = tokenizer(
+            texts[i : i + batch_size], truncation=True, max_length=params.preprocess.max_length,
+            padding=True, return_tensors="pt",
+        )
+        batches.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
+    return batches
+
+
+def load_rows(prepared: PreparedData, split: str) -> list[dict]:
+    dataset = datasets.load_from_disk(str(prepared.tokenized))[split]
+    return dataset.select_columns(["input_ids", "attention_mask", "labels"]).to_list()
+
+
+def build_model(params: Params, num_labels: int, weights: str | None) -> tuple[BituneClassifier, dict[str, torch.Tensor]]:
+    """The classifier on the pretrained encoder, plus a snapshot of the pretrained encoder weights."""
+    backbone = load_backbone(params.model)
+    pretrained = {n: p.detach().clone() for n, p in backbone.named_parameters()}
+    model = BituneClassifier(backbone, num_labels, params.model.pooling, params.model.dropout)
+    if weights:
+        load_model(model, str(Path(weights) / "model.safetensors"))
+    return model, pretrained
+
+
+def tune_phase_fn(
+    params: Params,
+    prepared: PreparedData,
+    phase_index: int,
+    previous: PhaseOutput | None,
+    root: Path,
+    pipeline_key: str,
+    settings: TrackingSettings | None,
+    parent_run_id: str | None,
+) -> PhaseOutput:
+    run: PhaseRun = expand_strategy(params.strategy)[phase_index]
+    out_dir = pipeline_dir(root, pipeline_key) / run.key
+    if (out_dir / RESULT).exists():
+        log.info("phase %s: already trained for this data and params; reusing %s", run.key, out_dir)
+        return PhaseOutput(**{**json.loads((out_dir / RESULT).read_text()), "resumed": True})
+
+    accelerator = make_accelerator(params.train)
+    torch.manual_seed(params.train.seed)
+    tokenizer = load_tokenizer(params.model)
+    model, pretrained = build_model(params, len(prepared.labels), previous.model_dir if previous else None)
+    groups = resolve_layer_groups(model.backbone)
+    data = PhaseData(load_rows(prepared, "train"), load_rows(prepared, "validation"), tokenizer.pad_token_id or 0)
+    main = accelerator.is_main_process and settings is not None
+    run_id = None
+    if main:
+        assert settings is not None
+        run_id = tracking.start_run(settings, run.key, {"bitune.phase": run.spec.name, "bitune.round": str(run.round)},
+                                    parent_run_id)
+        tracking.log_params(settings, run_id, {f"phase.{k}": v for k, v in flatten(run.spec.model_dump(mode="json")).items()}
+                            | {"device": str(accelerator.device), "precision": accelerator.mixed_precision,
+                               "processes": accelerator.num_processes})
+
+    def on_epoch(metrics: dict[str, float], epoch: int) -> None:
+        if main:
+            tracking.log_metrics(settings, run_id, _phase_metrics(run.spec.name, metrics), step=epoch)  # type: ignore[arg-type]
+
+    def on_step(metrics: dict[str, float], step: int) -> None:
+        if main:
+            tracking.log_metrics(settings, run_id, {f"{run.spec.name}/train/step_{k}": v for k, v in metrics.items()}, step)  # type: ignore[arg-type]
+
+    feature_cache = None
+    if params.train.feature_cache_dir is not None and previous is None:
+        feature_cache = (
+            root / params.train.feature_cache_dir
+            / f"{prepared.key}-{params.model.pooling}-{int(params.model.pooling == 'default')}.safetensors"
+        )
+    ctx = PhaseContext(
+        accelerator=accelerator, groups=groups, pretrained=pretrained, seed=params.train.seed,
+        eval_batch_size=params.train.eval_batch_size,
+        checkpoints=PhaseCheckpoints(root / params.train.checkpoint_dir / pipeline_key / run.key),
+        feature_cache=feature_cache, on_epoch=on_epoch, on_step=on_step,
+    )
+    t0 = time.perf_counter()
+    result = run_phase(model, run, data, ctx)
+    wall = time.perf_counter() - t0
+
+    reference = load_backbone(params.model).to(accelerator.device)
+    cka = encoder_cka(model.backbone, reference, probe_batches(params, tokenizer))
+    drift = weight_drift(pretrained, model.backbone, groups)
+    del reference
+
+    model_dir = out_dir / "model"
+    output = PhaseOutput(
+        key=run.key, name=run.spec.name, model_dir=str(model_dir), run_id=run_id, best=result.best,
+        cka_to_pretrained=cka, drift=drift, history=result.history, train_seconds=result.train_seconds,
+        samples_per_s=result.samples_per_second,
+    )
+    if accelerator.is_main_process:
+        meta = ClassifierMeta(list(prepared.labels), params.model.pooling, params.model.dropout,
+                              params.preprocess.max_length, params.model.name_or_path)
+        save_classifier(model.cpu(), tokenizer, meta, model_dir)
+        if main:
+            summary = {f"{run.spec.name}/val/best_{k.removeprefix('val_')}": v for k, v in result.best.items()
+                       if k.startswith("val_")}
+            summary |= {
+                f"{run.spec.name}/cka_to_pretrained": cka,
+                f"{run.spec.name}/train_seconds": result.train_seconds,
+                f"{run.spec.name}/wall_seconds": wall,
+                f"{run.spec.name}/train_samples_per_s": result.samples_per_second,
+                f"{run.spec.name}/trainable_params": float(result.trainable_params),
+                f"{run.spec.name}/best_epoch": float(result.best_epoch),
+            } | {f"{run.spec.name}/drift/{group}": value for group, value in drift.items()}
+            tracking.log_metrics(settings, run_id, summary)  # type: ignore[arg-type]
+            tracking.set_tags(settings, run_id, {"bitune.feature_cache": str(result.used_feature_cache).lower(),  # type: ignore[arg-type]
+                                                  "bitune.resumed_from_epoch": str(result.resumed_from_epoch)})
+            tracking.end_run(settings, run_id)  # type: ignore[arg-type]
+        (out_dir / RESULT).write_text(json.dumps(asdict(output), indent=2))
+        ctx.checkpoints.clear()  # type: ignore[union-attr]
+    return output
+
+
+def _phase_metrics(phase: str, metrics: dict[str, float]) -> dict[str, float]:
+    """'val_accuracy' -> 'bottom/val/accuracy', 'train_loss' -> 'bottom/train/loss' (phase/split/metric)."""
+    out = {}
+    for key, value in metrics.items():
+        split, _, name = key.partition("_")
+        out[f"{phase}/{split}/{name}" if split in ("val", "train") else f"{phase}/{key}"] = value
+    return out
+
+
+@task(name="tune-phase")
+def tune_phase(
+    params: Params, prepared: PreparedData, phase_index: int, previous: PhaseOutput | None, root: str,
+    pipeline_key: str, settings: TrackingSettings | None, parent_run_id: str | None,
+) -> PhaseOutput:
+    return tune_phase_fn(params, prepared, phase_index, previous, Path(root), pipeline_key, settings, parent_run_id)

@@ -1,0 +1,58 @@
+"""Test session set-up: offline, quiet, and a throwaway Prefect database for the whole session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(scope="session")
+def prefect_db() -> Iterator[None]:
+    """Real Prefect flow runs against a temporary local server and database."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tiny_models import save_tiny_bert
+
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), num_layers=4)
+
+
+def make_project(root: Path, model_dir: Path) -> Path:
+    """A fresh project folder like a user's clone: params, git, no data yet."""
+    shutil.copytree(REPO / "params", root / "params")
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", "init"],
+                   cwd=root, check=True)
+    return root
+
+
+def tiny_overrides(model_dir: Path) -> list[str]:
+    """Params that make the real flow finish in seconds on a tiny random BERT."""
+    return [
+        f"model.name_or_path={model_dir}",
+        "data.demo_rows=120",
+        "strategy.phases.0.epochs=3",
+        "strategy.phases.1.epochs=2",
+        "strategy.phases.1.train=[embeddings, 'layers[0:2]', head, pooler]",
+        "forgetting.probe_rows=16",
+    ]

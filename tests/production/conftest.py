@@ -1,0 +1,186 @@
+"""Session fixtures: real PostgreSQL, MLflow, Prefect and S3 (moto) servers on 127.0.0.1.
+
+Every server gets a free port and a temp dir, logs to a file, and is torn down at the end of the
+session. When a test fails, the tail of each server log is attached to its report. Missing system
+binaries fail the fixture (never a silent skip): `scripts/install-system-deps.sh` installs them.
+"""
+
+from __future__ import annotations
+
+import configparser
+import importlib.util
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from .servers import (
+    SERVER_LOGS,
+    Postgres,
+    free_port,
+    log_tail,
+    mlflow_server_argv,
+    prefect_server_argv,
+    prefect_server_env,
+    run_postgres,
+    start_server,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+DATABASES = ("mlflow", "mlflow_auth", "mlflow_compose", "prefect")
+SERVER_START_TIMEOUT = 120.0
+MLFLOW_ADMIN = "admin"
+COMPOSE_MLFLOW_APP = "basic-auth"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for name, path in SERVER_LOGS.items():
+            report.sections.append((f"server log: {name} ({path})", log_tail(path)))
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    try:
+        with run_postgres(DATABASES, password=secrets.token_urlsafe(16)) as server:
+            yield server
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def server_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("servers")
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(postgres: Postgres, server_dir: Path) -> Iterator[str]:
+    """MLflow on PostgreSQL with artifacts proxied to a local folder; yields the tracking URL."""
+    port = free_port()
+    argv = mlflow_server_argv(postgres.dsn("mlflow"), str(server_dir / "mlartifacts"), "127.0.0.1", port)
+    server = start_server("mlflow", argv, postgres.env, server_dir, cwd=server_dir)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        server.wait_http(f"{url}/health", SERVER_START_TIMEOUT)
+        yield url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def prefect_server(postgres: Postgres, server_dir: Path) -> Iterator[str]:
+    """Prefect server on PostgreSQL (asyncpg); yields the API URL."""
+    port = free_port()
+    env = {
+        **postgres.env,
+        **prefect_server_env(postgres.dsn("prefect", driver="asyncpg")),
+        "PREFECT_HOME": str(server_dir / "prefect-home"),
+    }
+    server = start_server("prefect", prefect_server_argv("127.0.0.1", port), env, server_dir, cwd=server_dir)
+    api = f"http://127.0.0.1:{port}/api"
+    try:
+        server.wait_http(f"{api}/health", SERVER_START_TIMEOUT)
+        yield api
+    finally:
+        server.stop()
+
+
+@dataclass(frozen=True)
+class S3Server:
+    endpoint: str
+    bucket: str
+    env: dict[str, str]
+
+    def client(self):  # type: ignore[no-untyped-def]
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
+            region_name=self.env["AWS_DEFAULT_REGION"],
+        )
+
+    def keys(self, prefix: str = "") -> list[str]:
+        listing = self.client().list_objects_v2(Bucket=self.bucket, Prefix=prefix)
+        return [item["Key"] for item in listing.get("Contents", [])]
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """moto's S3 in server mode (a thread of this process) with one bucket."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+        "MLFLOW_S3_ENDPOINT_URL": endpoint,
+    }
+    s3 = S3Server(endpoint, "bitune", env)
+    try:
+        s3.client().create_bucket(Bucket=s3.bucket)
+        yield s3
+    finally:
+        server.stop()
+
+
+@dataclass(frozen=True)
+class MlflowAuthServer:
+    url: str
+    admin_password: str
+
+    @property
+    def admin(self) -> tuple[str, str]:
+        return (MLFLOW_ADMIN, self.admin_password)
+
+
+@pytest.fixture(scope="session")
+def mlflow_compose_server(postgres: Postgres, s3_server: S3Server, server_dir: Path) -> Iterator[MlflowAuthServer]:
+    """MLflow as docker/compose.yaml runs it: basic-auth from docker/mlflow-auth.ini, artifacts on S3.
+
+    Only the auth database URI is pointed at the test cluster; every other key is the file's own.
+    """
+    if importlib.util.find_spec("flask_wtf") is None:
+        pytest.fail("mlflow --app-name basic-auth needs Flask-WTF: pip install 'mlflow[auth]==3.17.2'", pytrace=False)
+    ini = configparser.ConfigParser()
+    ini.read(REPO / "docker" / "mlflow-auth.ini")
+    ini["mlflow"]["database_uri"] = postgres.dsn("mlflow_auth")
+    auth_config = server_dir / "mlflow-auth.ini"
+    with auth_config.open("w") as out:
+        ini.write(out)
+    admin_password = secrets.token_urlsafe(16)
+    env = {
+        **postgres.env,
+        **s3_server.env,
+        "MLFLOW_AUTH_CONFIG_PATH": str(auth_config),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
+    }
+    port = free_port()
+    argv = mlflow_server_argv(
+        postgres.dsn("mlflow_compose"),
+        f"s3://{s3_server.bucket}/mlflow",
+        "127.0.0.1",
+        port,
+        app_name=COMPOSE_MLFLOW_APP,
+        allowed_hosts=f"127.0.0.1:{port},localhost:{port}",
+    )
+    server = start_server("mlflow-compose", argv, env, server_dir, cwd=server_dir)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        server.wait_http(f"{url}/health", SERVER_START_TIMEOUT)
+        yield MlflowAuthServer(url, admin_password)
+    finally:
+        server.stop()

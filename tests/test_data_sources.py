@@ -1,0 +1,285 @@
+"""read_source on every source kind, its one-line errors, and materialise's atomic swap of data/."""
+
+import json
+from pathlib import Path
+
+import datasets
+import huggingface_hub
+import pandas as pd
+import pytest
+
+from bitune.data.sources import RawData, materialise, read_source
+from bitune.errors import DataError
+from bitune.params import DataParams
+
+CSV = 'text,label\nnot bad at all,positive\n"hardly worth it, sadly",negative\nNA,negative\n'
+
+
+def params(source: Path | str, **kw: object) -> DataParams:
+    return DataParams(source=str(source), **kw)
+
+
+def read(source: Path | str, tmp_path: Path, **kw: object) -> RawData:
+    return read_source(params(source, **kw), tmp_path / "data")
+
+
+def error_of(source: Path | str, tmp_path: Path, **kw: object) -> str:
+    with pytest.raises(DataError) as caught:
+        read(source, tmp_path, **kw)
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+# --- sources that work ---------------------------------------------------------------------------
+
+
+def test_csv_keeps_text_verbatim_and_labels_as_strings(tmp_path: Path) -> None:
+    path = tmp_path / "reviews.csv"
+    path.write_text(CSV)
+    raw = read(path, tmp_path)
+    assert list(raw.frames) == ["all"]
+    frame = raw.frames["all"]
+    assert list(frame.columns) == ["text", "label"]
+    assert frame["text"].tolist() == ["not bad at all", "hardly worth it, sadly", "NA"]  # "NA" stays text
+    assert raw.files == {"reviews.csv": path.read_bytes()}
+
+
+def test_columns_are_renamed_and_integer_labels_become_strings(tmp_path: Path) -> None:
+    path = tmp_path / "glue.tsv"
+    path.write_bytes(b'sentence\tscore\n"quoted start\t1\nplain\t0\n')
+    frame = read(path, tmp_path, text_column="sentence", label_column="score").frames["all"]
+    assert frame.to_dict("list") == {"text": ['"quoted start', "plain"], "label": ["1", "0"]}  # quoting=3
+
+
+def test_jsonl_and_parquet_with_null_and_numeric_labels(tmp_path: Path) -> None:
+    rows = [{"text": "good", "label": 1}, {"text": "bad", "label": None}, {"text": "fine", "label": 0}]
+    (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    pd.DataFrame(rows).to_parquet(tmp_path / "a.parquet")  # the null turns the labels into 1.0, nan, 0.0
+    for name in ("a.jsonl", "a.parquet"):
+        frame = read(tmp_path / name, tmp_path).frames["all"]
+        assert frame["text"].tolist() == ["good", "bad", "fine"]
+        assert frame["label"].tolist()[0::2] == ["1", "0"] and pd.isna(frame["label"][1]), name
+
+
+def test_utf8_bom_is_not_part_of_the_first_column_name(tmp_path: Path) -> None:
+    path = tmp_path / "bom.csv"
+    path.write_bytes("\ufefftext,label\nok,a\n".encode())
+    assert read(path, tmp_path).frames["all"]["text"].tolist() == ["ok"]
+
+
+def test_folder_of_split_files_with_dev_as_validation(tmp_path: Path) -> None:
+    folder = tmp_path / "glue"
+    folder.mkdir()
+    for name in ("train.csv", "dev.csv", "test.csv"):
+        (folder / name).write_text(f"text,label\n{name} row,x\n")
+    (folder / "README.md").write_text("not data")
+    raw = read(folder, tmp_path)
+    assert sorted(raw.frames) == ["test", "train", "validation"]
+    assert raw.frames["validation"]["text"].tolist() == ["dev.csv row"]
+    assert sorted(raw.files) == ["dev.csv", "test.csv", "train.csv"]
+
+
+def test_a_folder_holding_only_train_is_one_unsplit_source(tmp_path: Path) -> None:
+    (tmp_path / "only").mkdir()
+    (tmp_path / "only" / "train.csv").write_text(CSV)
+    assert list(read(tmp_path / "only", tmp_path).frames) == ["all"]
+
+
+def test_demo_source_writes_demo_csv_that_reads_back_identically(tmp_path: Path) -> None:
+    raw = read_source(DataParams(demo_rows=60), tmp_path / "data")
+    assert list(raw.files) == ["demo.csv"] and len(raw.frames["all"]) == 60
+    materialise(raw, tmp_path / "data")
+    again = read_source(DataParams(source="data"), tmp_path / "data")
+    pd.testing.assert_frame_equal(again.frames["all"], raw.frames["all"])
+
+
+@pytest.mark.parametrize("name", ["r.csv", "r.tsv", "r.jsonl", "r.parquet", "folder"])
+def test_materialised_files_are_byte_identical_and_read_back_the_same(tmp_path: Path, name: str) -> None:
+    frame = pd.DataFrame({"review": ["good, really", "bad"], "stars": ["5", "1"]})
+    source = tmp_path / name
+    if name == "folder":
+        source.mkdir()
+        frame.to_csv(source / "train.csv", index=False)
+        frame.assign(review=["ok", "meh"]).to_csv(source / "val.csv", index=False)
+    elif name.endswith(".csv"):
+        frame.to_csv(source, index=False)
+    elif name.endswith(".tsv"):
+        frame.to_csv(source, sep="\t", index=False)
+    elif name.endswith(".jsonl"):
+        frame.to_json(source, orient="records", lines=True)
+    else:
+        frame.to_parquet(source)
+    kw = {"text_column": "review", "label_column": "stars"}
+    raw = read(source, tmp_path, **kw)
+    written = materialise(raw, tmp_path / "data")
+    assert {p.name: p.read_bytes() for p in written} == raw.files
+    originals = sorted(source.iterdir()) if source.is_dir() else [source]
+    assert all((tmp_path / "data" / p.name).read_bytes() == p.read_bytes() for p in originals)
+    again = read_source(DataParams(source="data", **kw), tmp_path / "data")
+    assert again.frames.keys() == raw.frames.keys()
+    for split in raw.frames:
+        pd.testing.assert_frame_equal(again.frames[split], raw.frames[split])
+
+
+def test_hf_source_maps_class_ids_to_names_and_drops_an_unlabelled_test_split(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A local folder is a valid load_dataset id: this exercises the real datasets path, offline.
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+    features = datasets.Features(
+        {"sentence": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])}
+    )
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    for split, labels in (("train", [0, 1, 1]), ("validation", [1, 0, 0]), ("test", [-1, -1, -1])):
+        rows = {"sentence": [f"{split} {i}" for i in range(3)], "label": labels}
+        datasets.Dataset.from_dict(rows, features=features).to_parquet(str(hub / f"{split}.parquet"))
+    raw = read(f"hf:{hub}", tmp_path, text_column="sentence")
+    assert sorted(raw.frames) == ["train", "validation"]
+    assert raw.frames["train"]["label"].tolist() == ["neg", "pos", "pos"]
+    assert sorted(raw.files) == ["train.parquet", "validation.parquet"]
+    materialise(raw, tmp_path / "data")
+    again = read_source(DataParams(source="data", text_column="sentence"), tmp_path / "data")
+    pd.testing.assert_frame_equal(again.frames["train"], raw.frames["train"])
+
+
+# --- bad inputs: one DataError, one line, naming the file / column -----------------------------
+
+
+def test_missing_file_names_the_path_and_the_choices(tmp_path: Path) -> None:
+    message = error_of(tmp_path / "nope.csv", tmp_path)
+    assert "nope.csv" in message and "file not found" in message and "'demo'" in message
+
+
+def test_unsupported_extension(tmp_path: Path) -> None:
+    (tmp_path / "reviews.xlsx").write_bytes(b"PK\x03\x04")
+    message = error_of(tmp_path / "reviews.xlsx", tmp_path)
+    assert "reviews.xlsx" in message and "'.xlsx'" in message and ".csv" in message
+
+
+@pytest.mark.parametrize("content", [b"", b"\n  \n"])
+def test_empty_file(tmp_path: Path, content: bytes) -> None:
+    (tmp_path / "empty.csv").write_bytes(content)
+    assert "empty.csv: empty file" in error_of(tmp_path / "empty.csv", tmp_path)
+
+
+def test_not_utf8_names_file_line_and_suggests_reencoding(tmp_path: Path) -> None:
+    (tmp_path / "latin.csv").write_bytes("text,label\nok,a\ncaf\u00e9,b\n".encode("latin-1"))
+    message = error_of(tmp_path / "latin.csv", tmp_path)
+    assert (
+        "latin.csv" in message and "not UTF-8" in message and "line 3" in message and "re-encode" in message
+    )
+
+
+def test_missing_text_column_lists_found_columns_and_the_params_key(tmp_path: Path) -> None:
+    (tmp_path / "r.csv").write_text("review,label\ngood,a\n")
+    message = error_of(tmp_path / "r.csv", tmp_path)
+    assert message.startswith("r.csv: no column 'text' (data.text_column)")
+    assert "columns found: review, label" in message and "set data.text_column" in message
+
+
+def test_missing_label_column_names_data_label_column(tmp_path: Path) -> None:
+    (tmp_path / "r.jsonl").write_text('{"text": "good", "stars": 5}\n')
+    message = error_of(tmp_path / "r.jsonl", tmp_path, label_column="sentiment")
+    assert "'sentiment' (data.label_column)" in message and "text, stars" in message
+
+
+def test_same_column_for_text_and_label(tmp_path: Path) -> None:
+    (tmp_path / "r.csv").write_text(CSV)
+    assert "data.text_column and data.label_column" in error_of(
+        tmp_path / "r.csv", tmp_path, label_column="text"
+    )
+
+
+def test_bad_jsonl_line_is_named(tmp_path: Path) -> None:
+    (tmp_path / "r.jsonl").write_text('{"text": "a", "label": "x"}\n{"text": "b", "label": \n')
+    assert error_of(tmp_path / "r.jsonl", tmp_path).startswith("r.jsonl line 2: not valid JSON")
+
+
+def test_jsonl_line_that_is_not_an_object(tmp_path: Path) -> None:
+    (tmp_path / "r.jsonl").write_text('["a", "x"]\n')
+    assert error_of(tmp_path / "r.jsonl", tmp_path).startswith("r.jsonl line 1: a JSON list, not an object")
+
+
+def test_ragged_csv_names_the_file(tmp_path: Path) -> None:
+    (tmp_path / "r.csv").write_text("text,label\na,x\nb,y,extra\n")
+    message = error_of(tmp_path / "r.csv", tmp_path)
+    assert message.startswith("r.csv: cannot parse as CSV") and "line 3" in message
+
+
+def test_corrupt_parquet(tmp_path: Path) -> None:
+    (tmp_path / "r.parquet").write_bytes(b"this is not parquet at all")
+    assert error_of(tmp_path / "r.parquet", tmp_path).startswith("r.parquet: not a readable Parquet file")
+
+
+def test_split_folder_without_train(tmp_path: Path) -> None:
+    for name in ("validation.csv", "test.csv"):
+        (tmp_path / name).write_text(CSV)
+    assert "no train.*" in error_of(tmp_path, tmp_path)
+
+
+def test_split_folder_with_two_files_for_one_split(tmp_path: Path) -> None:
+    for name in ("train.csv", "dev.csv", "val.csv"):
+        (tmp_path / name).write_text(CSV)
+    message = error_of(tmp_path, tmp_path)
+    assert "dev.csv" in message and "val.csv" in message and "validation split" in message
+
+
+def test_folder_with_a_stray_data_file(tmp_path: Path) -> None:
+    for name in ("train.csv", "test.csv", "notes.csv"):
+        (tmp_path / name).write_text(CSV)
+    assert "notes.csv: several data files but this one is not a split file" in error_of(tmp_path, tmp_path)
+
+
+def test_folder_without_data_files_lists_what_it_found(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "reviews.txt").write_text("x")
+    assert "found: reviews.txt" in error_of(tmp_path / "in", tmp_path)
+
+
+def test_data_source_with_empty_data_dir(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / ".gitignore").write_text("*\n")
+    message = error_of("data", tmp_path)
+    assert "holds no data files" in message and "dvc pull" in message
+
+
+def test_hf_failure_names_the_id_and_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    message = error_of("hf:nobody-here/no-such-dataset:plain", tmp_path)
+    assert "'nobody-here/no-such-dataset'" in message and "network" in message
+
+
+# --- materialise -----------------------------------------------------------------------------
+
+
+def test_materialise_replaces_contents_but_keeps_gitignore(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "old.csv").write_text("stale")
+    (data_dir / ".gitignore").write_text("/keep-me\n")
+    written = materialise(RawData({}, {"new.csv": b"text,label\n"}), data_dir)
+    assert written == [data_dir / "new.csv"]
+    assert sorted(p.name for p in data_dir.iterdir()) == [".gitignore", "new.csv"]
+    assert (data_dir / ".gitignore").read_text() == "/keep-me\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no staging folders left behind
+
+
+def test_failed_materialise_leaves_data_dir_untouched(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "good.csv").write_text("keep")
+    broken = RawData({}, {"a": b"file", "a/b.csv": b"cannot go under a file"})
+    with pytest.raises(DataError, match="left unchanged"):
+        materialise(broken, data_dir)
+    assert [p.name for p in data_dir.iterdir()] == ["good.csv"]
+    assert (data_dir / "good.csv").read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def test_materialise_refuses_paths_outside_data_dir(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="plain relative file name"):
+        materialise(RawData({}, {"../escape.csv": b"x"}), tmp_path / "data")
+    assert not (tmp_path / "escape.csv").exists()

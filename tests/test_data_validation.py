@@ -1,0 +1,195 @@
+"""validate_frames: every problem collected, one-line messages that name the split, row and fix."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bitune.data.demo import make_demo_frame
+from bitune.data.sources import read_source
+from bitune.data.validation import ValidationReport, validate_frames
+from bitune.errors import DataError
+from bitune.params import DataParams, SplitParams
+
+
+def frame(texts: list, labels: list) -> pd.DataFrame:
+    return pd.DataFrame({"text": texts, "label": labels})
+
+
+def clean(rows: int = 60, seed: int = 0) -> pd.DataFrame:
+    return make_demo_frame(rows, seed)
+
+
+def only_error(frames: dict[str, pd.DataFrame], **kw: object) -> str:
+    """The single error validation finds; asserts it raises as a one-line DataError too."""
+    report = validate_frames(frames, DataParams(**kw))
+    assert len(report.errors) == 1, report.errors
+    with pytest.raises(DataError) as caught:
+        report.raise_for_errors()
+    assert str(caught.value) == report.errors[0] and "\n" not in str(caught.value)
+    return report.errors[0]
+
+
+def with_rows(base: pd.DataFrame, at: dict[int, tuple]) -> pd.DataFrame:
+    """base with rows replaced at 0-based positions: file row = position + 2."""
+    out = base.copy()
+    for i, (text, label) in at.items():
+        out.loc[i, ["text", "label"]] = [text, label]
+    return out
+
+
+def test_clean_data_passes_with_stats() -> None:
+    report = validate_frames({"all": clean(100)}, DataParams())
+    assert report.ok and report.errors == [] and report.warnings == []
+    report.raise_for_errors()
+    assert report.stats["rows"] == report.stats["rows_all"] == 100
+    assert report.stats["classes"] == 2 and report.stats["duplicates"] == 0
+    assert 0 < report.stats["chars_mean"] <= report.stats["chars_p95"]
+
+
+def test_row_numbers_are_file_rows(tmp_path: Path) -> None:
+    path = tmp_path / "r.csv"
+    lines = clean(60).to_csv(index=False).splitlines()
+    lines[7] = ",positive"  # file row 8 (1-based, header is row 1) has no text
+    path.write_text("\n".join(lines) + "\n")
+    raw = read_source(DataParams(source=str(path)), tmp_path / "data")
+    message = only_error(raw.frames)
+    assert "missing or blank text at row 8;" in message
+    assert path.read_text().splitlines()[8 - 1] == ",positive"
+
+
+def test_blank_and_null_texts_name_split_and_first_five_rows() -> None:
+    bad = with_rows(
+        clean(),
+        {
+            i: (t, "positive")
+            for i, t in zip([0, 2, 3, 5, 8, 9], ["", "  ", None, "\t", "", " "], strict=True)
+        },
+    )
+    message = only_error({"all": bad})
+    assert message.startswith("missing or blank text at rows 2, 4, 5, 7, 10 (+1 more)")
+
+
+def test_empty_frame_names_the_split() -> None:
+    report = validate_frames(
+        {"train": clean(), "validation": frame([], []), "test": clean(60, 1)}, DataParams()
+    )
+    assert "validation: no data rows" in report.errors[0]
+
+
+def test_labels_outside_data_labels_name_label_and_rows() -> None:
+    bad = with_rows(clean(), {3: ("meh, fine", "neutral"), 6: ("so so", "neutral")})
+    message = only_error({"all": bad}, labels=["negative", "positive"])
+    assert "labels not in data.labels ['negative', 'positive']: 'neutral' (rows 5, 8)" in message
+
+
+def test_missing_label() -> None:
+    message = only_error({"all": with_rows(clean(), {1: ("unlabelled text", None)})})
+    assert message.startswith("missing or blank label at row 3")
+
+
+def test_single_class_names_it() -> None:
+    message = only_error({"all": clean(80)[lambda f: f["label"] == "positive"]})
+    assert "only one class ('positive')" in message and "data.label_column" in message
+
+
+def test_too_few_rows_per_class_names_the_class_and_minimum() -> None:
+    small = pd.concat(
+        [clean(60), frame([f"neutral {i}" for i in range(5)], ["neutral"] * 5)], ignore_index=True
+    )
+    message = only_error({"all": small})
+    assert "'neutral' has 5 rows" in message and "at least 20 per class" in message
+
+
+def test_carving_test_out_of_train_needs_enough_rows_per_class() -> None:
+    train, validation = clean(60), clean(60, 1)
+    assert validate_frames({"train": train, "validation": validation}, DataParams()).ok
+    message = only_error({"train": train.head(12), "validation": validation})
+    assert message.startswith("train: too few rows per class") and "needs at least 20" in message
+
+
+def test_duplicates_above_the_limit_are_an_error_below_a_warning() -> None:
+    base = clean(100)
+    dup = pd.concat([base, base.iloc[[4]]], ignore_index=True)  # row 102 repeats row 6
+    message = only_error({"all": dup}, max_duplicate_fraction=0.0)
+    assert message.startswith("1 duplicate row (1.0% of 101), e.g. row 102 repeats row 6")
+    report = validate_frames({"all": dup}, DataParams(max_duplicate_fraction=0.05))
+    assert report.ok and "within data.max_duplicate_fraction=0.05, kept" in report.warnings[0]
+    assert report.stats["duplicates"] == 1
+
+
+def test_same_text_with_two_labels_names_both_rows() -> None:
+    base = clean()
+    bad = with_rows(
+        base, {9: (base.loc[2, "text"], "positive" if base.loc[2, "label"] == "negative" else "negative")}
+    )
+    message = only_error({"all": bad})
+    assert message.startswith("1 text has more than one label") and "at row 4 and" in message
+    assert "at row 11" in message
+
+
+def test_leakage_between_train_and_test_names_both_rows() -> None:
+    train, validation, test = clean(60), clean(60, 1), clean(60, 2)
+    test = with_rows(test, {0: tuple(train.loc[5])})
+    message = only_error({"train": train, "validation": validation, "test": test})
+    assert (
+        message.startswith("1 test text also in train (leakage)") and "train row 7 and test row 2" in message
+    )
+
+
+def test_leakage_into_validation_is_a_warning() -> None:
+    train, validation, test = clean(60), clean(60, 1), clean(60, 2)
+    report = validate_frames(
+        {"train": train, "validation": with_rows(validation, {0: tuple(train.loc[0])}), "test": test},
+        DataParams(),
+    )
+    assert report.ok and "validation text also in train" in report.warnings[0]
+
+
+def test_texts_over_max_length_chars() -> None:
+    bad = with_rows(clean(), {0: ("x" * 600, "positive")})
+    message = only_error({"all": bad}, max_length_chars=500)
+    assert message.startswith("text longer than data.max_length_chars=500 at row 2 (longest 600 chars)")
+
+
+def test_long_texts_and_class_imbalance_are_warnings() -> None:
+    many = clean(2000)
+    skewed = pd.concat([many[many["label"] == "positive"], many[many["label"] == "negative"].head(40)])
+    skewed = with_rows(skewed.reset_index(drop=True), {0: ("long " * 500, "positive")})
+    report = validate_frames({"all": skewed}, DataParams())
+    assert report.ok
+    assert any(w.startswith("class imbalance 25:1") for w in report.warnings)
+    assert any(w.startswith("1 text longer than 2000 chars") for w in report.warnings)
+
+
+def test_class_only_in_test_is_an_error() -> None:
+    test = with_rows(clean(60, 2), {0: ("a neutral remark", "neutral")})
+    message = only_error({"train": clean(60), "validation": clean(60, 1), "test": test})
+    assert message.startswith("test: class 'neutral' is not in train")
+
+
+def test_every_problem_is_collected_into_one_line() -> None:
+    base = clean()
+    bad = with_rows(base, {0: ("", "positive"), 1: ("ok", "neutral"), 2: ("y" * 50, "negative")})
+    report = validate_frames({"all": bad}, DataParams(labels=["negative", "positive"], max_length_chars=40))
+    assert len(report.errors) >= 3
+    with pytest.raises(DataError) as caught:
+        report.raise_for_errors()
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(report.errors[0] + f" (+{len(report.errors) - 1} more problems: ")
+    assert all(e in message for e in report.errors)
+    assert caught.value.problems == report.errors  # type: ignore[attr-defined]
+
+
+def test_empty_report_does_not_raise_and_missing_columns_are_reported() -> None:
+    ValidationReport().raise_for_errors()
+    report = validate_frames({"all": pd.DataFrame({"review": ["a"], "label": ["x"]})}, DataParams())
+    assert report.errors == ["frame has no column text (columns: review, label); read data with read_source"]
+    assert validate_frames({}, DataParams()).errors
+
+
+def test_uses_the_split_params_for_the_per_class_minimum() -> None:
+    data = clean(30)  # 15 per class: too few for 10% parts, enough for 15%
+    assert not validate_frames({"all": data}, DataParams()).ok
+    assert validate_frames({"all": data}, DataParams(split=SplitParams(validation=0.15, test=0.15))).ok
