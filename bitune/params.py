@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from bitune.errors import ParamsError
 
+URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<user>[^/@\s:]*):(?P<secret>[^/@\s]+)@")
+SECRET_KEY = re.compile(r"(password|secret|token|access_key|api_key)", re.IGNORECASE)
 LAYER_SLICE = re.compile(r"^layers\[(-?\d*):(-?\d*)\]$")
 GROUP_NAMES = ("head", "pooler", "embeddings", "layers", "extras")
 
@@ -173,13 +175,32 @@ class Params(Strict):
         return self
 
     def flat(self) -> dict[str, str]:
-        """Dotted keys to strings: what MLflow logs as params."""
-        return flatten(self.model_dump(mode="json"))
+        """Dotted keys to strings, secrets redacted: what MLflow logs as params."""
+        return {k: redact(k, v) for k, v in flatten(self.model_dump(mode="json")).items()}
+
+    def redacted(self) -> dict[str, Any]:
+        """The resolved params tree with secrets masked: the params artifact of every run."""
+        return _redact_tree(self.model_dump(mode="json"))
 
     def digest(self, exclude: tuple[str, ...] = ("tracking", "registry")) -> str:
         """Hash of what changes the trained model: a cache key part."""
         payload = {k: v for k, v in self.model_dump(mode="json").items() if k not in exclude}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def redact(key: str, value: str) -> str:
+    """Credentials never reach a tracking server: `user:pass@` in URLs and secret-named keys are masked."""
+    if SECRET_KEY.search(key.rsplit(".", 1)[-1]):
+        return "***"
+    return URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", value)
+
+
+def _redact_tree(tree: Any, key: str = "") -> Any:
+    if isinstance(tree, dict):
+        return {k: _redact_tree(v, k) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_redact_tree(v, key) for v in tree]
+    return redact(key, tree) if isinstance(tree, str) else tree
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, str]:

@@ -6,6 +6,7 @@ and the terminal gets one line naming the problem and the fix, with a non-zero e
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -21,6 +22,7 @@ from flows.cli_common import (
     ProjectOpt,
     SetOpt,
     console,
+    errors,
     fail,
     quiet_defaults,
     route_tracebacks,
@@ -48,6 +50,10 @@ def _summary_table(summary) -> None:  # type: ignore[no-untyped-def]
     console.print(f"Data version {summary.data_version} · MLflow: {summary.tracking_uri}")
     console.print("Open the MLflow UI: [bold]bitune ui[/] (or mlflow ui --backend-store-uri "
                   f"{summary.tracking_uri})")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 @app.callback()
@@ -78,10 +84,15 @@ def run(
     from flows.retrain import retrain
 
     route_tracebacks(log_file)
+    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM ends the run like Ctrl-C: runs marked KILLED
     try:
         summary = retrain(params_file=str(params_file), overrides=overrides, project_dir=str(root), force=force)
     except BituneError as exc:
         raise fail(exc, log_file) from None
+    except KeyboardInterrupt:
+        errors.print("interrupted: the MLflow run is marked KILLED; data, registry and champion are unchanged; "
+                     "run again to resume from the last checkpoint")
+        raise typer.Exit(130) from None
     _summary_table(summary)
 
 

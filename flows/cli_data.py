@@ -1,9 +1,125 @@
-"""`bitune data ...`: data versions in DVC."""
+"""`bitune data versions | checkout`: the data versions DVC holds, and going back to one."""
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
 import typer
+from rich.table import Table
+
+from bitune.errors import BituneError
+from flows.cli_common import LOG_FILE, ParamsOpt, ProjectOpt, SetOpt, console, errors, fail
+from tasks import dvc_store
+
+if TYPE_CHECKING:
+    from bitune.params import Params
+
+RUN_TAG = "bitune.data_version"
 
 
 def register(app: typer.Typer) -> None:
     """Attach this module's commands to the `bitune` app."""
+    data = typer.Typer(help="Data versions: list them, restore one.", no_args_is_help=True)
+    data.command("versions")(versions)
+    data.command("checkout")(checkout)
+    app.add_typer(data, name="data")
+
+
+def versions(
+    params: ParamsOpt = Path("params/default.yaml"),
+    set_: SetOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+    project: ProjectOpt = Path("."),
+) -> None:
+    """List the data versions git, the DVC remote and MLflow runs know of, oldest first."""
+    root = project.resolve()
+    try:
+        loaded = _params(root, params, set_)
+        known = dvc_store.known_versions(root, loaded.data.remote, _mlflow_sightings(root, loaded))
+    except BituneError as exc:
+        raise fail(exc, root / LOG_FILE) from None
+    if as_json:
+        console.print_json(json.dumps([_as_dict(v) for v in known]))
+        return
+    if not known:
+        console.print("No data versions yet: `bitune run` versions the data it trains on.")
+        return
+    table = Table(title=f"data versions ({dvc_store.resolve_remote(root, loaded.data.remote)})")
+    table.add_column("", width=1)
+    table.add_column("version", no_wrap=True, min_width=36)
+    for column in ("first seen", "files", "seen in"):
+        table.add_column(column)
+    for v in known:
+        missing = "" if v.in_remote is not False else " [red](not in the remote)[/]"
+        table.add_row(
+            "*" if v.current else "",
+            v.md5,
+            v.first_seen.astimezone().strftime("%Y-%m-%d %H:%M") if v.first_seen else "?",
+            ", ".join(v.files) if v.files is not None else "?",
+            ", ".join(v.sources) + missing,
+        )
+    console.print(table)
+    console.print("* current (data.dvc). Restore one with [bold]bitune data checkout VERSION[/] (a prefix works).")
+
+
+def checkout(
+    version: Annotated[str, typer.Argument(help="data version: md5 from `bitune data versions`, or a prefix")],
+    params: ParamsOpt = Path("params/default.yaml"),
+    set_: SetOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="discard edits in data/ that data.dvc lacks")] = False,
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Restore data/ and data.dvc to VERSION from the DVC remote; on failure both stay as they were."""
+    root = project.resolve()
+    try:
+        loaded = _params(root, params, set_)
+        dvc_store.ensure_repo(root, loaded.data.remote)
+        known = dvc_store.known_versions(root, loaded.data.remote, _mlflow_sightings(root, loaded))
+        full = dvc_store.checkout(root, dvc_store.resolve_version(version, known), str(loaded.data.dir), force)
+    except BituneError as exc:
+        raise fail(exc, root / LOG_FILE) from None
+    console.print(f"{loaded.data.dir}/ and data.dvc are at data version {full}.")
+    console.print("Train on it with [bold]bitune run --set data.source=data[/]; commit data.dvc to keep it.")
+
+
+def _params(root: Path, params: Path, overrides: list[str] | None) -> Params:
+    from bitune.params import load_params
+
+    return load_params(params if params.is_absolute() else root / params, list(overrides or []))
+
+
+def _mlflow_sightings(root: Path, params: Params) -> list[dvc_store.Sighting]:
+    """Parent runs' data versions; an unreachable or absent store only means fewer sightings."""
+    from tasks.tracking import TrackingSettings
+
+    settings = TrackingSettings.from_params(params.tracking, root)
+    if settings.uri.startswith("sqlite:///") and not Path(settings.uri.removeprefix("sqlite:///")).exists():
+        return []  # a client would create the database: listing must not change the project
+    try:
+        client = settings.client()
+        experiment = client.get_experiment_by_name(settings.experiment)
+        if experiment is None:
+            return []
+        runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{RUN_TAG}` != ''")
+    except Exception as exc:  # connection errors come as several types; the listing goes on without
+        errors.print(f"[yellow]note:[/] MLflow at {settings.uri} not read ({type(exc).__name__}); "
+                     "versions from git and the remote only", highlight=False)
+        return []
+    return [
+        dvc_store.Sighting(run.data.tags[RUN_TAG], datetime.fromtimestamp(run.info.start_time / 1000, UTC), "mlflow")
+        for run in runs
+    ]
+
+
+def _as_dict(version: dvc_store.KnownVersion) -> dict[str, object]:
+    return {
+        "md5": version.md5,
+        "first_seen": version.first_seen.isoformat() if version.first_seen else None,
+        "files": version.files,
+        "sources": version.sources,
+        "in_remote": version.in_remote,
+        "current": version.current,
+    }

@@ -1,9 +1,187 @@
-"""`bitune promote | rollback | compare | ui`: the model registry and experiment comparison."""
+"""`bitune promote | rollback | compare | ui`: the model registry and experiment comparison.
+
+Each command resolves the MLflow store the way the flow does (params `tracking`, env
+`MLFLOW_TRACKING_URI` wins), calls the plain functions in `tasks.promotion`, and turns any
+`BituneError` into one line on the terminal and exit status 2.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
 import typer
+from rich.table import Table
+
+from bitune.errors import BituneError
+from flows.cli_common import LOG_FILE, ParamsOpt, ProjectOpt, console, fail, quiet_defaults
+
+if TYPE_CHECKING:
+    from bitune.params import Params
+    from tasks.promotion import RunRow
+    from tasks.tracking import TrackingSettings
+
+DEFAULT_PARAMS = Path("params/default.yaml")
+
+
+def load_settings(project: Path, params: Path) -> tuple[Params, TrackingSettings]:
+    """Params and the MLflow store of the project, resolved exactly as the retrain flow resolves them."""
+    from bitune.params import load_params
+    from tasks.tracking import TrackingSettings
+
+    root = project.resolve()
+    loaded = load_params(params if params.is_absolute() else root / params)
+    return loaded, TrackingSettings.from_params(loaded.tracking, root)
+
+
+def ui_command(settings: TrackingSettings, host: str, port: int) -> list[str]:
+    """`mlflow ui` on the project's store; new experiments made in the UI keep artifacts in the project."""
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        settings.uri,
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+    if settings.artifact_location and settings.artifact_location.startswith("file://"):
+        command += ["--artifacts-destination", settings.artifact_location]
+    return command
+
+
+def promote(
+    version: Annotated[str, typer.Argument(help="model version number to make champion")],
+    force: Annotated[bool, typer.Option("--force", help="skip the gate (scores, CKA, data version)")] = False,
+    project: ProjectOpt = Path("."),
+    params: ParamsOpt = DEFAULT_PARAMS,
+) -> None:
+    """Make VERSION the champion if the promotion gate agrees; the old champion is kept for rollback."""
+    quiet_defaults()
+    try:
+        from tasks.promotion import promote as promote_version
+
+        loaded, settings = load_settings(project, params)
+        done = promote_version(settings, loaded.registry, version, force=force)
+    except BituneError as exc:
+        raise fail(exc, project.resolve() / LOG_FILE) from None
+    if not done.changed:
+        console.print(f"Version {done.version} of {done.name} is already the champion; nothing changed.")
+        return
+    was = f"was version {done.replaced}" if done.replaced else "there was none"
+    console.print(
+        f"[green]Champion of {done.name} is now version {done.version}[/] ({was}): {'; '.join(done.reasons)}"
+    )
+    if done.replaced:
+        console.print("Undo with [bold]bitune rollback[/].")
+
+
+def rollback(project: ProjectOpt = Path("."), params: ParamsOpt = DEFAULT_PARAMS) -> None:
+    """Give the champion alias back to the version the current champion replaced."""
+    quiet_defaults()
+    try:
+        from tasks.promotion import rollback as rollback_champion
+
+        loaded, settings = load_settings(project, params)
+        done = rollback_champion(settings, loaded.registry.model_name)
+    except BituneError as exc:
+        raise fail(exc, project.resolve() / LOG_FILE) from None
+    console.print(
+        f"[green]Rolled back:[/] champion of {done.name} is version {done.version} again "
+        f"(version {done.replaced} keeps its other aliases)."
+    )
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds:.1f} s" if seconds < 120 else f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
+
+
+def _table(rows: list[RunRow], experiment: str) -> Table:
+    table = Table(title=f"bitune runs in experiment {experiment!r}")
+    for column in ("run", "strategy", "data", "accuracy", "macro-F1", "CKA", "duration", "status", "model"):
+        table.add_column(
+            column, justify="right" if column in ("accuracy", "macro-F1", "CKA", "duration") else "left"
+        )
+    for r in rows:
+        score = [
+            f"{r.metrics[k]:.4f}" if k in r.metrics else "-"
+            for k in ("test/accuracy", "test/macro_f1", "test/cka_to_pretrained")
+        ]
+        model = f"v{r.model_version}" if r.model_version else "-"
+        if r.aliases:
+            model += f" ({', '.join(r.aliases)})"
+        table.add_row(r.name, r.strategy, r.data_version, *score, _duration(r.seconds), r.status, model)
+    return table
+
+
+def compare(
+    experiment: Annotated[
+        str | None, typer.Option("--experiment", help="MLflow experiment (default: params)")
+    ] = None,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="also write a bar chart of the scores (PNG)")
+    ] = None,
+    project: ProjectOpt = Path("."),
+    params: ParamsOpt = DEFAULT_PARAMS,
+) -> None:
+    """Table of retrain runs: strategy, data version, test scores, duration, model version and aliases."""
+    quiet_defaults()
+    try:
+        from tasks.promotion import compare_runs, plot_comparison
+
+        loaded, settings = load_settings(project, params)
+        if experiment:
+            settings = dataclasses.replace(settings, experiment=experiment)
+        rows = compare_runs(settings, loaded.registry.model_name)
+    except BituneError as exc:
+        raise fail(exc, project.resolve() / LOG_FILE) from None
+    if not rows:
+        console.print(
+            f"No bitune runs in experiment {settings.experiment!r} yet; start one with `bitune run`."
+        )
+        return
+    console.print(_table(rows, settings.experiment))
+    if plot is not None:
+        console.print(f"Plot written to {plot_comparison(rows, plot)}")
+
+
+def ui(
+    port: Annotated[int, typer.Option("--port", help="port to listen on")] = 5000,
+    host: Annotated[
+        str, typer.Option("--host", help="address to bind; keep loopback unless you mean to share")
+    ] = "127.0.0.1",
+    project: ProjectOpt = Path("."),
+    params: ParamsOpt = DEFAULT_PARAMS,
+) -> None:
+    """Open the MLflow UI on this project's tracking store (runs `mlflow ui`)."""
+    quiet_defaults()
+    try:
+        from tasks.promotion import ensure_store
+
+        _, settings = load_settings(project, params)
+        ensure_store(settings)
+    except BituneError as exc:
+        raise fail(exc, project.resolve() / LOG_FILE) from None
+    if settings.uri.startswith(("http://", "https://")):
+        console.print(
+            f"Tracking goes to the MLflow server at {settings.uri}: open that address in a browser."
+        )
+        return
+    command = ui_command(settings, host, port)
+    console.print(f"MLflow UI on http://{host}:{port} (store {settings.uri}); Ctrl-C stops it.")
+    sys.stdout.flush()
+    os.execv(command[0], command)
 
 
 def register(app: typer.Typer) -> None:
     """Attach this module's commands to the `bitune` app."""
+    for command in (promote, rollback, compare, ui):
+        app.command()(command)

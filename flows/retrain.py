@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from prefect import flow
+from prefect.exceptions import TerminationSignal
 
 from bitune.params import load_params
 from bitune.tuning.schedule import expand_strategy
@@ -13,7 +14,13 @@ from tasks.data import version_data
 from tasks.evaluate import evaluate
 from tasks.preprocess import preprocess
 from tasks.registry import register
-from tasks.runs import close_parent_run, open_parent_run, pipeline_key, previous_success, reset_pipeline
+from tasks.runs import (
+    close_parent_run,
+    open_parent_run,
+    pipeline_key,
+    previous_success,
+    reset_pipeline,
+)
 from tasks.tracking import TrackingSettings
 from tasks.tuning import tune_phase
 
@@ -55,7 +62,6 @@ def retrain(
         reset_pipeline(str(root), key, str(params.train.checkpoint_dir))
 
     run_id = open_parent_run(settings, params, data, key, str(root))
-    status = "FAILED"
     try:
         prepared = preprocess(params, data.md5, str(root))
         phases = []
@@ -67,12 +73,12 @@ def retrain(
             )
         evaluation = evaluate(params, prepared, phases, str(root), key, settings, run_id)
         registration = register(params, prepared, evaluation, phases[-1].model_dir, data.md5, settings, run_id)
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
+    except BaseException as exc:
+        # interrupted (Ctrl-C, SIGTERM) or failed: close the runs directly, not as a new task
+        killed = isinstance(exc, KeyboardInterrupt | TerminationSignal)
+        close_parent_run.fn(settings, run_id, "KILLED" if killed else "FAILED")
         raise
-    finally:
-        close_parent_run(settings, run_id, status)
+    close_parent_run(settings, run_id, "FINISHED")
     return RetrainSummary(
         data_version=data.md5, tracking_uri=settings.uri, run_id=run_id,
         phases=[{"phase": p.key, **{k: v for k, v in p.best.items() if k.startswith("val_")},

@@ -2,13 +2,20 @@
 
 Plain functions around the `dvc` command line (run in-process through `python -m dvc`, so the
 project's own installed DVC is used); the data version everywhere is the md5 `data.dvc` records.
+Every function that rewrites `data.dvc` puts its exact bytes back when it fails, so a failed
+ingest or checkout leaves the project as it was.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
@@ -16,6 +23,8 @@ import yaml
 from bitune.errors import DataError
 
 REMOTE_NAME = "bitune"
+DVC_FILE = "data.dvc"
+MD5 = re.compile(r"^[0-9a-f]{32}(\.dir)?$")
 
 
 def _dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -23,9 +32,14 @@ def _dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProc
         [sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True, text=True, check=False
     )
     if check and proc.returncode != 0:
-        last = (proc.stderr.strip() or proc.stdout.strip() or "no output").splitlines()[-1]
-        raise DataError(f"dvc {' '.join(args)} failed in {root}: {last[:200]}")
+        raise DataError(f"dvc {' '.join(args)} failed in {root}: {_last_line(proc)}")
     return proc
+
+
+def _last_line(proc: subprocess.CompletedProcess[str]) -> str:
+    """DVC's first ERROR line when there is one (its last line is often a help link), else its last line."""
+    lines = (proc.stderr.strip() or proc.stdout.strip() or "no output").splitlines()
+    return next((line for line in lines if line.startswith("ERROR")), lines[-1])[:200]
 
 
 def resolve_remote(root: Path, remote: str) -> str:
@@ -44,11 +58,17 @@ def ensure_repo(root: Path, remote: str) -> None:
         _dvc(root, "config", "core.analytics", "false")
     url = resolve_remote(root, remote)
     if "://" not in url:
-        Path(url).mkdir(parents=True, exist_ok=True)
+        try:
+            Path(url).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DataError(
+                f"data.remote {remote!r}: cannot create the folder {url} ({exc.strerror or exc}); "
+                "point data.remote at a writable folder or an s3:// URL"
+            ) from None
     _dvc(root, "remote", "add", "--local", "--default", "--force", REMOTE_NAME, url)
 
 
-def data_version(root: Path, dvc_file: str = "data.dvc") -> str | None:
+def data_version(root: Path, dvc_file: str = DVC_FILE) -> str | None:
     """The md5 `data.dvc` records for `data/`, or None before the first version."""
     path = root / dvc_file
     if not path.exists():
@@ -57,31 +77,203 @@ def data_version(root: Path, dvc_file: str = "data.dvc") -> str | None:
     return outs[0].get("md5")
 
 
+@contextmanager
+def _restored_on_failure(root: Path) -> Iterator[None]:
+    """On any exception: data.dvc back to its exact bytes (or gone, if it was) and data/ checked out to it.
+
+    data/ comes back from the local cache, which holds every version `dvc add` has seen here.
+    """
+    dvc_file = root / DVC_FILE
+    before = dvc_file.read_bytes() if dvc_file.exists() else None
+    try:
+        yield
+    except BaseException:
+        if before is None:
+            dvc_file.unlink(missing_ok=True)
+        else:
+            dvc_file.write_bytes(before)
+            _dvc(root, "checkout", "-q", "--force", DVC_FILE, check=False)
+        raise
+
+
 def add_and_push(root: Path, data_dir: str = "data") -> str:
-    """Version `data/` and push it to the remote; returns the data version (md5)."""
-    _dvc(root, "add", "-q", data_dir)
-    version = data_version(root)
-    if version is None:
-        raise DataError(f"{root / 'data.dvc'}: dvc add wrote no md5; check that {data_dir}/ is not empty")
-    _dvc(root, "push", "-q", "-r", REMOTE_NAME)
+    """Version `data/` and push it to the remote; returns the data version (md5).
+
+    When `dvc add` or the push fails, data.dvc and data/ go back to the previous version: a version
+    that is not in the remote must not become the project's current one.
+    """
+    with _restored_on_failure(root):
+        _dvc(root, "add", "-q", data_dir)
+        version = data_version(root)
+        if version is None:
+            raise DataError(f"{root / DVC_FILE}: dvc add wrote no md5; check that {data_dir}/ is not empty")
+        proc = _dvc(root, "push", "-q", "-r", REMOTE_NAME, DVC_FILE, check=False)
+        if proc.returncode != 0:
+            raise DataError(
+                f"cannot push data version {version} to the DVC remote ({_last_line(proc)}); check "
+                "data.remote and its credentials — data.dvc was left at the previous version"
+            )
     return version
 
 
 def remote_has_current(root: Path) -> bool:
     """`dvc status -c`: True when the remote holds everything `data.dvc` references."""
-    proc = _dvc(root, "status", "-c", "--json", "-r", REMOTE_NAME)
+    proc = _dvc(root, "status", "-c", "--json", "-r", REMOTE_NAME, DVC_FILE)
     return json.loads(proc.stdout or "{}") == {}
 
 
-def checkout(root: Path, version: str) -> None:
-    """Restore `data/` to `version`: rewrite data.dvc's md5 and pull from the remote."""
-    dvc_file = root / "data.dvc"
-    spec = yaml.safe_load(dvc_file.read_text())
-    spec["outs"][0]["md5"] = version
-    spec["outs"][0].pop("size", None)
-    spec["outs"][0].pop("nfiles", None)
-    dvc_file.write_text(yaml.safe_dump(spec, sort_keys=False))
-    proc = _dvc(root, "pull", "-q", "-r", REMOTE_NAME, check=False)
+def has_local_changes(root: Path) -> bool:
+    """True when data/ holds edits that `data.dvc` does not record (a checkout would discard them)."""
+    if not (root / DVC_FILE).exists():
+        return False
+    proc = _dvc(root, "status", "--json", DVC_FILE)
+    changes = json.loads(proc.stdout or "{}").get(DVC_FILE, [])
+    return any(
+        state == "modified"
+        for change in changes
+        if isinstance(change, dict)
+        for state in (change.get("changed outs") or {}).values()
+    )
+
+
+def checkout(root: Path, version: str, data_dir: str = "data", force: bool = False) -> str:
+    """Restore data/ and data.dvc to `version` (an md5, with or without `.dir`) from the cache or remote.
+
+    data.dvc ends as `dvc add` writes it for that version. On any failure data.dvc keeps its exact
+    bytes and data/ its content; uncommitted edits in data/ stop the checkout unless `force`.
+    """
+    version = version.strip()
+    if not MD5.match(version):
+        raise DataError(
+            f"data version {version!r}: not an md5; copy one from `bitune data versions` (a unique "
+            "prefix works there)"
+        )
+    if not version.endswith(".dir"):
+        version += ".dir"
+    if not force and has_local_changes(root):
+        raise DataError(
+            f"{data_dir}/ has changes that {DVC_FILE} does not record; version them with "
+            f"`bitune run --set data.source=data`, or pass --force to discard them"
+        )
+    with _restored_on_failure(root):
+        _write_spec(root, version, data_dir)
+        # `dvc fetch` exits 0 when the remote lacks the version, so look for its manifest after
+        proc = _dvc(root, "fetch", "-q", "-r", REMOTE_NAME, DVC_FILE, check=False)
+        if proc.returncode != 0 or not _object_path(root / ".dvc" / "cache", version).is_file():
+            detail = f" ({_last_line(proc)})" if proc.returncode != 0 else ""
+            raise DataError(
+                f"data version {version}: not in the DVC remote or the local cache{detail}; "
+                "list the versions there with `bitune data versions`"
+            )
+        _dvc(root, "checkout", "-q", "--force", DVC_FILE)
+        (root / DVC_FILE).unlink()  # written afresh, data.dvc reads as the ingest of `version` wrote it
+        _dvc(root, "add", "-q", data_dir)
+        if data_version(root) != version:
+            raise DataError(f"checked out {version} but {data_dir}/ hashes to {data_version(root)}; run `dvc doctor`")
+    return version
+
+
+def _write_spec(root: Path, version: str, data_dir: str) -> None:
+    """A data.dvc naming only `version`: enough for `dvc fetch` and `dvc checkout` to restore it."""
+    spec = {"outs": [{"md5": version, "hash": "md5", "path": data_dir}]}
+    (root / DVC_FILE).write_text(yaml.safe_dump(spec, sort_keys=False))
+
+
+@dataclass(frozen=True)
+class Sighting:
+    """One place a data version was seen: a git commit of data.dvc, the remote, an MLflow run."""
+
+    md5: str
+    when: datetime | None
+    source: str
+
+
+@dataclass
+class KnownVersion:
+    md5: str
+    first_seen: datetime | None
+    sources: list[str] = field(default_factory=list)
+    files: list[str] | None = None  # from the version's manifest, when the cache or remote has it
+    in_remote: bool | None = None  # None: the remote is not a local folder, so not listed here
+    current: bool = False
+
+
+def known_versions(root: Path, remote: str, sightings: Iterable[Sighting] = ()) -> list[KnownVersion]:
+    """Every data version git, the remote and `sightings` know of, oldest first; the current one marked."""
+    url = resolve_remote(root, remote)
+    remote_dir = None if "://" in url else Path(url)
+    found: dict[str, KnownVersion] = {}
+    all_sightings = [*_git_sightings(root), *_remote_sightings(remote_dir), *sightings]
+    current = data_version(root)
+    if current:
+        all_sightings.append(Sighting(current, None, DVC_FILE))
+    for seen in all_sightings:
+        md5 = seen.md5 if seen.md5.endswith(".dir") else f"{seen.md5}.dir"
+        entry = found.setdefault(md5, KnownVersion(md5, None))
+        if seen.source not in entry.sources:
+            entry.sources.append(seen.source)
+        if seen.when and (entry.first_seen is None or seen.when < entry.first_seen):
+            entry.first_seen = seen.when
+    for entry in found.values():
+        entry.current = entry.md5 == current
+        entry.files = _manifest(entry.md5, [root / ".dvc" / "cache", *([remote_dir] if remote_dir else [])])
+        if remote_dir is not None:
+            entry.in_remote = _object_path(remote_dir, entry.md5).is_file()
+    oldest = datetime.max.replace(tzinfo=UTC)
+    return sorted(found.values(), key=lambda v: (v.first_seen or oldest, v.md5))
+
+
+def resolve_version(prefix: str, versions: Iterable[KnownVersion]) -> str:
+    """A full md5 passes through; a prefix must match exactly one known version."""
+    prefix = prefix.strip()
+    if MD5.match(prefix):
+        return prefix
+    matches = sorted({v.md5 for v in versions if v.md5.startswith(prefix)}) if prefix else []
+    if len(matches) == 1:
+        return matches[0]
+    what = "no known data version" if not matches else f"{len(matches)} data versions ({', '.join(matches[:3])})"
+    raise DataError(f"data version {prefix!r}: {what} starts with it; see `bitune data versions`")
+
+
+def _git_sightings(root: Path) -> list[Sighting]:
+    """md5s that commits of data.dvc introduced, with the commit dates."""
+    proc = subprocess.run(
+        ["git", "log", "--format=commit %H %cI", "-p", "--", DVC_FILE],
+        cwd=root, capture_output=True, text=True, check=False,
+    )
     if proc.returncode != 0:
-        raise DataError(f"data version {version}: not found in the DVC remote; list versions with `bitune data versions`")
-    _dvc(root, "checkout", "-q", "--force")
+        return []
+    out: list[Sighting] = []
+    when: datetime | None = None
+    for line in proc.stdout.splitlines():
+        if line.startswith("commit "):
+            when = datetime.fromisoformat(line.split()[2])
+        elif match := re.match(r"^\+-?\s*md5:\s*([0-9a-f]{32}(?:\.dir)?)\s*$", line):
+            out.append(Sighting(match.group(1), when, "git"))
+    return out
+
+
+def _remote_sightings(remote_dir: Path | None) -> list[Sighting]:
+    """Directory manifests in a local remote, dated by when they were pushed."""
+    base = remote_dir / "files" / "md5" if remote_dir else None
+    if base is None or not base.is_dir():
+        return []
+    return [
+        Sighting(path.parent.name + path.name, datetime.fromtimestamp(path.stat().st_mtime, UTC), "remote")
+        for path in sorted(base.glob("*/*.dir"))
+    ]
+
+
+def _object_path(store: Path, md5: str) -> Path:
+    return store / "files" / "md5" / md5[:2] / md5[2:]
+
+
+def _manifest(md5: str, stores: list[Path]) -> list[str] | None:
+    for store in stores:
+        path = _object_path(store, md5)
+        if path.is_file():
+            try:
+                return sorted(entry["relpath"] for entry in json.loads(path.read_text()))
+            except (ValueError, KeyError, TypeError):
+                return None
+    return None

@@ -50,7 +50,9 @@ def evaluate_fn(
     paths.append(plot_drift({p.key: p.drift for p in phases}, out_dir / "drift_per_layer.png"))
     run_id = None
     if settings is not None and accelerator.is_main_process:
-        run_id = tracking.start_run(settings, "evaluate", {"bitune.phase": "evaluate"}, parent_run_id)
+        run_id = tracking.start_run(
+            settings, "evaluate", {"bitune.phase": "evaluate", "bitune.pipeline_key": pipeline_key}, parent_run_id
+        )
         tracking.log_params(settings, run_id, {"model_dir": final.model_dir, "test_rows": len(rows),
                                                "device": str(accelerator.device)})
         tracking.log_metrics(settings, run_id, metrics)

@@ -31,7 +31,7 @@ from bitune.promotion import GateDecision, decide
 from bitune.tuning.phase import PhaseContext, predict_logits
 from tasks.evaluate import Evaluation
 from tasks.preprocess import PreparedData
-from tasks.tracking import TrackingSettings
+from tasks.tracking import TrackingSettings, log_metrics
 from tasks.tuning import load_rows
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -134,6 +134,8 @@ def register_fn(
     client = settings.client()
     texts = pd.read_parquet(prepared.split_file("test"))["text"].tolist()
     try:
+        # the parent run carries the test scores too, for MLflow's compare view and `bitune compare`
+        log_metrics(settings, parent_run_id, evaluation.metrics)
         source = log_model(settings, parent_run_id, Path(model_dir), texts)
         try:
             client.create_registered_model(rules.model_name, description="Text classifier trained by bitune")

@@ -57,7 +57,7 @@ def open_parent_run_fn(
     tracking.log_params(settings, run_id, params.flat() | {"data.version": data.md5})
     tracking.set_tags(settings, run_id, tracking.library_versions())
     resolved_params.parent.mkdir(parents=True, exist_ok=True)
-    resolved_params.write_text(json.dumps(params.model_dump(mode="json"), indent=2))
+    resolved_params.write_text(json.dumps(params.redacted(), indent=2))
     client.log_artifact(run_id, str(resolved_params))
     source = json.dumps({"dvc_remote": data.remote, "md5": data.md5, "path": "data"})
     dataset = Dataset(name="data", digest=data.md5, source_type="dvc", source=source,
@@ -80,9 +80,21 @@ def open_parent_run(settings: TrackingSettings, params: Params, data: DataVersio
                               pipeline_dir(root_path, key) / "params.resolved.json")
 
 
+def close_parent_run_fn(settings: TrackingSettings, run_id: str, status: str) -> None:
+    """End the parent run; on failure or kill, nested runs still RUNNING end with the same status."""
+    if status != "FINISHED":
+        client = settings.client()
+        exp = client.get_run(run_id).info.experiment_id
+        for child in client.search_runs(
+            [exp], filter_string=f"tags.mlflow.parentRunId = '{run_id}' and attributes.status = 'RUNNING'"
+        ):
+            tracking.end_run(settings, child.info.run_id, status)
+    tracking.end_run(settings, run_id, status)
+
+
 @task(name="close-mlflow-run")
 def close_parent_run(settings: TrackingSettings, run_id: str, status: str) -> None:
-    tracking.end_run(settings, run_id, status)
+    close_parent_run_fn(settings, run_id, status)
 
 
 @task(name="reset-pipeline")

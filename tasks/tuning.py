@@ -114,8 +114,11 @@ def tune_phase_fn(
     run_id = None
     if main:
         assert settings is not None
-        run_id = tracking.start_run(settings, run.key, {"bitune.phase": run.spec.name, "bitune.round": str(run.round)},
-                                    parent_run_id)
+        run_id = tracking.start_run(
+            settings, run.key,
+            {"bitune.phase": run.spec.name, "bitune.round": str(run.round), "bitune.pipeline_key": pipeline_key},
+            parent_run_id,
+        )
         tracking.log_params(settings, run_id, {f"phase.{k}": v for k, v in flatten(run.spec.model_dump(mode="json")).items()}
                             | {"device": str(accelerator.device), "precision": accelerator.mixed_precision,
                                "processes": accelerator.num_processes})

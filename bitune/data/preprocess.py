@@ -17,6 +17,7 @@ from typing import Any
 
 import datasets
 import pandas as pd
+from datasets.table import InMemoryTable
 
 from bitune.errors import DataError
 from bitune.params import PreprocessParams
@@ -116,7 +117,8 @@ def _tokenize(
             "labels": [label_map.id_of(str(label)) for label in frame["label"]],
         }
     )
-    dataset = datasets.Dataset.from_pandas(table, preserve_index=False)
+    source = _content_fingerprint(table)
+    dataset = datasets.Dataset(InMemoryTable.from_pandas(table, preserve_index=False), fingerprint=source)
 
     def encode(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         encoded = tokenizer(
@@ -132,7 +134,29 @@ def _tokenize(
             "length": [len(ids) for ids in encoded["input_ids"]],
         }
 
-    return dataset.map(encode, batched=True, remove_columns=["text"], desc=f"tokenize {split}")
+    return dataset.map(
+        encode,
+        batched=True,
+        remove_columns=["text"],
+        desc=f"tokenize {split}",
+        new_fingerprint=_digest([source, split, getattr(tokenizer, "name_or_path", ""), len(tokenizer),
+                                 pre.model_dump(mode="json")]),
+    )
+
+
+def _content_fingerprint(table: pd.DataFrame) -> str:
+    """Both fingerprints `datasets` would compute are given explicitly, so it never hashes with dill.
+
+    dill's hashing of functions (our `encode` closure, and the helper it pickles an Arrow table
+    with) runs `dis.dis` into a swapped `sys.stdout`; under Prefect's `log_prints` each bytecode
+    line then lands in the run log, thousands of them.
+    """
+    rows = pd.util.hash_pandas_object(table, index=False).to_numpy()
+    return _digest([CACHE_FORMAT, list(table.columns), hashlib.sha256(rows.tobytes()).hexdigest()])
+
+
+def _digest(payload: list[Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _is_hit(target: Path, label_map: LabelMap) -> bool:

@@ -124,14 +124,19 @@ def _load_partial(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> Non
 def _stages(run: PhaseRun, model: BituneClassifier, ctx: PhaseContext) -> list[Selected]:
     """Trainable set per epoch: all at once, or ULMFiT's top-down unfreezing (one more group a stage)."""
     names = run.spec.train
+    everything = trainable_modules(model, names, ctx.groups)
     if run.spec.unfreeze == "all":
-        return [trainable_modules(model, names, ctx.groups)]
+        return [everything]
+    by_name = dict(everything)
     order = gradual_unfreeze_order(ctx.groups, [n for n in names if n != "head"])
-    stages, active = [], ["head"] if "head" in names else []
+    active = ["head"] if "head" in names else []
+    stages = [[("head", by_name["head"])]] if active else []
     for step in order:
-        active = active + step
-        stages.append(trainable_modules(model, active, ctx.groups))
-    return stages or [trainable_modules(model, names, ctx.groups)]
+        added = [n for n in step if n in by_name and n not in active]
+        if added:
+            active = active + added
+            stages.append([(n, by_name[n]) for n in active])
+    return stages or [everything]
 
 
 def run_phase(model: BituneClassifier, run: PhaseRun, data: PhaseData, ctx: PhaseContext) -> PhaseResult:
@@ -237,8 +242,6 @@ def run_phase(model: BituneClassifier, run: PhaseRun, data: PhaseData, ctx: Phas
         if _better(spec.early_stopping.metric, watched, best_value):
             best_value, result.best_epoch = watched, epoch
             best_state = phase_state() if spec.early_stopping.patience else None
-        if ctx.on_epoch:
-            ctx.on_epoch(metrics, epoch)
         patience = spec.early_stopping.patience
         stopped_early = bool(patience and epoch - result.best_epoch >= patience)
         if ctx.checkpoints and ctx.accelerator.is_main_process:
@@ -250,6 +253,8 @@ def run_phase(model: BituneClassifier, run: PhaseRun, data: PhaseData, ctx: Phas
                 best_state,
                 {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
             )
+        if ctx.on_epoch:
+            ctx.on_epoch(metrics, epoch)
         if stopped_early or (spec.max_steps and step >= spec.max_steps):
             break
     if best_state is not None and result.best_epoch != len(result.history):

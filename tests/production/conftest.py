@@ -11,14 +11,18 @@ import configparser
 import importlib.util
 import secrets
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from .servers import (
+    COMPOSE_MLFLOW_APP,
+    MLFLOW_SERVER_ENV,
+    REPO,
     SERVER_LOGS,
+    MlflowAuthServer,
     Postgres,
+    S3Server,
     free_port,
     log_tail,
     mlflow_server_argv,
@@ -28,11 +32,8 @@ from .servers import (
     start_server,
 )
 
-REPO = Path(__file__).resolve().parents[2]
 DATABASES = ("mlflow", "mlflow_auth", "mlflow_compose", "prefect")
 SERVER_START_TIMEOUT = 120.0
-MLFLOW_ADMIN = "admin"
-COMPOSE_MLFLOW_APP = "basic-auth"
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -63,7 +64,7 @@ def mlflow_server(postgres: Postgres, server_dir: Path) -> Iterator[str]:
     """MLflow on PostgreSQL with artifacts proxied to a local folder; yields the tracking URL."""
     port = free_port()
     argv = mlflow_server_argv(postgres.dsn("mlflow"), str(server_dir / "mlartifacts"), "127.0.0.1", port)
-    server = start_server("mlflow", argv, postgres.env, server_dir, cwd=server_dir)
+    server = start_server("mlflow", argv, {**postgres.env, **MLFLOW_SERVER_ENV}, server_dir, cwd=server_dir)
     url = f"http://127.0.0.1:{port}"
     try:
         server.wait_http(f"{url}/health", SERVER_START_TIMEOUT)
@@ -90,28 +91,6 @@ def prefect_server(postgres: Postgres, server_dir: Path) -> Iterator[str]:
         server.stop()
 
 
-@dataclass(frozen=True)
-class S3Server:
-    endpoint: str
-    bucket: str
-    env: dict[str, str]
-
-    def client(self):  # type: ignore[no-untyped-def]
-        import boto3
-
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
-            region_name=self.env["AWS_DEFAULT_REGION"],
-        )
-
-    def keys(self, prefix: str = "") -> list[str]:
-        listing = self.client().list_objects_v2(Bucket=self.bucket, Prefix=prefix)
-        return [item["Key"] for item in listing.get("Contents", [])]
-
-
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3Server]:
     """moto's S3 in server mode (a thread of this process) with one bucket."""
@@ -136,24 +115,18 @@ def s3_server() -> Iterator[S3Server]:
         server.stop()
 
 
-@dataclass(frozen=True)
-class MlflowAuthServer:
-    url: str
-    admin_password: str
-
-    @property
-    def admin(self) -> tuple[str, str]:
-        return (MLFLOW_ADMIN, self.admin_password)
-
-
 @pytest.fixture(scope="session")
-def mlflow_compose_server(postgres: Postgres, s3_server: S3Server, server_dir: Path) -> Iterator[MlflowAuthServer]:
+def mlflow_compose_server(
+    postgres: Postgres, s3_server: S3Server, server_dir: Path
+) -> Iterator[MlflowAuthServer]:
     """MLflow as docker/compose.yaml runs it: basic-auth from docker/mlflow-auth.ini, artifacts on S3.
 
     Only the auth database URI is pointed at the test cluster; every other key is the file's own.
     """
     if importlib.util.find_spec("flask_wtf") is None:
-        pytest.fail("mlflow --app-name basic-auth needs Flask-WTF: pip install 'mlflow[auth]==3.17.2'", pytrace=False)
+        pytest.fail(
+            "mlflow --app-name basic-auth needs Flask-WTF: pip install 'mlflow[auth]==3.17.2'", pytrace=False
+        )
     ini = configparser.ConfigParser()
     ini.read(REPO / "docker" / "mlflow-auth.ini")
     ini["mlflow"]["database_uri"] = postgres.dsn("mlflow_auth")
@@ -164,6 +137,7 @@ def mlflow_compose_server(postgres: Postgres, s3_server: S3Server, server_dir: P
     env = {
         **postgres.env,
         **s3_server.env,
+        **MLFLOW_SERVER_ENV,
         "MLFLOW_AUTH_CONFIG_PATH": str(auth_config),
         "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
         "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),

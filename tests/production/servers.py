@@ -22,6 +22,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE_MLFLOW_APP = "basic-auth"  # `mlflow server --app-name` in docker/compose.yaml
+MLFLOW_ADMIN = "admin"  # admin_username in docker/mlflow-auth.ini
 PG_BIN_CANDIDATES = (Path("/usr/lib/postgresql/15/bin"),)
 INSTALL_HINT = "run `sudo scripts/install-system-deps.sh` (installs postgresql-15)"
 VENV_BIN = Path(sys.executable).parent
@@ -42,6 +45,11 @@ def log_tail(path: Path, lines: int = 60) -> str:
     if not path.exists():
         return "(no log written)"
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+# MLflow's job runner (GenAI scorers, trace archival) starts worker processes bitune never uses;
+# on a small machine they slow every request by seconds. Compose sets the same.
+MLFLOW_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 def mlflow_server_argv(
@@ -99,13 +107,6 @@ class ServerProcess:
     log: Path
 
     def stop(self, grace: float = 10.0) -> None:
-        t0 = time.monotonic()
-        try:
-            self._stop(grace)
-        finally:
-            print(f"\nSTOP {self.name} {time.monotonic() - t0:.1f}s", file=sys.stderr)
-
-    def _stop(self, grace: float = 10.0) -> None:
         if self.proc.poll() is not None:
             return
         # The group holds the server's own children (uvicorn workers, Prefect services).
@@ -137,7 +138,8 @@ class ServerProcess:
             time.sleep(0.25)
         self.stop()
         raise RuntimeError(
-            f"{self.name}: {url} not healthy after {timeout:.0f}s ({last}); log {self.log}:\n{log_tail(self.log)}"
+            f"{self.name}: {url} not healthy after {timeout:.0f}s ({last}); "
+            f"log {self.log}:\n{log_tail(self.log)}"
         )
 
 
@@ -226,8 +228,10 @@ def run_postgres(databases: tuple[str, ...], password: str) -> Iterator[Postgres
     def run(*argv: str) -> None:
         proc = subprocess.run(_as_postgres_user(list(argv)), capture_output=True, text=True, check=False)
         if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(argv[:2])} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}\n"
-                               f"log:\n{log_tail(log)}")
+            raise RuntimeError(
+                f"{' '.join(argv[:2])} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}\n"
+                f"log:\n{log_tail(log)}"
+            )
 
     run(str(pg_bin / "initdb"), "-D", str(data), "-U", PG_USER, f"--pwfile={pwfile}", "-E", "UTF8",
         "--auth-local=trust", "--auth-host=scram-sha-256", "--no-sync")  # fmt: skip
@@ -249,3 +253,35 @@ def run_postgres(databases: tuple[str, ...], password: str) -> Iterator[Postgres
             check=False,
         )
         shutil.rmtree(root, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class S3Server:
+    endpoint: str
+    bucket: str
+    env: dict[str, str]
+
+    def client(self):  # type: ignore[no-untyped-def]
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
+            region_name=self.env["AWS_DEFAULT_REGION"],
+        )
+
+    def keys(self, prefix: str = "") -> list[str]:
+        listing = self.client().list_objects_v2(Bucket=self.bucket, Prefix=prefix)
+        return [item["Key"] for item in listing.get("Contents", [])]
+
+
+@dataclass(frozen=True)
+class MlflowAuthServer:
+    url: str
+    admin_password: str
+
+    @property
+    def admin(self) -> tuple[str, str]:
+        return (MLFLOW_ADMIN, self.admin_password)

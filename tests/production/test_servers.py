@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from .conftest import REPO, MlflowAuthServer, S3Server
-from .servers import VENV_BIN, Postgres
+from .servers import REPO, VENV_BIN, MlflowAuthServer, Postgres, S3Server
 
 pytestmark = pytest.mark.production
 
@@ -29,6 +28,7 @@ def _pyfunc_model():  # type: ignore[no-untyped-def]
     return AddOneModel()
 
 
+@pytest.mark.filterwarnings("ignore:.*Add type hints to the `predict` method")
 def test_mlflow_on_postgres_logs_runs_and_registers_a_champion(
     mlflow_server: str, postgres: Postgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -126,7 +126,7 @@ def test_dvc_remote_on_s3_pushes_and_pulls_byte_identical(s3_server: S3Server, t
     _dvc(repo, env, "init", "-q")
     _dvc(repo, env, "remote", "add", "-d", "s3remote", f"s3://{s3_server.bucket}/dvc-cli")
     _dvc(repo, env, "remote", "modify", "s3remote", "endpointurl", s3_server.endpoint)
-    payload = os.urandom(64 * 1024) + "labelled text\n".encode()
+    payload = os.urandom(64 * 1024) + b"labelled text\n"
     (repo / "train.bin").write_bytes(payload)
     _dvc(repo, env, "add", "-q", "train.bin")
 
@@ -163,7 +163,10 @@ def test_dvc_store_uses_an_s3_data_remote_from_params(
 
 
 def test_mlflow_artifacts_are_proxied_to_s3(
-    mlflow_compose_server: MlflowAuthServer, s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    mlflow_compose_server: MlflowAuthServer,
+    s3_server: S3Server,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from mlflow.tracking import MlflowClient
 
@@ -204,13 +207,32 @@ def test_mlflow_basic_auth_denies_strangers_and_new_users_by_default(
     denied = requests.get(f"{api}/experiments/get", params={"experiment_id": experiment_id},
                           auth=("alice", "alice-pass-123"), timeout=10)  # fmt: skip
     assert denied.status_code == 403, denied.text
-    allowed = requests.get(f"{api}/experiments/get", params={"experiment_id": experiment_id}, auth=admin, timeout=10)
+    allowed = requests.get(
+        f"{api}/experiments/get", params={"experiment_id": experiment_id}, auth=admin, timeout=10
+    )
     assert allowed.status_code == 200
+    grant = requests.post(
+        f"{mlflow_compose_server.url}/api/3.0/mlflow/users/permissions/grant",
+        json={
+            "username": "alice",
+            "resource_type": "experiment",
+            "resource_id": experiment_id,
+            "permission": "READ",
+        },
+        auth=admin,
+        timeout=10,
+    )  # the call docs/production.md shows
+    assert grant.status_code == 200, grant.text
+    granted = requests.get(
+        f"{api}/experiments/get",
+        params={"experiment_id": experiment_id},
+        auth=("alice", "alice-pass-123"),
+        timeout=10,
+    )
+    assert granted.status_code == 200, granted.text
 
 
-def test_prefect_yaml_deploys_with_its_schedule_and_concurrency(
-    prefect_server: str, tmp_path: Path
-) -> None:
+def test_prefect_yaml_deploys_with_its_schedule_and_concurrency(prefect_server: str, tmp_path: Path) -> None:
     """`prefect deploy --all` from prefect.yaml, against a stand-in flow with retrain's signature."""
     from prefect import get_client
     from prefect.client.schemas.actions import WorkPoolCreate

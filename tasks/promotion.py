@@ -1,0 +1,290 @@
+"""Manual registry moves and run comparison: `bitune promote`, `rollback`, `compare`.
+
+Plain functions over an MlflowClient, no Prefect. A manual promotion runs the same gate as the flow
+on the scores each version's run logged on its test split (`test/*`), not a re-score: re-scoring
+would need that data version's prepared splits on this machine. Those scores only compare on the
+same data version, which the gate checks. The `champion` alias moves in one write and the version
+it replaced is recorded on the new champion, so the registry never holds two champions or none and
+`rollback` can walk back the chain.
+"""
+
+from __future__ import annotations
+
+import math
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from bitune.errors import BituneError, TrackingError
+from bitune.params import RegistryParams
+from bitune.promotion import GateDecision, decide_on_stored_scores
+from tasks.tracking import PIPELINE_TAG, TrackingSettings
+
+# tasks.registry (alias names, set_champion) is imported inside the functions that move aliases:
+# it pulls in torch and prefect, seconds that `bitune compare` and every error path need not pay.
+
+PREVIOUS = "bitune.previous_champion"
+MANUAL_GATE = "bitune.manual_gate"
+COMPARED = ("test/accuracy", "test/macro_f1", "test/cka_to_pretrained")
+
+
+class PromotionRefused(BituneError):
+    """The gate kept the champion; the version's tag `bitune.manual_gate` says why."""
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """What a promote or rollback did: `version` is the champion now, `replaced` the one before."""
+
+    name: str
+    version: str
+    replaced: str | None
+    reasons: list[str]
+    changed: bool = True
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """One parent run of the retrain flow, as `bitune compare` shows it."""
+
+    run_id: str
+    name: str
+    status: str
+    strategy: str
+    data_version: str
+    metrics: dict[str, float]
+    seconds: float | None
+    model_version: str | None
+    aliases: list[str]
+
+
+@contextmanager
+def registry_errors(settings: TrackingSettings) -> Iterator[None]:
+    """MLflow failures as one-line TrackingErrors; the store is checked before anything is asked of it."""
+    ensure_store(settings)
+    try:
+        yield
+    except MlflowException as exc:
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        if "Max retries exceeded" in first or "Connection refused" in first:
+            raise TrackingError(
+                f"tracking.uri: cannot reach MLflow at {settings.uri}; start the server "
+                "or set tracking.uri / MLFLOW_TRACKING_URI"
+            ) from None
+        raise TrackingError(f"registry: MLflow at {settings.uri} refused: {first}") from None
+
+
+def ensure_store(settings: TrackingSettings) -> None:
+    """Fail fast: a missing SQLite file would be created empty, a down server retried for minutes."""
+    uri = settings.uri
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))
+        if not path.is_file():
+            raise TrackingError(
+                f"tracking.uri: no MLflow store at {path}; run `bitune run` first, "
+                "or pass --project / set MLFLOW_TRACKING_URI"
+            )
+    elif uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5):
+                pass
+        except (urllib.error.URLError, OSError) as exc:
+            raise TrackingError(
+                f"tracking.uri: cannot reach MLflow at {uri} ({type(exc).__name__}); "
+                "start the server or set tracking.uri / MLFLOW_TRACKING_URI"
+            ) from None
+
+
+def get_version(client: MlflowClient, name: str, version: str) -> ModelVersion:
+    try:
+        return client.get_model_version(name, version)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise TrackingError(
+            f"registry: {name} has no version {version}; `bitune compare` lists the runs and their versions"
+        ) from None
+
+
+def get_champion(client: MlflowClient, name: str) -> ModelVersion | None:
+    from tasks.registry import CHAMPION
+
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise
+        return None
+
+
+def version_scores(client: MlflowClient, mv: ModelVersion) -> dict[str, float]:
+    """The `test/*` scores of the run that produced the version (tags on the version as fallback)."""
+    scores = {}
+    for key, value in mv.tags.items():
+        if key.startswith("test/"):
+            try:
+                scores[key] = float(value)
+            except ValueError:
+                continue
+    if mv.run_id:
+        metrics = client.get_run(mv.run_id).data.metrics
+        scores |= {k: v for k, v in metrics.items() if k.startswith("test/")}
+    return scores
+
+
+def promote(
+    settings: TrackingSettings, rules: RegistryParams, version: str, force: bool = False
+) -> Promotion:
+    """Make `version` the champion if the gate agrees (or `force`); tag the decision on the version."""
+    client = settings.client()
+    name = rules.model_name
+    with registry_errors(settings):
+        from tasks.registry import set_champion
+
+        target = get_version(client, name, version)
+        version = str(target.version)
+        current = get_champion(client, name)
+        replaced = str(current.version) if current is not None else None
+        if replaced == version:
+            return Promotion(name, version, replaced, ["already the champion"], changed=False)
+        if force:
+            decision = GateDecision(True, ["forced with --force, gate not checked"])
+        else:
+            decision = decide_on_stored_scores(
+                version_scores(client, target),
+                version_scores(client, current) if current else None,
+                rules,
+                target.tags.get("bitune.data_version"),
+                current.tags.get("bitune.data_version") if current else None,
+            )
+        client.set_model_version_tag(name, version, MANUAL_GATE, decision.summary()[:5000])
+        if not decision.promote:
+            raise PromotionRefused(
+                f"promote: the gate kept version {replaced} as champion over version {version} "
+                f"({'; '.join(decision.reasons)}); use --force to promote anyway"
+            )
+        set_champion(settings, name, version, replaced, f"manual {decision.summary()}")
+    return Promotion(name, version, replaced, decision.reasons)
+
+
+def rollback(settings: TrackingSettings, name: str) -> Promotion:
+    """Move `champion` back to the version it replaced (tag `bitune.previous_champion`)."""
+    client = settings.client()
+    with registry_errors(settings):
+        from tasks.registry import CHAMPION
+
+        current = get_champion(client, name)
+        if current is None:
+            raise TrackingError(
+                f"rollback: {name} has no champion to roll back; `bitune promote VERSION` sets one"
+            )
+        previous = current.tags.get(PREVIOUS)
+        if not previous:
+            raise TrackingError(
+                f"rollback: champion version {current.version} of {name} replaced no earlier "
+                f"champion (no tag {PREVIOUS}); promote a version with `bitune promote VERSION`"
+            )
+        restored = get_version(client, name, previous)
+        client.set_model_version_tag(
+            name, str(current.version), "bitune.rolled_back", f"replaced by version {restored.version}"
+        )
+        client.set_model_version_tag(
+            name, str(restored.version), "bitune.restored", f"rollback from version {current.version}"
+        )
+        # the restored version keeps its own `bitune.previous_champion` and `bitune.promotion` tags, so a
+        # second rollback goes one step further back and the original promotion reason survives
+        client.set_registered_model_alias(name, CHAMPION, str(restored.version))
+    return Promotion(
+        name, str(restored.version), str(current.version), [f"rolled back from version {current.version}"]
+    )
+
+
+def compare_runs(settings: TrackingSettings, model_name: str) -> list[RunRow]:
+    """Parent runs of the retrain flow, oldest first, with their test scores and registry aliases."""
+    client = settings.client()
+    with registry_errors(settings):
+        experiment = client.get_experiment_by_name(settings.experiment)
+        if experiment is None:
+            raise TrackingError(
+                f"compare: no experiment {settings.experiment!r} at {settings.uri}; "
+                "run `bitune run` first or pass --experiment"
+            )
+        runs = client.search_runs(
+            [experiment.experiment_id],
+            filter_string=f"tags.`{PIPELINE_TAG}` LIKE '%'",
+            order_by=["attributes.start_time ASC"],
+            max_results=5000,
+        )
+        aliases: dict[str, list[str]] = {}
+        try:
+            for alias, v in client.get_registered_model(model_name).aliases.items():
+                aliases.setdefault(str(v), []).append(alias)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+        rows = []
+        for run in runs:
+            tags = run.data.tags
+            if "mlflow.parentRunId" in tags:
+                continue
+            version = tags.get("bitune.model_version")
+            metrics = {k: run.data.metrics[k] for k in COMPARED if k in run.data.metrics}
+            if version and len(metrics) < len(COMPARED):  # runs from before parents carried test scores
+                try:
+                    metrics = version_scores(client, client.get_model_version(model_name, version)) | metrics
+                except MlflowException:
+                    pass  # version deleted since: show what the run has
+            end = run.info.end_time
+            rows.append(
+                RunRow(
+                    run_id=run.info.run_id,
+                    name=run.info.run_name or run.info.run_id[:8],
+                    status=run.info.status,
+                    strategy=tags.get("bitune.strategy", ""),
+                    data_version=tags.get("bitune.data_version", "")[:8],
+                    metrics={k: metrics[k] for k in COMPARED if k in metrics},
+                    seconds=(end - run.info.start_time) / 1000 if end else None,
+                    model_version=version,
+                    aliases=sorted(aliases.get(version or "", [])),
+                )
+            )
+    return rows
+
+
+def plot_comparison(rows: list[RunRow], path: Path) -> Path:
+    """Grouped bars per run: test accuracy, macro-F1 and CKA to pretrained (what forgetting cost)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(rows) + 2), 4))
+    width = 0.8 / len(COMPARED)
+    for j, key in enumerate(COMPARED):
+        values = [r.metrics.get(key, math.nan) for r in rows]
+        ax.bar(
+            [i + (j - 1) * width for i in range(len(rows))], values, width, label=key.removeprefix("test/")
+        )
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels(
+        [f"{r.name}\nv{r.model_version or '-'} {','.join(r.aliases)}" for r in rows],
+        rotation=30,
+        ha="right",
+        fontsize=8,
+    )
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("test score")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title("bitune runs")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,141 @@
+"""Crashes: kill -9 mid bottom phase then resume; SIGTERM marks runs KILLED; secrets never logged.
+
+Runs the real CLI as a subprocess in a tmp project, the way a scheduler would.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import make_project, tiny_overrides
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+BITUNE = str(Path(sys.executable).with_name("bitune"))
+SECRET = "s3cr3t-Zq81-never-log-me"
+# Long enough a bottom phase to be killed in the middle of it (0.1-0.5 s an epoch here).
+SLOW_BOTTOM = ["data.demo_rows=300", "strategy.phases.1.epochs=30"]
+ACCURACY_TOLERANCE = 0.0  # resume restores weights, optimizer, scheduler and RNG: results are identical
+
+
+def command(root: Path, model_dir: Path, *extra: str) -> list[str]:
+    args = [BITUNE, "run", "--project", str(root)]
+    for override in tiny_overrides(model_dir) + SLOW_BOTTOM:
+        args += ["--set", override]
+    return args + list(extra)
+
+
+def env() -> dict[str, str]:
+    """The environment of a scheduled job: credentials present, as in production."""
+    return os.environ | {"AWS_SECRET_ACCESS_KEY": SECRET, "MLFLOW_TRACKING_PASSWORD": SECRET}
+
+
+def client(root: Path) -> MlflowClient:
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def wait_for_bottom_epoch(root: Path, proc: subprocess.Popen[bytes], epoch: int, timeout: float = 240) -> None:
+    """Block until the bottom phase has checkpointed `epoch` (and is still running)."""
+    import json
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for state in root.glob(".bitune/checkpoints/*/bottom/state.json"):
+            try:
+                if json.loads(state.read_text())["epoch"] >= epoch:
+                    return
+            except (ValueError, OSError):
+                pass  # being replaced right now
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended (exit {proc.returncode}) before bottom epoch {epoch}")
+        time.sleep(0.05)
+    raise AssertionError(f"no bottom checkpoint of epoch {epoch} within {timeout} s")
+
+
+def finished(root: Path, args: list[str]) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(args, capture_output=True, text=True, env=env(), timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc
+
+
+def runs(root: Path) -> list:  # type: ignore[type-arg]
+    c = client(root)
+    exp = c.get_experiment_by_name("bitune")
+    return c.search_runs([exp.experiment_id]) if exp else []
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_bert_dir):  # type: ignore[no-untyped-def]
+    root = make_project(tmp_path_factory.mktemp("straight"), tiny_bert_dir)
+    finished(root, command(root, tiny_bert_dir))
+    return root
+
+
+def test_kill_9_in_bottom_phase_resumes_and_registers_once(tmp_path, tiny_bert_dir, uninterrupted) -> None:  # type: ignore[no-untyped-def]
+    root = make_project(tmp_path / "p", tiny_bert_dir)
+    proc = subprocess.Popen(command(root, tiny_bert_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env(), start_new_session=True)
+    try:
+        wait_for_bottom_epoch(root, proc, 3)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not list(root.glob(".bitune/runs/*/bottom/result.json")), "the phase finished before the kill"
+    assert {r.info.status for r in runs(root)} >= {"RUNNING"}
+
+    finished(root, command(root, tiny_bert_dir))
+
+    all_runs = runs(root)
+    assert "RUNNING" not in {r.info.status for r in all_runs}
+    killed = [r for r in all_runs if r.info.status == "KILLED"]
+    assert {r.info.run_name for r in killed} >= {"bottom"}  # the stale parent and bottom runs were closed
+    bottoms = [r for r in all_runs if r.info.run_name == "bottom" and r.info.status == "FINISHED"]
+    assert len(bottoms) == 1 and int(bottoms[0].data.tags["bitune.resumed_from_epoch"]) >= 3
+    history = client(root).get_metric_history(bottoms[0].info.run_id, "bottom/val/accuracy")
+    assert min(m.step for m in history) > 3  # epochs before the kill were not trained again
+    versions = client(root).search_model_versions("name='bitune-classifier'")
+    assert len(versions) == 1
+
+    def test_metrics(project: Path) -> dict[str, float]:
+        return next(r for r in runs(project) if r.info.run_name == "evaluate" and r.info.status == "FINISHED").data.metrics
+
+    resumed, straight = test_metrics(root), test_metrics(uninterrupted)
+    assert abs(resumed["test/accuracy"] - straight["test/accuracy"]) <= ACCURACY_TOLERANCE
+    assert resumed["test/loss"] == pytest.approx(straight["test/loss"], rel=1e-4)
+
+
+def test_sigterm_marks_runs_killed_and_keeps_the_champion(uninterrupted, tiny_bert_dir) -> None:  # type: ignore[no-untyped-def]
+    root = uninterrupted
+    champion = client(root).get_model_version_by_alias("bitune-classifier", "champion").version
+    proc = subprocess.Popen(command(root, tiny_bert_dir, "--force"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env())
+    wait_for_bottom_epoch(root, proc, 2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err.decode()[-2000:]
+    assert b"Traceback" not in err
+    newest_parent = max((r for r in runs(root) if "mlflow.parentRunId" not in r.data.tags),
+                        key=lambda r: r.info.start_time)
+    assert newest_parent.info.status == "KILLED"
+    assert "RUNNING" not in {r.info.status for r in runs(root)}
+    assert client(root).get_model_version_by_alias("bitune-classifier", "champion").version == champion
+    assert len(client(root).search_model_versions("name='bitune-classifier'")) == 1
+
+
+def test_secrets_in_the_environment_never_reach_mlflow(uninterrupted) -> None:  # type: ignore[no-untyped-def]
+    c = client(uninterrupted)
+    for run in runs(uninterrupted):
+        blob = repr(run.data.params) + repr(run.data.tags)
+        assert SECRET not in blob
+        for artifact in c.list_artifacts(run.info.run_id):
+            if not artifact.is_dir and artifact.path.endswith((".json", ".md", ".txt", ".yaml")):
+                local = c.download_artifacts(run.info.run_id, artifact.path)
+                assert SECRET not in Path(local).read_text(errors="ignore"), artifact.path

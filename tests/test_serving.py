@@ -1,0 +1,118 @@
+"""The champion as users get it: `models:/bitune-classifier@champion`, in process and over HTTP.
+
+The model is "models from code" with safetensors weights, so it must load and serve with MLflow's
+pickle deserialization switched off.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import make_project, tiny_overrides
+
+pytestmark = pytest.mark.slow
+
+CHAMPION_URI = "models:/bitune-classifier@champion"
+LABELS = {"negative", "positive"}  # the demo data's labels
+TEXTS = ["a great film, i loved the story", "the worst book of the year", "the river city and its history"]
+READY_WITHIN_S = 90
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, tiny_bert_dir, prefect_db):  # type: ignore[no-untyped-def]
+    from flows.retrain import retrain
+
+    root = make_project(tmp_path_factory.mktemp("serving-project"), tiny_bert_dir)
+    summary = retrain(params_file="params/default.yaml", overrides=tiny_overrides(tiny_bert_dir), project_dir=str(root))
+    assert summary.promoted
+    return root, f"sqlite:///{root / 'mlflow.db'}"
+
+
+def check_predictions(out: pd.DataFrame) -> None:
+    assert list(out.columns) == ["label", "score", "prob_negative", "prob_positive"]
+    assert len(out) == len(TEXTS) and set(out["label"]) <= LABELS
+    probs = out[["prob_negative", "prob_positive"]]
+    assert probs.sum(axis=1).tolist() == pytest.approx([1.0] * len(TEXTS), abs=1e-5)
+    assert out["score"].tolist() == pytest.approx(probs.max(axis=1).tolist())
+    assert out["label"].tolist() == [c.removeprefix("prob_") for c in probs.idxmax(axis=1)]
+
+
+@pytest.fixture(scope="module")
+def in_process(project) -> pd.DataFrame:  # type: ignore[no-untyped-def]
+    import mlflow
+
+    _, uri = project
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    model = mlflow.pyfunc.load_model(CHAMPION_URI)
+    return model.predict(pd.DataFrame({"text": TEXTS}))
+
+
+def test_champion_loads_as_pyfunc_and_predicts_labels_and_scores(in_process) -> None:  # type: ignore[no-untyped-def]
+    check_predictions(in_process)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_ping(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + READY_WITHIN_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"mlflow models serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.5)
+    pytest.fail(f"no answer on {url} within {READY_WITHIN_S} s:\n{log.read_text()[-3000:]}")
+
+
+def test_mlflow_models_serve_answers_invocations(project, in_process, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    _, uri = project
+    port = free_port()
+    env = os.environ | {
+        "MLFLOW_TRACKING_URI": uri,
+        "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
+        "HF_HUB_OFFLINE": "1",
+    }
+    log = tmp_path / "serve.log"
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", CHAMPION_URI, "--env-manager", "local",
+               "--host", "127.0.0.1", "--port", str(port)]
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=sink, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        wait_for_ping(f"http://127.0.0.1:{port}/ping", proc, log)
+        body = json.dumps({"dataframe_records": [{"text": t} for t in TEXTS]}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            payload = json.loads(response.read())
+        served = pd.DataFrame(payload["predictions"])
+        check_predictions(served)
+        # the server and the in-process model are the same champion: same answers
+        assert served["label"].tolist() == in_process["label"].tolist()
+        assert served["score"].tolist() == pytest.approx(in_process["score"].tolist(), abs=1e-5)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the server and the workers it started
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

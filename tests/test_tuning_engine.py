@@ -1,0 +1,235 @@
+"""The tuning engine on a tiny random encoder: what trains, what stays put, resume, guards."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_models import MODEL_TYPES, tiny_backbone
+
+from bitune.device import make_accelerator
+from bitune.errors import TrainingError
+from bitune.model.classifier import BituneClassifier
+from bitune.model.layer_groups import resolve_layer_groups
+from bitune.params import EarlyStopping, PhaseSpec, StrategyParams, TrainParams
+from bitune.tuning.batching import length_grouped_batches, pad_batch
+from bitune.tuning.checkpoint import PhaseCheckpoints
+from bitune.tuning.freezing import freeze_except, trainable_modules
+from bitune.tuning.optim import build_optimizer, build_scheduler
+from bitune.tuning.phase import PhaseContext, PhaseData, run_phase
+from bitune.tuning.schedule import PhaseRun, expand_strategy
+
+
+def rows(n: int, seed: int = 0) -> list[dict]:
+    """Learnable toy data: label 1 iff token 7 appears; lengths vary."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        length = rng.randint(4, 20)
+        ids = [2] + [rng.randint(10, 100) for _ in range(length)] + [3]
+        label = rng.random() < 0.5
+        if label:
+            ids[rng.randint(1, length)] = 7
+        out.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": int(label)})
+    return out
+
+
+def model_for(model_type: str = "bert", pooling: str = "mean", layers: int = 4) -> BituneClassifier:
+    torch.manual_seed(0)
+    return BituneClassifier(tiny_backbone(model_type, num_layers=layers), 2, pooling, 0.0)
+
+
+def context(model: BituneClassifier, **kw) -> PhaseContext:  # type: ignore[no-untyped-def]
+    pretrained = {n: p.detach().clone() for n, p in model.backbone.named_parameters()}
+    return PhaseContext(make_accelerator(TrainParams()), resolve_layer_groups(model.backbone), pretrained, **kw)
+
+
+def phase(**kw) -> PhaseSpec:  # type: ignore[no-untyped-def]
+    base = {"name": "bottom", "train": ["embeddings", "layers[0:2]", "head"], "epochs": 2, "lr": 1e-3,
+            "batch_size": 8}
+    return PhaseSpec(**(base | kw))
+
+
+def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def moved(before: dict[str, torch.Tensor], model: torch.nn.Module, prefix: str) -> bool:
+    return any(not torch.equal(before[n], p) for n, p in model.named_parameters() if n.startswith(prefix))
+
+
+DATA = PhaseData(rows(96), rows(32, seed=1), pad_token_id=0)
+
+
+def test_bottom_phase_moves_only_unfrozen_groups() -> None:
+    model = model_for()
+    before = snapshot(model)
+    run_phase(model, PhaseRun(0, 1, phase()), DATA, context(model))
+    assert moved(before, model, "backbone.embeddings.")
+    assert moved(before, model, "backbone.encoder.layer.0.") and moved(before, model, "backbone.encoder.layer.1.")
+    assert not moved(before, model, "backbone.encoder.layer.2.") and not moved(before, model, "backbone.encoder.layer.3.")
+    assert not moved(before, model, "backbone.pooler.")  # mean pooling: the pooler is unused
+    assert moved(before, model, "head.")
+
+
+def test_head_phase_on_cached_features_moves_only_the_head_and_learns(tmp_path: Path) -> None:
+    model = model_for()
+    before = snapshot(model)
+    spec = phase(name="head", train=["head", "pooler"], epochs=40, lr=5e-2, schedule="constant")
+    cache = tmp_path / "features.safetensors"
+    result = run_phase(model, PhaseRun(0, 1, spec), DATA, context(model, feature_cache=cache))
+    assert result.used_feature_cache and cache.exists()
+    assert not any(moved(before, model, f"backbone.{g}") for g in ("embeddings", "encoder", "pooler"))
+    assert moved(before, model, "head.")
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+
+
+def test_default_pooling_trains_the_pooler_in_the_head_phase() -> None:
+    model = model_for(pooling="default")
+    before = snapshot(model)
+    spec = phase(name="head", train=["head", "pooler"], epochs=2, lr=1e-2)
+    run_phase(model, PhaseRun(0, 1, spec), DATA, context(model))
+    assert moved(before, model, "backbone.pooler.") and not moved(before, model, "backbone.encoder.")
+
+
+def test_frozen_modules_stay_in_eval_mode_and_get_no_grads() -> None:
+    model = model_for()
+    ctx = context(model)
+    selected = trainable_modules(model, ["layers[0:1]", "head"], ctx.groups)
+    n = freeze_except(model, selected)
+    assert n == sum(p.numel() for _, m in selected for p in m.parameters())
+    from bitune.tuning.freezing import set_train_mode
+
+    set_train_mode(model, selected)
+    assert model.backbone.encoder.layer[0].training and not model.backbone.encoder.layer[3].training
+    batch = pad_batch(DATA.train[:4], 0)
+    model(batch["input_ids"], batch["attention_mask"]).sum().backward()
+    assert model.backbone.encoder.layer[3].attention.self.query.weight.grad is None
+    assert model.backbone.encoder.layer[0].attention.self.query.weight.grad is not None
+
+
+def test_anchor_keeps_weights_closer_to_pretrained() -> None:
+    drifts = []
+    for anchor in (0.0, 50.0):
+        model = model_for()
+        ctx = context(model)
+        run_phase(model, PhaseRun(0, 1, phase(anchor=anchor, epochs=3)), DATA, ctx)
+        params = dict(model.backbone.named_parameters())
+        drifts.append(sum(((params[n] - p0) ** 2).sum().item() for n, p0 in ctx.pretrained.items()))
+    assert drifts[1] < drifts[0]
+
+
+def test_layer_wise_lr_decay_lowers_lower_layers() -> None:
+    model = model_for()
+    groups = resolve_layer_groups(model.backbone)
+    selected = trainable_modules(model, ["embeddings", "layers[0:]", "head"], groups)
+    opt = build_optimizer(selected, phase(lr=1.0, layer_lr_decay=0.5), num_layers=4)
+    lr = {g["group"]: g["lr"] for g in opt.param_groups}
+    assert lr["head"] == 1.0 and lr["layers.3"] == 0.5 and lr["layers.0"] == 0.5**4 and lr["embeddings"] == 0.5**5
+    assert all(g["weight_decay"] == 0.0 for g in opt.param_groups if all(p.ndim < 2 for p in g["params"]))
+
+
+def test_warmup_then_linear_decay() -> None:
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    sched = build_scheduler(opt, phase(warmup=0.2), total_steps=10)
+    lrs = []
+    for _ in range(10):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.5) and lrs[1] == pytest.approx(1.0)
+    assert lrs[-1] < lrs[2] and lrs == sorted(lrs[:2]) + sorted(lrs[2:], reverse=True)
+
+
+def test_length_grouped_batches_cover_every_row_once_and_pad_less() -> None:
+    lengths = [random.Random(i).randint(3, 60) for i in range(500)]
+    batches = length_grouped_batches(lengths, 16, seed=3)
+    assert sorted(i for b in batches for i in b) == list(range(500))
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    naive = sum(len(b) * max(lengths[i] for i in b) for b in
+                [list(range(500))[i : i + 16] for i in range(0, 500, 16)])
+    assert padded < 0.8 * naive
+    assert length_grouped_batches(lengths, 16, seed=3) == batches
+
+
+def test_nan_loss_stops_the_phase_with_a_clear_error() -> None:
+    model = model_for()
+    with torch.no_grad():
+        model.head[1].weight.fill_(float("nan"))
+    with pytest.raises(TrainingError, match="loss became nan"):
+        run_phase(model, PhaseRun(0, 1, phase()), DATA, context(model))
+
+
+def test_early_stopping_restores_the_best_epoch() -> None:
+    model = model_for()
+    spec = phase(epochs=6, lr=3e-2, early_stopping=EarlyStopping(metric="loss", patience=2))
+    result = run_phase(model, PhaseRun(0, 1, spec), DATA, context(model))
+    best = min(h["val_loss"] for h in result.history)
+    assert result.best["val_loss"] == best
+    from bitune.evaluation.metrics import summary_metrics
+    from bitune.tuning.phase import predict_logits
+
+    ctx = context(model)
+    now = summary_metrics(predict_logits(model, DATA.validation, ctx, 0),
+                          torch.tensor([r["labels"] for r in DATA.validation]))
+    assert now["loss"] == pytest.approx(best, rel=1e-4)
+
+
+def test_resume_from_epoch_checkpoint_matches_an_uninterrupted_phase(tmp_path: Path) -> None:
+    spec = phase(epochs=3)
+    straight = model_for()
+    run_phase(straight, PhaseRun(0, 1, spec), DATA, context(straight))
+
+    crashed = model_for()
+    store = PhaseCheckpoints(tmp_path / "ckpt")
+    ctx = context(crashed, checkpoints=store)
+
+    def crash_after_epoch_2(metrics: dict[str, float], epoch: int) -> None:
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    ctx.on_epoch = crash_after_epoch_2
+    with pytest.raises(KeyboardInterrupt):
+        run_phase(crashed, PhaseRun(0, 1, spec), DATA, ctx)
+    # the checkpoint of an epoch is written before its hooks run, so epoch 2 survived the crash
+    resumed_model = model_for()
+    result = run_phase(resumed_model, PhaseRun(0, 1, spec), DATA, context(resumed_model, checkpoints=store))
+    assert result.resumed_from_epoch == 2
+    assert [int(h["epoch"]) for h in result.history] == [1, 2, 3]
+    for (name, a), b in zip(straight.named_parameters(), resumed_model.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_gradual_unfreeze_adds_one_group_per_epoch_top_down() -> None:
+    model = model_for()
+    seen: list[float] = []
+    ctx = context(model)
+    ctx.on_epoch = lambda metrics, epoch: seen.append(metrics["trainable_params"])
+    spec = phase(name="gradual", train=["head", "layers[0:]", "embeddings"], unfreeze="gradual", epochs=6,
+                 layer_lr_decay=0.4)
+    before = snapshot(model)
+    run_phase(model, PhaseRun(0, 1, spec), DATA, ctx)
+    assert seen == sorted(seen) and len(set(seen)) == 6
+    assert moved(before, model, "backbone.embeddings.")
+
+
+def test_expand_strategy_orders_prelude_then_rounds() -> None:
+    head = phase(name="head", train=["head"])
+    strategy = StrategyParams(name="x", rounds=2, prelude=[phase(name="probe", train=["head"])],
+                              phases=[head, phase()])
+    keys = [r.key for r in expand_strategy(strategy)]
+    assert keys == ["probe", "head", "bottom", "head-r2", "bottom-r2"]
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_every_supported_architecture_runs_a_bottom_phase(model_type: str) -> None:
+    model = model_for(model_type, layers=3)
+    before = snapshot(model)
+    spec = phase(train=["embeddings", "layers[0:1]", "head"], epochs=1)
+    result = run_phase(model, PhaseRun(0, 1, spec), PhaseData(rows(32), rows(16, 1), 0), context(model))
+    assert result.history and moved(before, model, "head.")
+    layer_prefix = {n.rsplit(".", 2)[0] for n, _ in model.backbone.named_parameters() if ".0." in n}
+    assert layer_prefix
