@@ -28,8 +28,16 @@ from bitune.tuning.freezing import freeze_except, set_train_mode, trainable_modu
 from bitune.tuning.optim import build_optimizer
 
 # Dense bf16 tensor-core peaks (no sparsity), TFLOP/s, by a substring of the device name.
-PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "L4": 121.0,
-                    "4090": 165.0, "3090": 71.0}
+PEAK_BF16_TFLOPS = {
+    "H200": 989.0,
+    "H100": 989.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "A10": 125.0,
+    "L4": 121.0,
+    "4090": 165.0,
+    "3090": 71.0,
+}
 
 
 def peak_tflops(device_name: str) -> float | None:
@@ -45,7 +53,9 @@ def layer_flops(hidden: int, ffn: int, seq: int) -> float:
     return float(matmuls + attention)
 
 
-def bottom_phase_flops(hidden: int, ffn: int, seq: int, layers: int, trained_layers: int, labels: int) -> float:
+def bottom_phase_flops(
+    hidden: int, ffn: int, seq: int, layers: int, trained_layers: int, labels: int
+) -> float:
     """FLOPs per sample of one training step of the bottom phase.
 
     Forward through all layers (1×); backward carries activation gradients down through every layer
@@ -79,12 +89,20 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(2)
         hidden, layers, heads, ffn, seq, batch, steps, warmup = 64, 4, 2, 128, 32, 8, 3, 1
     trained = min(args.trained_layers, layers)
-    config = BertConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                        intermediate_size=ffn, max_position_embeddings=max(512, seq), vocab_size=30522)
+    config = BertConfig(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=ffn,
+        max_position_embeddings=max(512, seq),
+        vocab_size=30522,
+    )
     torch.manual_seed(0)
     model = BituneClassifier(BertModel(config, add_pooling_layer=False), 2, "mean", 0.1).to(device)
     groups = resolve_layer_groups(model.backbone)
-    spec = PhaseSpec(name="bottom", train=["embeddings", f"layers[0:{trained}]", "head"], lr=5e-5, batch_size=batch)
+    spec = PhaseSpec(
+        name="bottom", train=["embeddings", f"layers[0:{trained}]", "head"], lr=5e-5, batch_size=batch
+    )
     selected = trainable_modules(model, spec.train, groups)
     trainable = freeze_except(model, selected)
     set_train_mode(model, selected)
@@ -117,12 +135,28 @@ def main(argv: list[str] | None = None) -> int:
     peak = args.peak_tflops or (peak_tflops(name) if cuda else None)
     mfu = samples_per_s * flops / (peak * 1e12) if peak else None
     report = {
-        "date_utc": datetime.now(UTC).isoformat(timespec="seconds"), "device": name, "torch": torch.__version__,
-        "config": {"hidden": hidden, "layers": layers, "heads": heads, "ffn": ffn, "seq_len": seq,
-                   "batch_size": batch, "trained_layers": trained, "precision": "bf16 autocast" if cuda else "fp32"},
-        "trainable_params": trainable, "steps": steps, "seconds": seconds, "samples_per_s": samples_per_s,
-        "tokens_per_s": samples_per_s * seq, "model_flops_per_sample": flops,
-        "achieved_tflops": samples_per_s * flops / 1e12, "peak_tflops": peak, "mfu": mfu,
+        "date_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "device": name,
+        "torch": torch.__version__,
+        "config": {
+            "hidden": hidden,
+            "layers": layers,
+            "heads": heads,
+            "ffn": ffn,
+            "seq_len": seq,
+            "batch_size": batch,
+            "trained_layers": trained,
+            "precision": "bf16 autocast" if cuda else "fp32",
+        },
+        "trainable_params": trainable,
+        "steps": steps,
+        "seconds": seconds,
+        "samples_per_s": samples_per_s,
+        "tokens_per_s": samples_per_s * seq,
+        "model_flops_per_sample": flops,
+        "achieved_tflops": samples_per_s * flops / 1e12,
+        "peak_tflops": peak,
+        "mfu": mfu,
         "note": None if cuda else "CPU wiring check on a tiny config: MFU is not meaningful on CPU",
     }
     print(json.dumps(report, indent=2))

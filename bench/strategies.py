@@ -69,7 +69,9 @@ def read_sst2(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return frames[0], frames[1]
 
 
-def carve(train: pd.DataFrame, n_train: int, val_fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def carve(
+    train: pd.DataFrame, n_train: int, val_fraction: float, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Sample `n_train` rows (0: all) and split off a validation part for selection/early stopping."""
     sample = train if n_train <= 0 or n_train >= len(train) else train.sample(n=n_train, random_state=seed)
     sample = sample.sample(frac=1.0, random_state=seed).reset_index(drop=True)
@@ -85,11 +87,18 @@ def tokenize(tokenizer, frame: pd.DataFrame, max_length: int) -> Rows:  # type: 
     ]
 
 
-def probe_batches(tokenizer, texts: list[str], max_length: int, batch_size: int = 32) -> list[dict[str, torch.Tensor]]:  # type: ignore[no-untyped-def]
+def probe_batches(
+    tokenizer, texts: list[str], max_length: int, batch_size: int = 32
+) -> list[dict[str, torch.Tensor]]:  # type: ignore[no-untyped-def]
     out = []
     for i in range(0, len(texts), batch_size):
-        enc = tokenizer(texts[i : i + batch_size], truncation=True, max_length=max_length, padding=True,
-                        return_tensors="pt")
+        enc = tokenizer(
+            texts[i : i + batch_size],
+            truncation=True,
+            max_length=max_length,
+            padding=True,
+            return_tensors="pt",
+        )
         out.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
     return out
 
@@ -99,8 +108,12 @@ def probe_batches(tokenizer, texts: list[str], max_length: int, batch_size: int 
 
 def bitune_params(strategy: str, max_length: int, overrides: list[str], full_epochs: int | None) -> Params:
     """The preset through `load_params`; in full-data mode, backbone phases are capped to `full_epochs`."""
-    base = [f"strategy={strategy}", f"preprocess.max_length={max_length}", "train.device=cpu",
-            "train.feature_cache_dir=null"]
+    base = [
+        f"strategy={strategy}",
+        f"preprocess.max_length={max_length}",
+        "train.device=cpu",
+        "train.feature_cache_dir=null",
+    ]
     params = load_params(PARAMS, base + overrides)
     if full_epochs is None:
         return params
@@ -113,7 +126,11 @@ def bitune_params(strategy: str, max_length: int, overrides: list[str], full_epo
 
 
 def run_bitune(
-    strategy: str, params: Params, splits: dict[str, Rows], pad_id: int, reference: torch.nn.Module,
+    strategy: str,
+    params: Params,
+    splits: dict[str, Rows],
+    pad_id: int,
+    reference: torch.nn.Module,
     probe: list[dict[str, torch.Tensor]],
 ) -> dict[str, Any]:
     torch.manual_seed(params.train.seed)
@@ -121,8 +138,13 @@ def run_bitune(
     backbone = load_backbone(params.model)
     pretrained = {n: p.detach().clone() for n, p in backbone.named_parameters()}
     model = BituneClassifier(backbone, 2, params.model.pooling, params.model.dropout)
-    ctx = PhaseContext(accelerator=accelerator, groups=resolve_layer_groups(backbone), pretrained=pretrained,
-                       seed=params.train.seed, eval_batch_size=params.train.eval_batch_size)
+    ctx = PhaseContext(
+        accelerator=accelerator,
+        groups=resolve_layer_groups(backbone),
+        pretrained=pretrained,
+        seed=params.train.seed,
+        eval_batch_size=params.train.eval_batch_size,
+    )
     data = PhaseData(splits["train"], splits["validation"], pad_id)
     dev_labels = torch.as_tensor([r["labels"] for r in splits["dev"]])
     phases, wall = [], 0.0
@@ -132,19 +154,31 @@ def run_bitune(
         seconds = time.perf_counter() - t0
         wall += seconds
         dev = summary_metrics(predict_logits(model, splits["dev"], ctx, pad_id), dev_labels)
-        phases.append({
-            "key": run.key, "train": run.spec.train, "epochs_run": len(result.history),
-            "best_epoch": result.best_epoch, "val_acc": result.best.get("val_accuracy"),
-            "dev_acc": dev["accuracy"], "train_s": seconds, "loop_s": result.train_seconds,
-            "train_samples_per_s": result.samples_per_second, "trainable_params": result.trainable_params,
-            "feature_cache": result.used_feature_cache,
-        })
+        phases.append(
+            {
+                "key": run.key,
+                "train": run.spec.train,
+                "epochs_run": len(result.history),
+                "best_epoch": result.best_epoch,
+                "val_acc": result.best.get("val_accuracy"),
+                "dev_acc": dev["accuracy"],
+                "train_s": seconds,
+                "loop_s": result.train_seconds,
+                "train_samples_per_s": result.samples_per_second,
+                "trainable_params": result.trainable_params,
+                "feature_cache": result.used_feature_cache,
+            }
+        )
     samples = sum(len(splits["train"]) * p["epochs_run"] for p in phases)
     return {
-        "kind": "bitune", "strategy": params.strategy.model_dump(mode="json"),
-        "dev_acc": phases[-1]["dev_acc"], "val_acc": phases[-1]["val_acc"], "train_s": wall,
+        "kind": "bitune",
+        "strategy": params.strategy.model_dump(mode="json"),
+        "dev_acc": phases[-1]["dev_acc"],
+        "val_acc": phases[-1]["val_acc"],
+        "train_s": wall,
         "train_samples_per_s": samples / wall if wall else 0.0,
-        "cka_to_pretrained": encoder_cka(model.backbone, reference, probe), "phases": phases,
+        "cka_to_pretrained": encoder_cka(model.backbone, reference, probe),
+        "phases": phases,
     }
 
 
@@ -152,8 +186,17 @@ def run_bitune(
 
 
 def run_trainer(
-    kind: str, source: str, tokenizer, splits: dict[str, Rows], epochs: int, lr: float, batch: int,  # type: ignore[no-untyped-def]
-    reference: torch.nn.Module, probe: list[dict[str, torch.Tensor]], workdir: Path, seed: int,
+    kind: str,
+    source: str,
+    tokenizer,
+    splits: dict[str, Rows],
+    epochs: int,
+    lr: float,
+    batch: int,  # type: ignore[no-untyped-def]
+    reference: torch.nn.Module,
+    probe: list[dict[str, torch.Tensor]],
+    workdir: Path,
+    seed: int,
 ) -> dict[str, Any]:
     """What the tutorial user writes: AutoModelForSequenceClassification + Trainer, dynamic padding."""
     import datasets
@@ -165,9 +208,18 @@ def run_trainer(
         model.base_model.requires_grad_(False)
     train = datasets.Dataset.from_list(splits["train"])
     args = TrainingArguments(
-        output_dir=str(workdir), num_train_epochs=epochs, learning_rate=lr, per_device_train_batch_size=batch,
-        warmup_steps=0.1 if kind == "full" else 0.0, weight_decay=0.01, save_strategy="no",
-        logging_strategy="no", report_to="none", use_cpu=True, seed=seed, disable_tqdm=True,
+        output_dir=str(workdir),
+        num_train_epochs=epochs,
+        learning_rate=lr,
+        per_device_train_batch_size=batch,
+        warmup_steps=0.1 if kind == "full" else 0.0,
+        weight_decay=0.01,
+        save_strategy="no",
+        logging_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        seed=seed,
+        disable_tqdm=True,
     )
     trainer = Trainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
     t0 = time.perf_counter()
@@ -176,11 +228,18 @@ def run_trainer(
     model.eval()
     logits = _hf_logits(model, splits["dev"], tokenizer.pad_token_id or 0)
     dev = summary_metrics(logits, torch.as_tensor([r["labels"] for r in splits["dev"]]))
-    val = summary_metrics(_hf_logits(model, splits["validation"], tokenizer.pad_token_id or 0),
-                          torch.as_tensor([r["labels"] for r in splits["validation"]]))
+    val = summary_metrics(
+        _hf_logits(model, splits["validation"], tokenizer.pad_token_id or 0),
+        torch.as_tensor([r["labels"] for r in splits["validation"]]),
+    )
     return {
-        "kind": "trainer", "epochs": epochs, "lr": lr, "batch_size": batch,
-        "dev_acc": dev["accuracy"], "val_acc": val["accuracy"], "train_s": seconds,
+        "kind": "trainer",
+        "epochs": epochs,
+        "lr": lr,
+        "batch_size": batch,
+        "dev_acc": dev["accuracy"],
+        "val_acc": val["accuracy"],
+        "train_s": seconds,
         "train_samples_per_s": len(splits["train"]) * epochs / seconds,
         "trainer_runtime_s": out.metrics.get("train_runtime"),
         "cka_to_pretrained": encoder_cka(model.base_model, reference, probe),
@@ -194,7 +253,9 @@ def _hf_logits(model, rows: Rows, pad_id: int, batch: int = 128) -> torch.Tensor
     out = torch.empty(len(rows), 2)
     for ids in length_grouped_batches([len(r["input_ids"]) for r in rows], batch, 0, shuffle=False):
         padded = pad_batch([rows[i] for i in ids], pad_id)
-        out[ids] = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits.float()
+        out[ids] = model(
+            input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]
+        ).logits.float()
     return out
 
 
@@ -214,8 +275,11 @@ def evaluate_targets(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
     speed = _ratio(hf_head["train_s"], head["train_s"]) if head and hf_head else None
     targets["head_phase"] = {
-        "dev_acc": head and head["dev_acc"], "speedup_vs_trainer_head_only": speed,
-        "passed": None if head is None or speed is None else head["dev_acc"] >= HEAD_MIN_ACC and speed >= HEAD_MIN_SPEEDUP,
+        "dev_acc": head and head["dev_acc"],
+        "speedup_vs_trainer_head_only": speed,
+        "passed": None
+        if head is None or speed is None
+        else head["dev_acc"] >= HEAD_MIN_ACC and speed >= HEAD_MIN_SPEEDUP,
         "target": f"dev acc >= {HEAD_MIN_ACC:.0%} and >= {HEAD_MIN_SPEEDUP:g}x faster than Trainer head-only",
     }
     if bidir and hf_full:
@@ -223,21 +287,27 @@ def evaluate_targets(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         time_ratio = bidir["train_s"] / hf_full["train_s"]
         cka_ok = full is not None and bidir["cka_to_pretrained"] > full["cka_to_pretrained"]
         targets["bidirectional"] = {
-            "dev_gain_points_vs_trainer_full": gain, "time_ratio_vs_trainer_full": time_ratio,
-            "cka": bidir["cka_to_pretrained"], "cka_full": full and full["cka_to_pretrained"],
+            "dev_gain_points_vs_trainer_full": gain,
+            "time_ratio_vs_trainer_full": time_ratio,
+            "cka": bidir["cka_to_pretrained"],
+            "cka_full": full and full["cka_to_pretrained"],
             "passed": gain >= BIDIR_MIN_GAIN_POINTS and time_ratio <= 1.0 and cka_ok,
             "parts": {"accuracy": gain >= BIDIR_MIN_GAIN_POINTS, "time": time_ratio <= 1.0, "cka": cka_ok},
         }
     else:
         targets["bidirectional"] = {"passed": None}
     targets["bidirectional"]["target"] = (
-        f"dev acc >= Trainer full FT + {BIDIR_MIN_GAIN_POINTS:g} points, wall time <= Trainer full FT, CKA > full"
+        f"dev acc >= Trainer full FT + {BIDIR_MIN_GAIN_POINTS:g} points, "
+        "wall time <= Trainer full FT, CKA > full"
     )
     bottom = next((p for p in bidir["phases"] if not p["feature_cache"]), None) if bidir else None
-    ratio = _ratio(bottom["train_samples_per_s"], hf_full["train_samples_per_s"]) if bottom and hf_full else None
+    ratio = (
+        _ratio(bottom["train_samples_per_s"], hf_full["train_samples_per_s"]) if bottom and hf_full else None
+    )
     targets["bottom_throughput"] = {
         "bottom_samples_per_s": bottom and bottom["train_samples_per_s"],
-        "trainer_full_samples_per_s": hf_full and hf_full["train_samples_per_s"], "ratio": ratio,
+        "trainer_full_samples_per_s": hf_full and hf_full["train_samples_per_s"],
+        "ratio": ratio,
         "passed": None if ratio is None else ratio >= BOTTOM_MIN_THROUGHPUT_RATIO,
         "target": f"bottom-phase samples/s >= {BOTTOM_MIN_THROUGHPUT_RATIO:g}x Trainer full FT",
     }
@@ -247,11 +317,22 @@ def evaluate_targets(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def print_table(results: dict[str, dict[str, Any]], targets: dict[str, Any], console: Console) -> None:
     hf_full, hf_head = results.get("trainer_full", {}), results.get("trainer_head_only", {})
     table = Table(title="SST-2 dev accuracy, training time and forgetting")
-    for col in ("run", "dev acc", "val acc", "train s", "samples/s", "CKA", "× time vs HF full", "× time vs HF head"):
+    for col in (
+        "run",
+        "dev acc",
+        "val acc",
+        "train s",
+        "samples/s",
+        "CKA",
+        "× time vs HF full",
+        "× time vs HF head",
+    ):
         table.add_column(col, justify="left" if col == "run" else "right")
 
     def fmt(value: float | None, spec: str) -> str:
-        return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+        return (
+            "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+        )
 
     for name, res in results.items():
         if "error" in res:
@@ -261,15 +342,25 @@ def print_table(results: dict[str, dict[str, Any]], targets: dict[str, Any], con
         rows += [(f"  └ {p['key']}", {**p, "cka_to_pretrained": None}) for p in res.get("phases", [])]
         for label, r in rows:
             table.add_row(
-                label, fmt(r["dev_acc"], ".1%"), fmt(r.get("val_acc"), ".1%"), fmt(r["train_s"], ".1f"),
-                fmt(r["train_samples_per_s"], ".1f"), fmt(r.get("cka_to_pretrained"), ".3f"),
+                label,
+                fmt(r["dev_acc"], ".1%"),
+                fmt(r.get("val_acc"), ".1%"),
+                fmt(r["train_s"], ".1f"),
+                fmt(r["train_samples_per_s"], ".1f"),
+                fmt(r.get("cka_to_pretrained"), ".3f"),
                 fmt(_ratio(r["train_s"], hf_full.get("train_s")), ".2f"),
                 fmt(_ratio(r["train_s"], hf_head.get("train_s")), ".2f"),
             )
     console.print(table)
     for name, target in targets.items():
-        mark = {True: "[green]PASS[/green]", False: "[red]FAIL[/red]", None: "[yellow]n/a[/yellow]"}[target["passed"]]
-        detail = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in target.items() if k not in ("passed", "target")}
+        mark = {True: "[green]PASS[/green]", False: "[red]FAIL[/red]", None: "[yellow]n/a[/yellow]"}[
+            target["passed"]
+        ]
+        detail = {
+            k: (round(v, 3) if isinstance(v, float) else v)
+            for k, v in target.items()
+            if k not in ("passed", "target")
+        }
         console.print(f"{mark} {name}: {target['target']} — {detail}")
 
 
@@ -283,9 +374,13 @@ def environment() -> dict[str, Any]:
     import transformers
 
     return {
-        "date_utc": datetime.now(UTC).isoformat(timespec="seconds"), "nproc": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(), "lscpu": sh("lscpu | head -n 15"),
-        "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+        "date_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "nproc": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "lscpu": sh("lscpu | head -n 15"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
         "git_sha": sh(f"git -C {ROOT} rev-parse --short HEAD") or None,
     }
 
@@ -299,17 +394,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-train", type=int, default=2000, help="training rows sampled with --seed; 0: all")
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
     parser.add_argument("--strategies", default=",".join(STRATEGIES), help="comma list of presets")
-    parser.add_argument("--baselines", default="full,head_only", help="Trainer baselines: full,head_only or none")
+    parser.add_argument(
+        "--baselines", default="full,head_only", help="Trainer baselines: full,head_only or none"
+    )
     parser.add_argument("--max-length", type=int, default=64)
-    parser.add_argument("--val-fraction", type=float, default=0.1, help="of the training sample, for selection")
+    parser.add_argument(
+        "--val-fraction", type=float, default=0.1, help="of the training sample, for selection"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
-    parser.add_argument("--probe", type=Path, default=None, help="general-English text (default: ../wikitext2)")
+    parser.add_argument(
+        "--probe", type=Path, default=None, help="general-English text (default: ../wikitext2)"
+    )
     parser.add_argument("--probe-rows", type=int, default=256)
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        help="params override for every bitune strategy, e.g. strategy.phases.1.lr=1e-4")
-    parser.add_argument("--full-epochs", type=int, default=1,
-                        help="with --n-train 0: epochs of the Trainer baselines and cap of bitune backbone phases")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        help="params override for every bitune strategy, e.g. strategy.phases.1.lr=1e-4",
+    )
+    parser.add_argument(
+        "--full-epochs",
+        type=int,
+        default=1,
+        help="with --n-train 0: epochs of the Trainer baselines and cap of bitune backbone phases",
+    )
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -331,8 +441,10 @@ def main(argv: list[str] | None = None) -> int:
     pad_id = tokenizer.pad_token_id or 0
     probe = probe_batches(tokenizer, load_probe_texts(str(probe_file), args.probe_rows), args.max_length)
     reference = load_backbone(base.model).eval()
-    console.print(f"train {len(splits['train'])}, validation {len(splits['validation'])} (carved from the "
-                  f"training sample), dev {len(splits['dev'])}; torch threads {torch.get_num_threads()}")
+    console.print(
+        f"train {len(splits['train'])}, validation {len(splits['validation'])} (carved from the "
+        f"training sample), dev {len(splits['dev'])}; torch threads {torch.get_num_threads()}"
+    )
 
     results: dict[str, dict[str, Any]] = {}
     trainer_epochs = args.full_epochs if full_mode else 3
@@ -346,32 +458,65 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if name.startswith("trainer_"):
                 lr = 5e-5 if what == "full" else 1e-3
-                results[name] = run_trainer(what, resolve_model_source(base.model.name_or_path), tokenizer, splits,
-                                            trainer_epochs, lr, 32, reference, probe, workdir, args.seed)
+                results[name] = run_trainer(
+                    what,
+                    resolve_model_source(base.model.name_or_path),
+                    tokenizer,
+                    splits,
+                    trainer_epochs,
+                    lr,
+                    32,
+                    reference,
+                    probe,
+                    workdir,
+                    args.seed,
+                )
             else:
-                params = bitune_params(what, args.max_length, args.overrides, args.full_epochs if full_mode else None)
+                params = bitune_params(
+                    what, args.max_length, args.overrides, args.full_epochs if full_mode else None
+                )
                 results[name] = run_bitune(what, params, splits, pad_id, reference, probe)
                 torch.set_num_threads(args.threads)
         except Exception as exc:  # noqa: BLE001 - a benchmark records the failure and goes on
             results[name] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
             console.print(f"[red]{name} failed: {type(exc).__name__}: {exc}[/red]")
         console.print(f"  done in {time.perf_counter() - t0:.0f} s")
+        write_report(
+            args, results, train_part, val_part, splits, base, trainer_epochs, probe_file, final=False
+        )
 
-    targets = evaluate_targets(results)
-    print_table(results, targets, console)
+    print_table(results, evaluate_targets(results), console)
+    write_report(args, results, train_part, val_part, splits, base, trainer_epochs, probe_file, final=True)
+    console.print(f"wrote {args.out}")
+    return 0
+
+
+def write_report(  # type: ignore[no-untyped-def]
+    args, results, train_part, val_part, splits, base, trainer_epochs, probe_file, final: bool
+) -> None:
+    """Written after every run too (`complete: false`), so a killed benchmark still leaves its numbers."""
     report = {
+        "complete": final,
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "config": {"n_train_sample": len(train_part) + len(val_part), "train_rows": len(splits["train"]),
-                   "validation_rows": len(splits["validation"]), "dev_rows": len(splits["dev"]),
-                   "max_length": args.max_length, "seed": args.seed, "model": base.model.name_or_path,
-                   "overrides": args.overrides, "trainer_epochs": trainer_epochs, "probe_file": str(probe_file),
-                   "probe_rows": args.probe_rows},
-        "environment": environment(), "results": results, "targets": targets,
+        "config": {
+            "n_train_sample": len(train_part) + len(val_part),
+            "train_rows": len(splits["train"]),
+            "validation_rows": len(splits["validation"]),
+            "dev_rows": len(splits["dev"]),
+            "max_length": args.max_length,
+            "seed": args.seed,
+            "model": base.model.name_or_path,
+            "overrides": args.overrides,
+            "trainer_epochs": trainer_epochs,
+            "probe_file": str(probe_file),
+            "probe_rows": args.probe_rows,
+        },
+        "environment": environment(),
+        "results": results,
+        "targets": evaluate_targets(results),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, default=float))
-    console.print(f"wrote {args.out}")
-    return 0
 
 
 if __name__ == "__main__":

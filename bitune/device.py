@@ -6,10 +6,12 @@
 
 from __future__ import annotations
 
+import os
 from functools import cache
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration
 
 from bitune.errors import TrainingError
 from bitune.params import TrainParams
@@ -33,7 +35,16 @@ def resolve_device(train: TrainParams) -> str:
 
 @cache
 def _accelerator(cpu: bool, mixed_precision: str) -> Accelerator:
-    return Accelerator(cpu=cpu, mixed_precision=mixed_precision)
+    # split_batches: under DDP each process takes a slice of every batch, so the global batch (and
+    # with it the optimisation) is the same for 1 or N processes.
+    return Accelerator(
+        cpu=cpu, mixed_precision=mixed_precision, dataloader_config=DataLoaderConfiguration(split_batches=True)
+    )
+
+
+def launched_distributed() -> bool:
+    """True inside `accelerate launch` / torchrun with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def make_accelerator(train: TrainParams) -> Accelerator:

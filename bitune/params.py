@@ -133,6 +133,14 @@ class TrainParams(Strict):
     checkpoint_dir: Path = Path(".bitune/checkpoints")
     feature_cache_dir: Path | None = Path(".bitune/features")
     eval_batch_size: int = Field(128, ge=1)
+    processes: int = Field(
+        1, ge=1, le=1024, description="processes for the tuning phases; > 1 runs them under accelerate launch (DDP)"
+    )
+    launch_args: list[str] = Field(
+        default_factory=list,
+        description="extra `accelerate launch` arguments, e.g. multi-node: --num_machines 2 --machine_rank 0 "
+        "--main_process_ip 10.0.0.1",
+    )
     torch_threads: int | None = Field(None, ge=1)
 
 

@@ -11,6 +11,9 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+
+from bitune.errors import BituneError
 
 console = Console(stderr=False)
 errors = Console(stderr=True)
@@ -33,11 +36,26 @@ def quiet_defaults() -> None:
 
 
 class NoTraceback(logging.Filter):
-    """Console handlers show the message line; the file handler (first in line) kept the traceback."""
+    """Console handlers show the message line; the file handler (first in line) kept the traceback.
+
+    A user error (BituneError) is not shown at all: Prefect restates it three or four times (task
+    failed, task finished Failed, flow failed, flow finished Failed) and the CLI prints it once
+    itself. One instance serves every console handler, so it remembers the errors it has seen.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.user_errors: set[str] = set()
 
     def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, BituneError):
+            self.user_errors.add(str(exc))
         record.exc_info, record.exc_text = None, None
-        return True
+        if not self.user_errors:
+            return True
+        message = record.getMessage()
+        return not (message.startswith("Finished in state Failed") or any(e in message for e in self.user_errors))
 
 
 def route_tracebacks(log_file: Path) -> None:
@@ -46,10 +64,13 @@ def route_tracebacks(log_file: Path) -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers.insert(0, handler)
+    # Console handlers only: Prefect's API handlers (on the child loggers, called first) and the
+    # file handler (first on the root) see each record before this filter strips its traceback.
+    console_filter = NoTraceback()
     for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs"):
         for h in logging.getLogger(name).handlers:
-            if h is not handler:
-                h.addFilter(NoTraceback())
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+                h.addFilter(console_filter)
     logging.getLogger("bitune").setLevel(logging.INFO)
 
 
@@ -58,6 +79,7 @@ def fail(exc: BaseException, log_file: Path) -> typer.Exit:
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("a", encoding="utf-8") as fh:
         fh.write(f"{datetime.now().isoformat()} bitune failed\n{''.join(traceback.format_exception(exc))}\n")
-    errors.print(f"[bold red]error:[/] {exc}", soft_wrap=True, highlight=False, markup=True)
-    errors.print(f"[dim](details in {log_file})[/]", highlight=False)
+    # escaped: messages quote values like `layers[0:2]`, which rich would take for markup and drop
+    errors.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True, highlight=False, markup=True)
+    errors.print(f"[dim](details in {escape(str(log_file))})[/]", soft_wrap=True, highlight=False)
     return typer.Exit(EXIT_USER_ERROR)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from bitune.errors import BituneError
@@ -47,7 +48,7 @@ def versions(
     if not known:
         console.print("No data versions yet: `bitune run` versions the data it trains on.")
         return
-    table = Table(title=f"data versions ({dvc_store.resolve_remote(root, loaded.data.remote)})")
+    table = Table(title=escape(f"data versions ({dvc_store.resolve_remote(root, loaded.data.remote)})"))
     table.add_column("", width=1)
     table.add_column("version", no_wrap=True, min_width=36)
     for column in ("first seen", "files", "seen in"):
@@ -58,7 +59,7 @@ def versions(
             "*" if v.current else "",
             v.md5,
             v.first_seen.astimezone().strftime("%Y-%m-%d %H:%M") if v.first_seen else "?",
-            ", ".join(v.files) if v.files is not None else "?",
+            escape(", ".join(v.files)) if v.files is not None else "?",
             ", ".join(v.sources) + missing,
         )
     console.print(table)
@@ -81,7 +82,7 @@ def checkout(
         full = dvc_store.checkout(root, dvc_store.resolve_version(version, known), str(loaded.data.dir), force)
     except BituneError as exc:
         raise fail(exc, root / LOG_FILE) from None
-    console.print(f"{loaded.data.dir}/ and data.dvc are at data version {full}.")
+    console.print(escape(f"{loaded.data.dir}/ and data.dvc are at data version {full}."))
     console.print("Train on it with [bold]bitune run --set data.source=data[/]; commit data.dvc to keep it.")
 
 

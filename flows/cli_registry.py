@@ -39,18 +39,9 @@ def load_settings(project: Path, params: Path) -> tuple[Params, TrackingSettings
 
 def ui_command(settings: TrackingSettings, host: str, port: int) -> list[str]:
     """`mlflow ui` on the project's store; new experiments made in the UI keep artifacts in the project."""
-    command = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "ui",
-        "--backend-store-uri",
-        settings.uri,
-        "--host",
-        host,
-        "--port",
-        str(port),
-    ]
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", settings.uri]
+    # one local user: one worker starts in seconds; MLflow's default of 4 takes a minute on 2 cores
+    command += ["--host", host, "--port", str(port), "--workers", "1"]
     if settings.artifact_location and settings.artifact_location.startswith("file://"):
         command += ["--artifacts-destination", settings.artifact_location]
     return command

@@ -60,7 +60,6 @@ def pip_requirements() -> list[str]:
 
 def log_model(settings: TrackingSettings, run_id: str, model_dir: Path, example_texts: list[str]) -> str:
     """Save the pyfunc locally and upload it to the run: thread-safe, no active run needed."""
-    mlflow.set_tracking_uri(settings.uri)
     with tempfile.TemporaryDirectory() as tmp:
         target = Path(tmp) / "model"
         example = pd.DataFrame({"text": example_texts[:3]})

@@ -19,7 +19,7 @@ import torch
 from prefect import task
 from safetensors.torch import load_model
 
-from bitune.device import make_accelerator
+from bitune.device import launched_distributed, make_accelerator
 from bitune.forgetting import encoder_cka, load_probe_texts, weight_drift
 from bitune.model.classifier import (
     BituneClassifier,
@@ -34,6 +34,7 @@ from bitune.tuning.checkpoint import PhaseCheckpoints
 from bitune.tuning.phase import PhaseContext, PhaseData, run_phase
 from bitune.tuning.schedule import PhaseRun, expand_strategy
 from tasks import tracking
+from tasks.phase_launch import run_distributed
 from tasks.preprocess import PreparedData
 from tasks.tracking import TrackingSettings
 
@@ -103,6 +104,13 @@ def tune_phase_fn(
     if (out_dir / RESULT).exists():
         log.info("phase %s: already trained for this data and params; reusing %s", run.key, out_dir)
         return PhaseOutput(**{**json.loads((out_dir / RESULT).read_text()), "resumed": True})
+    if params.train.processes > 1 and not launched_distributed():
+        job = {"params": params.model_dump(mode="json"), "prepared": asdict(prepared), "phase_index": phase_index,
+               "previous": asdict(previous) if previous else None, "root": str(root), "pipeline_key": pipeline_key,
+               "settings": asdict(settings) if settings else None, "parent_run_id": parent_run_id}
+        run_distributed(job, out_dir.with_name(f"{run.key}.job.json"), params.train.processes,
+                        params.train.launch_args, root)
+        return PhaseOutput(**json.loads((out_dir / RESULT).read_text()))
 
     accelerator = make_accelerator(params.train)
     torch.manual_seed(params.train.seed)

@@ -35,9 +35,13 @@ def project(tmp_path_factory, tiny_bert_dir, prefect_db):  # type: ignore[no-unt
     from flows.retrain import retrain
 
     root = make_project(tmp_path_factory.mktemp("registry-project"), tiny_bert_dir)
-    good = retrain(params_file="params/default.yaml", overrides=tiny_overrides(tiny_bert_dir), project_dir=str(root))
+    good = retrain(
+        params_file="params/default.yaml", overrides=tiny_overrides(tiny_bert_dir), project_dir=str(root)
+    )
     worse = retrain(
-        params_file="params/default.yaml", overrides=tiny_overrides(tiny_bert_dir) + WORSE, project_dir=str(root)
+        params_file="params/default.yaml",
+        overrides=tiny_overrides(tiny_bert_dir) + WORSE,
+        project_dir=str(root),
     )
     return root, good, worse
 
@@ -89,14 +93,18 @@ def test_flow_keeps_the_champion_over_a_worse_challenger(project, client) -> Non
     assert str(client.get_model_version_by_alias(NAME, "challenger").version) == "2"
     gate = client.get_model_version(NAME, "2").tags["bitune.gate"]
     # the champion was re-scored on the same test split, so its score is the one the first run logged
-    assert gate.startswith(f"keep champion: {F1} {worse.test_metrics[F1]:.4f} vs champion {good.test_metrics[F1]:.4f}")
+    assert gate.startswith(
+        f"keep champion: {F1} {worse.test_metrics[F1]:.4f} vs champion {good.test_metrics[F1]:.4f}"
+    )
     assert "(gain -" in gate
 
 
 def test_promote_of_a_worse_version_is_refused_without_force(project, client) -> None:  # type: ignore[no-untyped-def]
     root = project[0]
     line = one_line_error(bitune(root, "promote", "2"))
-    assert line.startswith("error: promote: the gate kept version 1 as champion over version 2 (test/macro_f1")
+    assert line.startswith(
+        "error: promote: the gate kept version 1 as champion over version 2 (test/macro_f1"
+    )
     assert "use --force" in line
     assert champion(client) == "1"
     tags = client.get_model_version(NAME, "2").tags
@@ -132,7 +140,9 @@ def test_forced_promote_then_rollback_restores_the_previous_champion(project, cl
 
 def test_promote_through_the_gate_moves_the_champion_and_records_why(project, client) -> None:  # type: ignore[no-untyped-def]
     root, good, worse = project
-    client.set_registered_model_alias(NAME, "champion", "2")  # a worse champion, as after a bad manual promote
+    client.set_registered_model_alias(
+        NAME, "champion", "2"
+    )  # a worse champion, as after a bad manual promote
     result = bitune(root, "promote", "1")
     assert result.exit_code == 0, result.output
     assert champion(client) == "1"
@@ -151,7 +161,7 @@ def test_promote_of_the_champion_or_an_unknown_version(project, client) -> None:
     result = bitune(root, "promote", "1")
     assert result.exit_code == 0 and "already the champion" in result.stdout
     line = one_line_error(bitune(root, "promote", "7"))
-    assert line == "error: registry: bitune-classifier has no version 7; `bitune compare` lists the runs and their versions"
+    assert line.startswith("error: registry: bitune-classifier has no version 7; `bitune compare` lists")
     assert champion(client) == "1"
 
 

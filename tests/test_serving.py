@@ -34,7 +34,9 @@ def project(tmp_path_factory, tiny_bert_dir, prefect_db):  # type: ignore[no-unt
     from flows.retrain import retrain
 
     root = make_project(tmp_path_factory.mktemp("serving-project"), tiny_bert_dir)
-    summary = retrain(params_file="params/default.yaml", overrides=tiny_overrides(tiny_bert_dir), project_dir=str(root))
+    summary = retrain(
+        params_file="params/default.yaml", overrides=tiny_overrides(tiny_bert_dir), project_dir=str(root)
+    )
     assert summary.promoted
     return root, f"sqlite:///{root / 'mlflow.db'}"
 
@@ -55,7 +57,15 @@ def in_process(project) -> pd.DataFrame:  # type: ignore[no-untyped-def]
     _, uri = project
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    model = mlflow.pyfunc.load_model(CHAMPION_URI)
+    before = os.environ.get("MLFLOW_ALLOW_PICKLE_DESERIALIZATION")
+    os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
+    try:
+        model = mlflow.pyfunc.load_model(CHAMPION_URI)
+    finally:
+        if before is None:
+            os.environ.pop("MLFLOW_ALLOW_PICKLE_DESERIALIZATION")
+        else:
+            os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = before
     return model.predict(pd.DataFrame({"text": TEXTS}))
 
 
@@ -90,18 +100,35 @@ def test_mlflow_models_serve_answers_invocations(project, in_process, tmp_path) 
         "MLFLOW_TRACKING_URI": uri,
         "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
         "HF_HUB_OFFLINE": "1",
+        # MLflow starts `uvicorn` through the shell: the environment's scripts must come first on PATH
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     log = tmp_path / "serve.log"
-    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", CHAMPION_URI, "--env-manager", "local",
-               "--host", "127.0.0.1", "--port", str(port)]
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        CHAMPION_URI,
+        "--env-manager",
+        "local",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     with log.open("wb") as sink:
-        proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=sink, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            command, cwd=tmp_path, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         wait_for_ping(f"http://127.0.0.1:{port}/ping", proc, log)
         body = json.dumps({"dataframe_records": [{"text": t} for t in TEXTS]}).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(request, timeout=60) as response:
             payload = json.loads(response.read())
         served = pd.DataFrame(payload["predictions"])
@@ -110,9 +137,19 @@ def test_mlflow_models_serve_answers_invocations(project, in_process, tmp_path) 
         assert served["label"].tolist() == in_process["label"].tolist()
         assert served["score"].tolist() == pytest.approx(in_process["score"].tolist(), abs=1e-5)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the server and the workers it started
+        stop_group(proc)
+
+
+def stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """Stop the server and the workers it started (its own process group), then reap it."""
+    for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
         try:
-            proc.wait(timeout=20)
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=wait_s)
+            break
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            continue
+    proc.poll()

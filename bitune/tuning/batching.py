@@ -54,6 +54,7 @@ class BatchList(torch.utils.data.Sampler[list[int]]):
 
     def __init__(self, batches: list[list[int]]) -> None:
         self.batches = batches
+        self.batch_size = max((len(b) for b in batches), default=1)  # accelerate's split_batches reads it
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(self.batches)

@@ -160,7 +160,7 @@ def run_phase(model: BituneClassifier, run: PhaseRun, data: PhaseData, ctx: Phas
         return {n: p.detach().clone().cpu() for n, p in model.named_parameters() if id(p) in phase_ids}
     optimizer = build_optimizer(list(all_selected.items()), spec, len(ctx.groups.layers))
     world = ctx.accelerator.num_processes
-    steps_per_epoch = math.ceil(math.ceil(len(data.train) / spec.batch_size) / world / spec.grad_accum)
+    steps_per_epoch = math.ceil(math.ceil(len(data.train) / spec.batch_size) / spec.grad_accum)
     total_steps = spec.max_steps or steps_per_epoch * spec.epochs
     scheduler = build_scheduler(optimizer, spec, total_steps)
     lengths = [len(r["input_ids"]) for r in data.train]
@@ -229,7 +229,7 @@ def run_phase(model: BituneClassifier, run: PhaseRun, data: PhaseData, ctx: Phas
             if spec.max_steps and step >= spec.max_steps:
                 break
         result.train_seconds += time.perf_counter() - t0
-        result.train_samples += seen * world
+        result.train_samples += seen * world  # split batches: each process saw its slice
         val = summary_metrics(predict_logits(model, data.validation, ctx, data.pad_token_id), val_labels)
         metrics = {f"val_{k}": v for k, v in val.items()} | {
             "train_loss": running / max(1, micro),
@@ -253,6 +253,7 @@ def run_phase(model: BituneClassifier, run: PhaseRun, data: PhaseData, ctx: Phas
                 best_state,
                 {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
             )
+        ctx.accelerator.wait_for_everyone()
         if ctx.on_epoch:
             ctx.on_epoch(metrics, epoch)
         if stopped_early or (spec.max_steps and step >= spec.max_steps):

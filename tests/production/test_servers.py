@@ -22,18 +22,16 @@ def _pyfunc_model():  # type: ignore[no-untyped-def]
     import mlflow.pyfunc
 
     class AddOneModel(mlflow.pyfunc.PythonModel):
-        def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
-            return model_input + 1
+        def predict(self, model_input: list[int], params=None) -> list[int]:  # type: ignore[no-untyped-def]
+            return [x + 1 for x in model_input]
 
     return AddOneModel()
 
 
-@pytest.mark.filterwarnings("ignore:.*Add type hints to the `predict` method")
 def test_mlflow_on_postgres_logs_runs_and_registers_a_champion(
     mlflow_server: str, postgres: Postgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import mlflow
-    import pandas as pd
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
@@ -67,7 +65,7 @@ def test_mlflow_on_postgres_logs_runs_and_registers_a_champion(
     downloaded = client.download_artifacts(run_id, "reports/report.txt", str(tmp_path / "back"))
     assert Path(downloaded).read_text() == "macro_f1 0.875\n"
     loaded = mlflow.pyfunc.load_model("models:/bitune-smoke@champion")
-    assert loaded.predict(pd.DataFrame({"x": [1, 2]}))["x"].tolist() == [2, 3]
+    assert loaded.predict([1, 2]) == [2, 3]
 
     with postgres.connect("mlflow") as conn, conn.cursor() as cur:
         cur.execute("SELECT status FROM runs WHERE run_uuid = %s", (run_id,))

@@ -1,0 +1,367 @@
+"""A catalogue of bad inputs through the real CLI: one line naming the problem and the fix, nothing changed.
+
+The module trains once (so there is a champion and a data version to protect), then runs every bad
+input as `bitune run` in a subprocess against its own copy of that project, several at a time, all
+sharing one Prefect server. Each case asserts: a non-zero exit; stderr holds the error line and the
+"(details in ...)" line and nothing else but Prefect's INFO lines; no traceback anywhere; and the
+copy's data.dvc, data/, DVC remote, model registry and top-level files are exactly as they were.
+
+Bad model paths fail in the preprocess task, after the data step: with the data unchanged that step
+rewrites nothing (same md5), so data.dvc and the remote stay byte-identical too. The failed attempt
+does leave a FAILED run in MLflow's tracking store — a record of what happened, not a change to
+the registry, which is what the champion lives in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import make_project, tiny_overrides
+
+from bitune.data.demo import make_demo_frame
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+WORKERS = 3
+PREFECT_INFO = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} \| (INFO|DEBUG) ")
+BASE = make_demo_frame(60, 5)  # valid on its own: 30 rows per class, no repeats
+
+
+def csv(frame: pd.DataFrame) -> bytes:
+    return frame.to_csv(index=False).encode("utf-8")
+
+
+def renamed(**columns: str) -> bytes:
+    return csv(BASE.rename(columns=columns))
+
+
+def with_rows(rows: dict[int, tuple[object, object]], frame: pd.DataFrame = BASE) -> bytes:
+    changed = frame.copy()
+    for i, (text, label) in rows.items():
+        changed.loc[i, ["text", "label"]] = [text, label]
+    return csv(changed)
+
+
+def split_folder(folder: Path) -> None:
+    folder.mkdir()
+    (folder / "train.csv").write_bytes(csv(BASE))
+    (folder / "test.csv").write_bytes(csv(BASE.iloc[:10]))  # ten texts that are also in train
+
+
+def folder_with_notes(folder: Path) -> None:
+    folder.mkdir()
+    (folder / "notes.txt").write_text("not data")
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    args: list[str]  # after `bitune run --project P <tiny overrides>`; {in} is the inputs folder
+    expect: tuple[str, ...]  # in the error line: what is wrong, where, and the fix
+    files: dict[str, bytes | Callable[[Path], None]] = field(default_factory=dict)
+
+
+CASES = [
+    # params: rejected before any work starts
+    Case("unknown-key", ["--set", "train.sed=1"], ("train.sed", "unknown key", "params/default.yaml")),
+    Case("wrong-type", ["--set", "train.seed=abc"], ("train.seed", "integer")),
+    Case("out-of-range", ["--set", "data.split.validation=0.9"], ("data.split.validation", "less than 0.5")),
+    Case("unknown-strategy", ["--set", "strategy=nonsense"], ("unknown preset 'nonsense'", "bidirectional")),
+    Case(
+        "unknown-layer-group",
+        ["--set", "strategy.phases.0.train=[headz]"],
+        ("strategy.phases.0.train", "'headz'", "layers[i:j]"),
+    ),
+    Case(
+        "invalid-yaml",
+        ["--params", "{in}/broken.yaml"],
+        ("broken.yaml line", "not valid YAML", "fix the syntax"),
+        {"broken.yaml": b"strategy: bidirectional\ndata: {source: [unclosed\n"},
+    ),
+    Case(
+        "params-not-a-mapping",
+        ["--params", "{in}/list.yaml"],
+        ("list.yaml", "expected a mapping"),
+        {"list.yaml": b"- data\n- model\n"},
+    ),
+    Case("missing-params-file", ["--params", "{in}/nope.yaml"], ("nope.yaml", "not found", "--params")),
+    Case("bad-set-syntax", ["--set", "train.seed"], ("'train.seed'", "expected key=value")),
+    # data files: rejected by the data step, before data/, data.dvc or the remote are touched
+    Case("missing-file", ["--data", "{in}/nope.csv"], ("nope.csv", "file not found")),
+    Case(
+        "empty-file",
+        ["--data", "{in}/empty.csv"],
+        ("empty.csv", "empty file", "header row"),
+        {"empty.csv": b""},
+    ),
+    Case(
+        "header-only",
+        ["--data", "{in}/header.csv"],
+        ("no data rows", "add rows"),
+        {"header.csv": b"text,label\n"},
+    ),
+    Case(
+        "missing-text-column",
+        ["--data", "{in}/notext.csv"],
+        ("notext.csv", "no column 'text'", "set data.text_column"),
+        {"notext.csv": renamed(text="review")},
+    ),
+    Case(
+        "missing-label-column",
+        ["--data", "{in}/nolabel.csv"],
+        ("nolabel.csv", "no column 'label'", "set data.label_column"),
+        {"nolabel.csv": renamed(label="stars")},
+    ),
+    Case(
+        "not-utf8",
+        ["--data", "{in}/latin1.csv"],
+        ("latin1.csv", "not UTF-8", "line 3", "iconv"),
+        {"latin1.csv": with_rows({1: ("caf\u00e9 was grand", "positive")}).decode().encode("latin-1")},
+    ),
+    Case(
+        "blank-texts",
+        ["--data", "{in}/blank.csv"],
+        ("missing or blank text at rows 4, 9", "fill in or remove"),
+        {"blank.csv": with_rows({2: ("", "positive"), 7: ("   ", "negative")})},
+    ),
+    Case(
+        "single-class",
+        ["--data", "{in}/one.csv"],
+        ("only one class ('positive')", "data.label_column"),
+        {"one.csv": csv(BASE.assign(label="positive"))},
+    ),
+    Case(
+        "unsupported-extension",
+        ["--data", "{in}/reviews.xlsx"],
+        ("reviews.xlsx", "unsupported extension", ".csv"),
+        {"reviews.xlsx": b"PK\x03\x04 not really a workbook"},
+    ),
+    Case(
+        "conflicting-labels",
+        ["--data", "{in}/conflict.csv"],
+        ("more than one label", "row 2", "fix the labels"),
+        {
+            "conflict.csv": with_rows(
+                {1: (BASE.loc[0, "text"], "negative" if BASE.loc[0, "label"] == "positive" else "positive")}
+            )
+        },
+    ),
+    Case(
+        "test-train-leakage",
+        ["--data", "{in}/splits"],
+        ("10 test texts also in train (leakage)", "train row 2", "remove them"),
+        {"splits": split_folder},
+    ),
+    Case(
+        "too-few-rows-per-class",
+        ["--data", "{in}/small.csv"],
+        ("too few rows per class", "needs at least 14", "data.split"),
+        {
+            "small.csv": csv(
+                pd.concat([BASE[BASE.label == "positive"].head(20), BASE[BASE.label == "negative"].head(5)])
+            )
+        },
+    ),
+    Case(
+        "unparseable-csv",
+        ["--data", "{in}/quotes.csv"],
+        ("quotes.csv", "cannot parse as CSV", "quoting"),
+        {"quotes.csv": b"text,label\nfine,positive\ntoo,many,fields,here\n"},
+    ),
+    Case(
+        "bad-jsonl-line",
+        ["--data", "{in}/lines.jsonl"],
+        ("lines.jsonl line 2", "not valid JSON"),
+        {"lines.jsonl": b'{"text": "ok", "label": "positive"}\n{"text": "cut off", "label\n'},
+    ),
+    Case(
+        "label-outside-data-labels",
+        ["--data", "{in}/neutral.csv", "--set", "data.labels=[positive,negative]"],
+        ("labels not in data.labels", "'neutral' (row 5)", "add the labels"),
+        {"neutral.csv": with_rows({3: ("it was a film, I suppose", "neutral")})},
+    ),
+    Case(
+        "folder-without-data",
+        ["--data", "{in}/docs"],
+        ("docs/", "no data file", "notes.txt"),
+        {"docs": folder_with_notes},
+    ),
+    # model: fails in preprocess, after the data step found the data unchanged
+    Case(
+        "model-folder-without-config",
+        ["--set", "model.name_or_path={in}/empty-model"],
+        ("model.name_or_path", "empty-model is not a model folder (no config.json)", "save_pretrained"),
+        {"empty-model": Path.mkdir},
+    ),
+    Case(
+        "model-path-missing",
+        ["--set", "model.name_or_path=/nonexistent/bert"],
+        ("/nonexistent/bert is not a model folder", "Hugging Face id"),
+    ),
+]
+
+
+@dataclass
+class Outcome:
+    proc: subprocess.CompletedProcess[str]
+    after: dict[str, object]
+    seconds: float
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def prefect_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """One Prefect server for the module: each `bitune run` skips starting its own (5-10 s each)."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env |= {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1"}
+    log = (home / "server.log").open("w")
+    server = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, (home / "server.log").read_text()[
+                -2000:
+            ]
+            time.sleep(0.5)
+        yield env | {"PREFECT_API_URL": url}
+    finally:
+        os.killpg(server.pid, 15)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, 9)
+        log.close()
+
+
+def bitune_run(root: Path, args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "bitune"), "run", "--project", str(root), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def tiny_args(model_dir: Path) -> list[str]:
+    return [arg for override in tiny_overrides(model_dir) for arg in ("--set", override)]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_bert_dir, prefect_env) -> tuple[Path, dict[str, object]]:  # type: ignore[no-untyped-def]
+    """A project after one good run: a data version in the remote and champion version 1."""
+    root = make_project(tmp_path_factory.mktemp("project"), tiny_bert_dir)
+    proc = bitune_run(root, tiny_args(tiny_bert_dir), prefect_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = snapshot(root)
+    assert state["champion"] == "1" and state["data.dvc"] and state["remote"]
+    return root, state
+
+
+def snapshot(root: Path) -> dict[str, object]:
+    """What a failed run must not change, in terms that compare across copies of the project."""
+
+    def digest(folder: Path) -> dict[str, str]:
+        return {
+            str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*"))
+            if p.is_file()
+        }
+
+    with sqlite3.connect(f"file:{root / 'mlflow.db'}?mode=ro", uri=True) as db:
+        champion = db.execute(
+            "select version from registered_model_aliases where alias = 'champion'"
+        ).fetchone()
+        versions = db.execute("select name, version from model_versions order by name, version").fetchall()
+    return {
+        "data.dvc": (root / "data.dvc").read_bytes(),
+        "data": digest(root / "data"),
+        "remote": digest(root / ".dvc-storage"),
+        "champion": str(champion[0]) if champion else None,
+        "model_versions": versions,
+        "top_level": sorted(p.name for p in root.iterdir() if p.name != ".bitune"),
+    }
+
+
+@pytest.fixture(scope="module")
+def outcomes(trained, tiny_bert_dir, prefect_env, tmp_path_factory) -> dict[str, Outcome]:  # type: ignore[no-untyped-def]
+    """Every case against its own copy of the trained project, WORKERS at a time."""
+    root, _ = trained
+    cases_dir = tmp_path_factory.mktemp("cases")
+
+    def run(case: Case) -> Outcome:
+        project, inputs = cases_dir / case.id / "project", cases_dir / case.id / "inputs"
+        shutil.copytree(
+            root, project, ignore=lambda d, names: [".bitune", "mlartifacts"] if d == str(root) else []
+        )
+        inputs.mkdir()
+        for name, content in case.files.items():
+            if callable(content):
+                content(inputs / name)
+            else:
+                (inputs / name).write_bytes(content)
+        args = [a.replace("{in}", str(inputs)) for a in case.args]
+        start = time.monotonic()
+        proc = bitune_run(project, tiny_args(tiny_bert_dir) + args, prefect_env)
+        return Outcome(proc, snapshot(project), time.monotonic() - start)
+
+    with ThreadPoolExecutor(WORKERS) as pool:
+        return dict(zip([c.id for c in CASES], pool.map(run, CASES), strict=True))
+
+
+def test_catalogue_is_large_and_distinct() -> None:
+    assert len(CASES) >= 20 and len({c.id for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_fails_in_one_line_and_changes_nothing(case: Case, outcomes, trained) -> None:  # type: ignore[no-untyped-def]
+    outcome = outcomes[case.id]
+    proc = outcome.proc
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and not PREFECT_INFO.match(line)]
+    assert len(lines) == 2, proc.stderr
+    error, details = lines
+    assert (
+        error.startswith("error: ") and details.startswith("(details in ") and details.endswith("bitune.log)")
+    )
+    for part in case.expect:
+        assert part in error, (part, error)
+    assert outcome.after == trained[1]

@@ -1,0 +1,60 @@
+"""A second run on unchanged data and params trains nothing, registers nothing, and says why.
+
+The first run also has Prefect's `log_prints` on: that is when `datasets` fingerprinting the tokenize
+function (through dill, which disassembles it) used to fill the run log with bytecode.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from conftest import make_project, tiny_overrides
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+
+def tracked(root: Path) -> dict[str, object]:
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    experiment = client.get_experiment_by_name("bitune")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    return {
+        "parents": sorted(r.info.run_id for r in runs if "mlflow.parentRunId" not in r.data.tags),
+        "all_runs": len(runs),
+        "model_versions": sorted(
+            int(v.version) for v in client.search_model_versions("name = 'bitune-classifier'")
+        ),
+        "champion": client.get_model_version_by_alias("bitune-classifier", "champion").version,
+    }
+
+
+def test_unchanged_rerun_is_a_noop(tmp_path: Path, tiny_bert_dir: Path, prefect_db, capfd) -> None:  # type: ignore[no-untyped-def]
+    from flows.retrain import retrain
+
+    root = make_project(tmp_path / "project", tiny_bert_dir)
+    overrides = tiny_overrides(tiny_bert_dir)
+    first = retrain.with_options(log_prints=True)(overrides=overrides, project_dir=str(root))
+    first_log = capfd.readouterr()
+    assert not first.skipped and first.model_version == "1"
+    assert "tokenize train" in first_log.err  # the tokenize step ran and logged...
+    for opcode in ("LOAD_FAST", "LOAD_GLOBAL", "RETURN_VALUE"):  # ...without dill's disassembly
+        assert opcode not in first_log.out + first_log.err
+    before = tracked(root)
+    dvc_file = (root / "data.dvc").read_bytes()
+    run_dirs = sorted(p.name for p in (root / ".bitune" / "runs").iterdir())
+
+    started = time.monotonic()
+    again = retrain(overrides=overrides, project_dir=str(root))
+    seconds = time.monotonic() - started
+
+    assert again.skipped and again.run_id == first.run_id and first.run_id in again.reason
+    assert again.data_version == first.data_version and "--force" in again.reason
+    assert again.phases == [] and again.model_version is None
+    assert tracked(root) == before  # no new parent run, no child run, no model version; champion 1
+    assert (root / "data.dvc").read_bytes() == dvc_file
+    assert sorted(p.name for p in (root / ".bitune" / "runs").iterdir()) == run_dirs  # nothing trained
+    print(f"no-op run inside the test session: {seconds:.1f} s")
