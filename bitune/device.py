@@ -38,7 +38,9 @@ def _accelerator(cpu: bool, mixed_precision: str) -> Accelerator:
     # split_batches: under DDP each process takes a slice of every batch, so the global batch (and
     # with it the optimisation) is the same for 1 or N processes.
     return Accelerator(
-        cpu=cpu, mixed_precision=mixed_precision, dataloader_config=DataLoaderConfiguration(split_batches=True)
+        cpu=cpu,
+        mixed_precision=mixed_precision,
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
     )
 
 

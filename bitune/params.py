@@ -115,7 +115,9 @@ class PhaseSpec(Strict):
             raise ValueError("must name at least one group")
         for group in groups:
             if group not in GROUP_NAMES and not LAYER_SLICE.match(group):
-                raise ValueError(f"unknown group {group!r}; use head, pooler, embeddings, extras, layers[i:j]")
+                raise ValueError(
+                    f"unknown group {group!r}; use head, pooler, embeddings, extras, layers[i:j]"
+                )
         return groups
 
 
@@ -134,7 +136,10 @@ class TrainParams(Strict):
     feature_cache_dir: Path | None = Path(".bitune/features")
     eval_batch_size: int = Field(128, ge=1)
     processes: int = Field(
-        1, ge=1, le=1024, description="processes for the tuning phases; > 1 runs them under accelerate launch (DDP)"
+        1,
+        ge=1,
+        le=1024,
+        description="processes for the tuning phases; > 1 runs them under accelerate launch (DDP)",
     )
     launch_args: list[str] = Field(
         default_factory=list,

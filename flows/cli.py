@@ -28,8 +28,13 @@ from flows.cli_common import (
     route_tracebacks,
 )
 
-app = typer.Typer(help="Retrain a text classifier with bidirectional fine-tuning, tracked and versioned.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Retrain a text classifier with bidirectional fine-tuning, tracked and versioned.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
 def _summary_table(summary) -> None:  # type: ignore[no-untyped-def]
     if summary.skipped:
         console.print(f"[yellow]Nothing to do:[/] {summary.reason}")
@@ -38,18 +43,31 @@ def _summary_table(summary) -> None:  # type: ignore[no-untyped-def]
     for column in ("phase", "val accuracy", "val macro-F1", "CKA to pretrained", "train s"):
         table.add_column(column, justify="right" if column != "phase" else "left")
     for p in summary.phases:
-        table.add_row(str(p["phase"]), f"{p.get('val_accuracy', float('nan')):.4f}",
-                      f"{p.get('val_macro_f1', float('nan')):.4f}", f"{p['cka']:.4f}", f"{p['seconds']:.1f}")
+        table.add_row(
+            str(p["phase"]),
+            f"{p.get('val_accuracy', float('nan')):.4f}",
+            f"{p.get('val_macro_f1', float('nan')):.4f}",
+            f"{p['cka']:.4f}",
+            f"{p['seconds']:.1f}",
+        )
     m = summary.test_metrics
-    table.add_row("[bold]test[/]", f"{m.get('test/accuracy', float('nan')):.4f}",
-                  f"{m.get('test/macro_f1', float('nan')):.4f}", f"{m.get('test/cka_to_pretrained', float('nan')):.4f}", "")
+    table.add_row(
+        "[bold]test[/]",
+        f"{m.get('test/accuracy', float('nan')):.4f}",
+        f"{m.get('test/macro_f1', float('nan')):.4f}",
+        f"{m.get('test/cka_to_pretrained', float('nan')):.4f}",
+        "",
+    )
     console.print(table)
     verdict = "[green]promoted to champion[/]" if summary.promoted else "[yellow]not promoted[/]"
-    console.print(f"Model {summary.model_name} version {summary.model_version}: alias challenger, {verdict}"
-                  f" ({'; '.join(summary.gate)})")
+    console.print(
+        f"Model {summary.model_name} version {summary.model_version}: alias challenger, {verdict}"
+        f" ({'; '.join(summary.gate)})"
+    )
     console.print(f"Data version {summary.data_version} · MLflow: {summary.tracking_uri}")
-    console.print("Open the MLflow UI: [bold]bitune ui[/] (or mlflow ui --backend-store-uri "
-                  f"{summary.tracking_uri})")
+    console.print(
+        f"Open the MLflow UI: [bold]bitune ui[/] (or mlflow ui --backend-store-uri {summary.tracking_uri})"
+    )
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -65,8 +83,12 @@ def _root() -> None:
 def run(
     params: ParamsOpt = Path("params/default.yaml"),
     set_: SetOpt = None,
-    data: Annotated[str | None, typer.Option("--data", help="data source: a file, a folder of split files, hf:<id>")] = None,
-    force: Annotated[bool, typer.Option("--force", help="retrain even when data and params are unchanged")] = False,
+    data: Annotated[
+        str | None, typer.Option("--data", help="data source: a file, a folder of split files, hf:<id>")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="retrain even when data and params are unchanged")
+    ] = False,
     project: ProjectOpt = Path("."),
 ) -> None:
     """Run the retrain flow: version data, preprocess, head phase, bottom phase, evaluate, register."""
@@ -86,12 +108,16 @@ def run(
     route_tracebacks(log_file)
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM ends the run like Ctrl-C: runs marked KILLED
     try:
-        summary = retrain(params_file=str(params_file), overrides=overrides, project_dir=str(root), force=force)
+        summary = retrain(
+            params_file=str(params_file), overrides=overrides, project_dir=str(root), force=force
+        )
     except BituneError as exc:
         raise fail(exc, log_file) from None
     except KeyboardInterrupt:
-        errors.print("interrupted: the MLflow run is marked KILLED; data, registry and champion are unchanged; "
-                     "run again to resume from the last checkpoint")
+        errors.print(
+            "interrupted: the MLflow run is marked KILLED; data, registry and champion are unchanged; "
+            "run again to resume from the last checkpoint"
+        )
         raise typer.Exit(130) from None
     _summary_table(summary)
 

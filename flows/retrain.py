@@ -56,8 +56,13 @@ def retrain(
     key = pipeline_key(data.md5, params)
     previous = previous_success(settings, key)
     if previous and not force:
-        return RetrainSummary(data.md5, settings.uri, skipped=True, run_id=previous,
-                              reason=f"data version and params unchanged since run {previous}; use --force to retrain")
+        return RetrainSummary(
+            data.md5,
+            settings.uri,
+            skipped=True,
+            run_id=previous,
+            reason=f"data version and params unchanged since run {previous}; use --force to retrain",
+        )
     if force:
         reset_pipeline(str(root), key, str(params.train.checkpoint_dir))
 
@@ -68,11 +73,20 @@ def retrain(
         for phase in expand_strategy(params.strategy):
             phases.append(
                 tune_phase.with_options(name=f"tune-{phase.key}")(
-                    params, prepared, phase.index, phases[-1] if phases else None, str(root), key, settings, run_id
+                    params,
+                    prepared,
+                    phase.index,
+                    phases[-1] if phases else None,
+                    str(root),
+                    key,
+                    settings,
+                    run_id,
                 )
             )
         evaluation = evaluate(params, prepared, phases, str(root), key, settings, run_id)
-        registration = register(params, prepared, evaluation, phases[-1].model_dir, data.md5, settings, run_id)
+        registration = register(
+            params, prepared, evaluation, phases[-1].model_dir, data.md5, settings, run_id
+        )
     except BaseException as exc:
         # interrupted (Ctrl-C, SIGTERM) or failed: close the runs directly, not as a new task
         killed = isinstance(exc, KeyboardInterrupt | TerminationSignal)
@@ -80,9 +94,22 @@ def retrain(
         raise
     close_parent_run(settings, run_id, "FINISHED")
     return RetrainSummary(
-        data_version=data.md5, tracking_uri=settings.uri, run_id=run_id,
-        phases=[{"phase": p.key, **{k: v for k, v in p.best.items() if k.startswith("val_")},
-                 "cka": p.cka_to_pretrained, "seconds": p.train_seconds} for p in phases],
-        test_metrics=evaluation.metrics, model_name=registration.name, model_version=registration.version,
-        promoted=registration.promoted, gate=registration.reasons, champion_version=registration.champion_version,
+        data_version=data.md5,
+        tracking_uri=settings.uri,
+        run_id=run_id,
+        phases=[
+            {
+                "phase": p.key,
+                **{k: v for k, v in p.best.items() if k.startswith("val_")},
+                "cka": p.cka_to_pretrained,
+                "seconds": p.train_seconds,
+            }
+            for p in phases
+        ],
+        test_metrics=evaluation.metrics,
+        model_name=registration.name,
+        model_version=registration.version,
+        promoted=registration.promoted,
+        gate=registration.reasons,
+        champion_version=registration.champion_version,
     )

@@ -30,16 +30,25 @@ class Evaluation:
 
 
 def evaluate_fn(
-    params: Params, prepared: PreparedData, phases: list[PhaseOutput], root: Path, pipeline_key: str,
-    settings: TrackingSettings | None, parent_run_id: str | None,
+    params: Params,
+    prepared: PreparedData,
+    phases: list[PhaseOutput],
+    root: Path,
+    pipeline_key: str,
+    settings: TrackingSettings | None,
+    parent_run_id: str | None,
 ) -> Evaluation:
     final = phases[-1]
     accelerator = make_accelerator(params.train)
     model, tokenizer, _ = load_classifier(Path(final.model_dir))
     model.to(accelerator.device)
     rows = load_rows(prepared, "test")
-    ctx = PhaseContext(accelerator=accelerator, groups=None, pretrained={},  # type: ignore[arg-type]
-                       eval_batch_size=params.train.eval_batch_size)
+    ctx = PhaseContext(
+        accelerator=accelerator,
+        groups=None,
+        pretrained={},  # type: ignore[arg-type]
+        eval_batch_size=params.train.eval_batch_size,
+    )
     logits = predict_logits(model, rows, ctx, tokenizer.pad_token_id or 0)
     labels = torch.as_tensor([r["labels"] for r in rows])
     texts = pd.read_parquet(prepared.split_file("test"))["text"].tolist()
@@ -51,10 +60,16 @@ def evaluate_fn(
     run_id = None
     if settings is not None and accelerator.is_main_process:
         run_id = tracking.start_run(
-            settings, "evaluate", {"bitune.phase": "evaluate", "bitune.pipeline_key": pipeline_key}, parent_run_id
+            settings,
+            "evaluate",
+            {"bitune.phase": "evaluate", "bitune.pipeline_key": pipeline_key},
+            parent_run_id,
         )
-        tracking.log_params(settings, run_id, {"model_dir": final.model_dir, "test_rows": len(rows),
-                                               "device": str(accelerator.device)})
+        tracking.log_params(
+            settings,
+            run_id,
+            {"model_dir": final.model_dir, "test_rows": len(rows), "device": str(accelerator.device)},
+        )
         tracking.log_metrics(settings, run_id, metrics)
         tracking.log_artifacts(settings, run_id, paths)
         tracking.end_run(settings, run_id)
@@ -63,7 +78,12 @@ def evaluate_fn(
 
 @task(name="evaluate")
 def evaluate(
-    params: Params, prepared: PreparedData, phases: list[PhaseOutput], root: str, pipeline_key: str,
-    settings: TrackingSettings | None, parent_run_id: str | None,
+    params: Params,
+    prepared: PreparedData,
+    phases: list[PhaseOutput],
+    root: str,
+    pipeline_key: str,
+    settings: TrackingSettings | None,
+    parent_run_id: str | None,
 ) -> Evaluation:
     return evaluate_fn(params, prepared, phases, Path(root), pipeline_key, settings, parent_run_id)

@@ -27,8 +27,18 @@ def free_port() -> int:
 
 def launch_command(job_file: Path, processes: int, launch_args: list[str]) -> list[str]:
     """`accelerate launch` arguments; on a machine without CUDA the processes talk over gloo."""
-    args = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-            "--dynamo_backend", "no", "--mixed_precision", "bf16" if torch.cuda.is_available() else "no"]
+    args = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(processes),
+        "--dynamo_backend",
+        "no",
+        "--mixed_precision",
+        "bf16" if torch.cuda.is_available() else "no",
+    ]
     if "--num_machines" not in launch_args:
         args += ["--num_machines", "1"]
     if "--main_process_port" not in launch_args:
@@ -36,15 +46,25 @@ def launch_command(job_file: Path, processes: int, launch_args: list[str]) -> li
     return [*args, *launch_args, "-m", "tasks.phase_worker", str(job_file)]
 
 
-def run_distributed(job: dict[str, Any], job_file: Path, processes: int, launch_args: list[str], cwd: Path) -> None:
+def run_distributed(
+    job: dict[str, Any], job_file: Path, processes: int, launch_args: list[str], cwd: Path
+) -> None:
     job_file.parent.mkdir(parents=True, exist_ok=True)
     job_file.write_text(json.dumps(job))
     log_file = job_file.with_suffix(".log")
     env = os.environ | {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     with log_file.open("w") as log:
-        proc = subprocess.run(launch_command(job_file, processes, launch_args), cwd=cwd, env=env,
-                              stdout=log, stderr=subprocess.STDOUT, check=False)
+        proc = subprocess.run(
+            launch_command(job_file, processes, launch_args),
+            cwd=cwd,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
     if proc.returncode != 0:
         lines = log_file.read_text(errors="ignore").strip().splitlines()
         errors = [line for line in lines if "Error" in line and ":" in line] or lines[-1:] or ["no output"]
-        raise TrainingError(f"train.processes={processes}: distributed phase failed ({errors[0][:200]}); see {log_file}")
+        raise TrainingError(
+            f"train.processes={processes}: distributed phase failed ({errors[0][:200]}); see {log_file}"
+        )

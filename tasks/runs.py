@@ -60,9 +60,12 @@ def open_parent_run_fn(
     resolved_params.write_text(json.dumps(params.redacted(), indent=2))
     client.log_artifact(run_id, str(resolved_params))
     source = json.dumps({"dvc_remote": data.remote, "md5": data.md5, "path": "data"})
-    dataset = Dataset(name="data", digest=data.md5, source_type="dvc", source=source,
-                      profile=json.dumps(data.stats))
-    client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])])
+    dataset = Dataset(
+        name="data", digest=data.md5, source_type="dvc", source=source, profile=json.dumps(data.stats)
+    )
+    client.log_inputs(
+        run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])]
+    )
     if data.warnings:
         client.log_text(run_id, "\n".join(data.warnings), "data_warnings.txt")
     return run_id
@@ -74,10 +77,13 @@ def previous_success(settings: TrackingSettings, key: str) -> str | None:
 
 
 @task(name="open-mlflow-run")
-def open_parent_run(settings: TrackingSettings, params: Params, data: DataVersion, key: str, root: str) -> str:
+def open_parent_run(
+    settings: TrackingSettings, params: Params, data: DataVersion, key: str, root: str
+) -> str:
     root_path = Path(root)
-    return open_parent_run_fn(settings, params, data, key, root_path,
-                              pipeline_dir(root_path, key) / "params.resolved.json")
+    return open_parent_run_fn(
+        settings, params, data, key, root_path, pipeline_dir(root_path, key) / "params.resolved.json"
+    )
 
 
 def close_parent_run_fn(settings: TrackingSettings, run_id: str, status: str) -> None:

@@ -55,7 +55,9 @@ def experiment_id(settings: TrackingSettings) -> str:
         location = None if settings.uri.startswith("http") else settings.artifact_location
         return client.create_experiment(settings.experiment, artifact_location=location)
     except MlflowException as exc:
-        raise TrackingError(f"tracking.uri: MLflow at {settings.uri} refused: {str(exc).splitlines()[0][:160]}") from None
+        raise TrackingError(
+            f"tracking.uri: MLflow at {settings.uri} refused: {str(exc).splitlines()[0][:160]}"
+        ) from None
     except Exception as exc:  # connection errors come as requests/sqlalchemy types
         raise TrackingError(
             f"tracking.uri: cannot reach MLflow at {settings.uri} ({type(exc).__name__}); start the server "
@@ -83,9 +85,7 @@ def log_params(settings: TrackingSettings, run_id: str, params: dict[str, object
         settings.client().log_batch(run_id, params=items[i : i + 100])
 
 
-def log_metrics(
-    settings: TrackingSettings, run_id: str, metrics: dict[str, float], step: int = 0
-) -> None:
+def log_metrics(settings: TrackingSettings, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
     now = int(time.time() * 1000)
     items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
     for i in range(0, len(items), MAX_BATCH):
@@ -96,7 +96,9 @@ def set_tags(settings: TrackingSettings, run_id: str, tags: dict[str, str]) -> N
     settings.client().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
-def log_artifacts(settings: TrackingSettings, run_id: str, paths: Iterable[Path], folder: str | None = None) -> None:
+def log_artifacts(
+    settings: TrackingSettings, run_id: str, paths: Iterable[Path], folder: str | None = None
+) -> None:
     client = settings.client()
     for path in paths:
         if path.is_dir():
@@ -107,6 +109,7 @@ def log_artifacts(settings: TrackingSettings, run_id: str, paths: Iterable[Path]
 
 def git_state(root: Path) -> dict[str, str]:
     """Commit and dirty flag of the project, when it is a git checkout."""
+
     def git(*args: str) -> str:
         proc = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
         return proc.stdout.strip() if proc.returncode == 0 else ""
@@ -121,7 +124,17 @@ def git_state(root: Path) -> dict[str, str]:
 def library_versions() -> dict[str, str]:
     from importlib.metadata import version
 
-    names = ["bitune", "torch", "transformers", "datasets", "accelerate", "prefect", "mlflow", "dvc", "pandas"]
+    names = [
+        "bitune",
+        "torch",
+        "transformers",
+        "datasets",
+        "accelerate",
+        "prefect",
+        "mlflow",
+        "dvc",
+        "pandas",
+    ]
     out = {}
     for name in names:
         try:

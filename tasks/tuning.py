@@ -67,8 +67,11 @@ def probe_batches(params: Params, tokenizer, batch_size: int = 32) -> list[dict[
     batches = []
     for i in range(0, len(texts), batch_size):
         enc = tokenizer(
-            texts[i : i + batch_size], truncation=True, max_length=params.preprocess.max_length,
-            padding=True, return_tensors="pt",
+            texts[i : i + batch_size],
+            truncation=True,
+            max_length=params.preprocess.max_length,
+            padding=True,
+            return_tensors="pt",
         )
         batches.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
     return batches
@@ -79,7 +82,9 @@ def load_rows(prepared: PreparedData, split: str) -> list[dict]:
     return dataset.select_columns(["input_ids", "attention_mask", "labels"]).to_list()
 
 
-def build_model(params: Params, num_labels: int, weights: str | None) -> tuple[BituneClassifier, dict[str, torch.Tensor]]:
+def build_model(
+    params: Params, num_labels: int, weights: str | None
+) -> tuple[BituneClassifier, dict[str, torch.Tensor]]:
     """The classifier on the pretrained encoder, plus a snapshot of the pretrained encoder weights."""
     backbone = load_backbone(params.model)
     pretrained = {n: p.detach().clone() for n, p in backbone.named_parameters()}
@@ -105,11 +110,23 @@ def tune_phase_fn(
         log.info("phase %s: already trained for this data and params; reusing %s", run.key, out_dir)
         return PhaseOutput(**{**json.loads((out_dir / RESULT).read_text()), "resumed": True})
     if params.train.processes > 1 and not launched_distributed():
-        job = {"params": params.model_dump(mode="json"), "prepared": asdict(prepared), "phase_index": phase_index,
-               "previous": asdict(previous) if previous else None, "root": str(root), "pipeline_key": pipeline_key,
-               "settings": asdict(settings) if settings else None, "parent_run_id": parent_run_id}
-        run_distributed(job, out_dir.with_name(f"{run.key}.job.json"), params.train.processes,
-                        params.train.launch_args, root)
+        job = {
+            "params": params.model_dump(mode="json"),
+            "prepared": asdict(prepared),
+            "phase_index": phase_index,
+            "previous": asdict(previous) if previous else None,
+            "root": str(root),
+            "pipeline_key": pipeline_key,
+            "settings": asdict(settings) if settings else None,
+            "parent_run_id": parent_run_id,
+        }
+        run_distributed(
+            job,
+            out_dir.with_name(f"{run.key}.job.json"),
+            params.train.processes,
+            params.train.launch_args,
+            root,
+        )
         return PhaseOutput(**json.loads((out_dir / RESULT).read_text()))
 
     accelerator = make_accelerator(params.train)
@@ -117,19 +134,33 @@ def tune_phase_fn(
     tokenizer = load_tokenizer(params.model)
     model, pretrained = build_model(params, len(prepared.labels), previous.model_dir if previous else None)
     groups = resolve_layer_groups(model.backbone)
-    data = PhaseData(load_rows(prepared, "train"), load_rows(prepared, "validation"), tokenizer.pad_token_id or 0)
+    data = PhaseData(
+        load_rows(prepared, "train"), load_rows(prepared, "validation"), tokenizer.pad_token_id or 0
+    )
     main = accelerator.is_main_process and settings is not None
     run_id = None
     if main:
         assert settings is not None
         run_id = tracking.start_run(
-            settings, run.key,
-            {"bitune.phase": run.spec.name, "bitune.round": str(run.round), "bitune.pipeline_key": pipeline_key},
+            settings,
+            run.key,
+            {
+                "bitune.phase": run.spec.name,
+                "bitune.round": str(run.round),
+                "bitune.pipeline_key": pipeline_key,
+            },
             parent_run_id,
         )
-        tracking.log_params(settings, run_id, {f"phase.{k}": v for k, v in flatten(run.spec.model_dump(mode="json")).items()}
-                            | {"device": str(accelerator.device), "precision": accelerator.mixed_precision,
-                               "processes": accelerator.num_processes})
+        tracking.log_params(
+            settings,
+            run_id,
+            {f"phase.{k}": v for k, v in flatten(run.spec.model_dump(mode="json")).items()}
+            | {
+                "device": str(accelerator.device),
+                "precision": accelerator.mixed_precision,
+                "processes": accelerator.num_processes,
+            },
+        )
 
     def on_epoch(metrics: dict[str, float], epoch: int) -> None:
         if main:
@@ -137,19 +168,27 @@ def tune_phase_fn(
 
     def on_step(metrics: dict[str, float], step: int) -> None:
         if main:
-            tracking.log_metrics(settings, run_id, {f"{run.spec.name}/train/step_{k}": v for k, v in metrics.items()}, step)  # type: ignore[arg-type]
+            tracking.log_metrics(
+                settings, run_id, {f"{run.spec.name}/train/step_{k}": v for k, v in metrics.items()}, step
+            )  # type: ignore[arg-type]
 
     feature_cache = None
     if params.train.feature_cache_dir is not None and previous is None:
         feature_cache = (
-            root / params.train.feature_cache_dir
+            root
+            / params.train.feature_cache_dir
             / f"{prepared.key}-{params.model.pooling}-{int(params.model.pooling == 'default')}.safetensors"
         )
     ctx = PhaseContext(
-        accelerator=accelerator, groups=groups, pretrained=pretrained, seed=params.train.seed,
+        accelerator=accelerator,
+        groups=groups,
+        pretrained=pretrained,
+        seed=params.train.seed,
         eval_batch_size=params.train.eval_batch_size,
         checkpoints=PhaseCheckpoints(root / params.train.checkpoint_dir / pipeline_key / run.key),
-        feature_cache=feature_cache, on_epoch=on_epoch, on_step=on_step,
+        feature_cache=feature_cache,
+        on_epoch=on_epoch,
+        on_step=on_step,
     )
     t0 = time.perf_counter()
     result = run_phase(model, run, data, ctx)
@@ -162,17 +201,32 @@ def tune_phase_fn(
 
     model_dir = out_dir / "model"
     output = PhaseOutput(
-        key=run.key, name=run.spec.name, model_dir=str(model_dir), run_id=run_id, best=result.best,
-        cka_to_pretrained=cka, drift=drift, history=result.history, train_seconds=result.train_seconds,
+        key=run.key,
+        name=run.spec.name,
+        model_dir=str(model_dir),
+        run_id=run_id,
+        best=result.best,
+        cka_to_pretrained=cka,
+        drift=drift,
+        history=result.history,
+        train_seconds=result.train_seconds,
         samples_per_s=result.samples_per_second,
     )
     if accelerator.is_main_process:
-        meta = ClassifierMeta(list(prepared.labels), params.model.pooling, params.model.dropout,
-                              params.preprocess.max_length, params.model.name_or_path)
+        meta = ClassifierMeta(
+            list(prepared.labels),
+            params.model.pooling,
+            params.model.dropout,
+            params.preprocess.max_length,
+            params.model.name_or_path,
+        )
         save_classifier(model.cpu(), tokenizer, meta, model_dir)
         if main:
-            summary = {f"{run.spec.name}/val/best_{k.removeprefix('val_')}": v for k, v in result.best.items()
-                       if k.startswith("val_")}
+            summary = {
+                f"{run.spec.name}/val/best_{k.removeprefix('val_')}": v
+                for k, v in result.best.items()
+                if k.startswith("val_")
+            }
             summary |= {
                 f"{run.spec.name}/cka_to_pretrained": cka,
                 f"{run.spec.name}/train_seconds": result.train_seconds,
@@ -182,8 +236,14 @@ def tune_phase_fn(
                 f"{run.spec.name}/best_epoch": float(result.best_epoch),
             } | {f"{run.spec.name}/drift/{group}": value for group, value in drift.items()}
             tracking.log_metrics(settings, run_id, summary)  # type: ignore[arg-type]
-            tracking.set_tags(settings, run_id, {"bitune.feature_cache": str(result.used_feature_cache).lower(),  # type: ignore[arg-type]
-                                                  "bitune.resumed_from_epoch": str(result.resumed_from_epoch)})
+            tracking.set_tags(
+                settings,
+                run_id,
+                {
+                    "bitune.feature_cache": str(result.used_feature_cache).lower(),  # type: ignore[arg-type]
+                    "bitune.resumed_from_epoch": str(result.resumed_from_epoch),
+                },
+            )
             tracking.end_run(settings, run_id)  # type: ignore[arg-type]
         (out_dir / RESULT).write_text(json.dumps(asdict(output), indent=2))
         ctx.checkpoints.clear()  # type: ignore[union-attr]
@@ -201,7 +261,15 @@ def _phase_metrics(phase: str, metrics: dict[str, float]) -> dict[str, float]:
 
 @task(name="tune-phase")
 def tune_phase(
-    params: Params, prepared: PreparedData, phase_index: int, previous: PhaseOutput | None, root: str,
-    pipeline_key: str, settings: TrackingSettings | None, parent_run_id: str | None,
+    params: Params,
+    prepared: PreparedData,
+    phase_index: int,
+    previous: PhaseOutput | None,
+    root: str,
+    pipeline_key: str,
+    settings: TrackingSettings | None,
+    parent_run_id: str | None,
 ) -> PhaseOutput:
-    return tune_phase_fn(params, prepared, phase_index, previous, Path(root), pipeline_key, settings, parent_run_id)
+    return tune_phase_fn(
+        params, prepared, phase_index, previous, Path(root), pipeline_key, settings, parent_run_id
+    )

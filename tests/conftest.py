@@ -48,8 +48,11 @@ def make_project(root: Path, model_dir: Path) -> Path:
     """A fresh project folder like a user's clone: params, git, no data yet."""
     shutil.copytree(REPO / "params", root / "params")
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
-    subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", "init"],
-                   cwd=root, check=True)
+    subprocess.run(
+        ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", "init"],
+        cwd=root,
+        check=True,
+    )
     return root
 
 

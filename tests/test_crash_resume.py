@@ -42,7 +42,9 @@ def client(root: Path) -> MlflowClient:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def wait_for_bottom_epoch(root: Path, proc: subprocess.Popen[bytes], epoch: int, timeout: float = 240) -> None:
+def wait_for_bottom_epoch(
+    root: Path, proc: subprocess.Popen[bytes], epoch: int, timeout: float = 240
+) -> None:
     """Block until the bottom phase has checkpointed `epoch` (and is still running)."""
     import json
 
@@ -81,8 +83,13 @@ def uninterrupted(tmp_path_factory, tiny_bert_dir):  # type: ignore[no-untyped-d
 
 def test_kill_9_in_bottom_phase_resumes_and_registers_once(tmp_path, tiny_bert_dir, uninterrupted) -> None:  # type: ignore[no-untyped-def]
     root = make_project(tmp_path / "p", tiny_bert_dir)
-    proc = subprocess.Popen(command(root, tiny_bert_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=env(), start_new_session=True)
+    proc = subprocess.Popen(
+        command(root, tiny_bert_dir),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env(),
+        start_new_session=True,
+    )
     try:
         wait_for_bottom_epoch(root, proc, 3)
     finally:
@@ -105,7 +112,9 @@ def test_kill_9_in_bottom_phase_resumes_and_registers_once(tmp_path, tiny_bert_d
     assert len(versions) == 1
 
     def test_metrics(project: Path) -> dict[str, float]:
-        return next(r for r in runs(project) if r.info.run_name == "evaluate" and r.info.status == "FINISHED").data.metrics
+        return next(
+            r for r in runs(project) if r.info.run_name == "evaluate" and r.info.status == "FINISHED"
+        ).data.metrics
 
     resumed, straight = test_metrics(root), test_metrics(uninterrupted)
     assert abs(resumed["test/accuracy"] - straight["test/accuracy"]) <= ACCURACY_TOLERANCE
@@ -115,15 +124,17 @@ def test_kill_9_in_bottom_phase_resumes_and_registers_once(tmp_path, tiny_bert_d
 def test_sigterm_marks_runs_killed_and_keeps_the_champion(uninterrupted, tiny_bert_dir) -> None:  # type: ignore[no-untyped-def]
     root = uninterrupted
     champion = client(root).get_model_version_by_alias("bitune-classifier", "champion").version
-    proc = subprocess.Popen(command(root, tiny_bert_dir, "--force"), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env())
+    proc = subprocess.Popen(
+        command(root, tiny_bert_dir, "--force"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env()
+    )
     wait_for_bottom_epoch(root, proc, 2)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err.decode()[-2000:]
     assert b"Traceback" not in err
-    newest_parent = max((r for r in runs(root) if "mlflow.parentRunId" not in r.data.tags),
-                        key=lambda r: r.info.start_time)
+    newest_parent = max(
+        (r for r in runs(root) if "mlflow.parentRunId" not in r.data.tags), key=lambda r: r.info.start_time
+    )
     assert newest_parent.info.status == "KILLED"
     assert "RUNNING" not in {r.info.status for r in runs(root)}
     assert client(root).get_model_version_by_alias("bitune-classifier", "champion").version == champion

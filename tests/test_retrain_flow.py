@@ -18,8 +18,9 @@ def first_run(tmp_path_factory, tiny_bert_dir, prefect_db):  # type: ignore[no-u
     from flows.retrain import retrain
 
     root = make_project(tmp_path_factory.mktemp("project"), tiny_bert_dir)
-    summary = retrain(params_file="params/default.yaml", overrides=tiny_overrides(tiny_bert_dir),
-                      project_dir=str(root))
+    summary = retrain(
+        params_file="params/default.yaml", overrides=tiny_overrides(tiny_bert_dir), project_dir=str(root)
+    )
     return root, summary
 
 
@@ -49,8 +50,9 @@ def test_mlflow_has_parent_and_nested_runs_with_params_metrics_artifacts(first_r
     assert parent.data.params["data.version"] == summary.data_version
     assert parent.data.tags["git.commit"] != "none"
     assert parent.inputs.dataset_inputs[0].dataset.digest == summary.data_version
-    children = client.search_runs([parent.info.experiment_id],
-                                  filter_string=f"tags.mlflow.parentRunId = '{summary.run_id}'")
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{summary.run_id}'"
+    )
     by_name = {r.info.run_name: r for r in children}
     assert set(by_name) == {"head", "bottom", "evaluate"}
     head = by_name["head"]
@@ -65,7 +67,12 @@ def test_mlflow_has_parent_and_nested_runs_with_params_metrics_artifacts(first_r
     evaluate = by_name["evaluate"]
     assert 0 <= evaluate.data.metrics["test/accuracy"] <= 1
     names = {a.path for a in client.list_artifacts(evaluate.info.run_id)}
-    assert {"evaluation_report.md", "confusion_matrix.png", "learning_curves.png", "drift_per_layer.png"} <= names
+    assert {
+        "evaluation_report.md",
+        "confusion_matrix.png",
+        "learning_curves.png",
+        "drift_per_layer.png",
+    } <= names
     model_files = {a.path for a in client.list_artifacts(summary.run_id, "model")}
     assert "model/MLmodel" in model_files
 
@@ -88,7 +95,9 @@ def test_phases_change_only_what_they_unfroze(first_run, tiny_bert_dir) -> None:
     # bottom phase: embeddings and layers 0-1 moved, layers 2-3 did not; head moved again
     assert backbone_changed(bottom, "embeddings.")
     assert backbone_changed(bottom, "encoder.layer.0.") and backbone_changed(bottom, "encoder.layer.1.")
-    assert not backbone_changed(bottom, "encoder.layer.2.") and not backbone_changed(bottom, "encoder.layer.3.")
+    assert not backbone_changed(bottom, "encoder.layer.2.") and not backbone_changed(
+        bottom, "encoder.layer.3."
+    )
     assert not torch.equal(head["head.1.weight"], bottom["head.1.weight"])
 
 
@@ -96,10 +105,16 @@ def test_unchanged_rerun_is_skipped_and_force_registers_version_2(first_run, tin
     from flows.retrain import retrain
 
     root, first = first_run
-    again = retrain(params_file="params/default.yaml", overrides=tiny_overrides(tiny_bert_dir), project_dir=str(root))
+    again = retrain(
+        params_file="params/default.yaml", overrides=tiny_overrides(tiny_bert_dir), project_dir=str(root)
+    )
     assert again.skipped and first.run_id in again.reason
-    forced = retrain(params_file="params/default.yaml", overrides=tiny_overrides(tiny_bert_dir),
-                     project_dir=str(root), force=True)
+    forced = retrain(
+        params_file="params/default.yaml",
+        overrides=tiny_overrides(tiny_bert_dir),
+        project_dir=str(root),
+        force=True,
+    )
     assert forced.model_version == "2"
     # same data, same params, same seed: same metrics on the same machine
     assert forced.test_metrics["test/accuracy"] == pytest.approx(first.test_metrics["test/accuracy"])

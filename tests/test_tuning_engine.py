@@ -43,12 +43,19 @@ def model_for(model_type: str = "bert", pooling: str = "mean", layers: int = 4) 
 
 def context(model: BituneClassifier, **kw) -> PhaseContext:  # type: ignore[no-untyped-def]
     pretrained = {n: p.detach().clone() for n, p in model.backbone.named_parameters()}
-    return PhaseContext(make_accelerator(TrainParams()), resolve_layer_groups(model.backbone), pretrained, **kw)
+    return PhaseContext(
+        make_accelerator(TrainParams()), resolve_layer_groups(model.backbone), pretrained, **kw
+    )
 
 
 def phase(**kw) -> PhaseSpec:  # type: ignore[no-untyped-def]
-    base = {"name": "bottom", "train": ["embeddings", "layers[0:2]", "head"], "epochs": 2, "lr": 1e-3,
-            "batch_size": 8}
+    base = {
+        "name": "bottom",
+        "train": ["embeddings", "layers[0:2]", "head"],
+        "epochs": 2,
+        "lr": 1e-3,
+        "batch_size": 8,
+    }
     return PhaseSpec(**(base | kw))
 
 
@@ -68,8 +75,12 @@ def test_bottom_phase_moves_only_unfrozen_groups() -> None:
     before = snapshot(model)
     run_phase(model, PhaseRun(0, 1, phase()), DATA, context(model))
     assert moved(before, model, "backbone.embeddings.")
-    assert moved(before, model, "backbone.encoder.layer.0.") and moved(before, model, "backbone.encoder.layer.1.")
-    assert not moved(before, model, "backbone.encoder.layer.2.") and not moved(before, model, "backbone.encoder.layer.3.")
+    assert moved(before, model, "backbone.encoder.layer.0.") and moved(
+        before, model, "backbone.encoder.layer.1."
+    )
+    assert not moved(before, model, "backbone.encoder.layer.2.") and not moved(
+        before, model, "backbone.encoder.layer.3."
+    )
     assert not moved(before, model, "backbone.pooler.")  # mean pooling: the pooler is unused
     assert moved(before, model, "head.")
 
@@ -127,7 +138,12 @@ def test_layer_wise_lr_decay_lowers_lower_layers() -> None:
     selected = trainable_modules(model, ["embeddings", "layers[0:]", "head"], groups)
     opt = build_optimizer(selected, phase(lr=1.0, layer_lr_decay=0.5), num_layers=4)
     lr = {g["group"]: g["lr"] for g in opt.param_groups}
-    assert lr["head"] == 1.0 and lr["layers.3"] == 0.5 and lr["layers.0"] == 0.5**4 and lr["embeddings"] == 0.5**5
+    assert (
+        lr["head"] == 1.0
+        and lr["layers.3"] == 0.5
+        and lr["layers.0"] == 0.5**4
+        and lr["embeddings"] == 0.5**5
+    )
     assert all(g["weight_decay"] == 0.0 for g in opt.param_groups if all(p.ndim < 2 for p in g["params"]))
 
 
@@ -149,8 +165,9 @@ def test_length_grouped_batches_cover_every_row_once_and_pad_less() -> None:
     batches = length_grouped_batches(lengths, 16, seed=3)
     assert sorted(i for b in batches for i in b) == list(range(500))
     padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
-    naive = sum(len(b) * max(lengths[i] for i in b) for b in
-                [list(range(500))[i : i + 16] for i in range(0, 500, 16)])
+    naive = sum(
+        len(b) * max(lengths[i] for i in b) for b in [list(range(500))[i : i + 16] for i in range(0, 500, 16)]
+    )
     assert padded < 0.8 * naive
     assert length_grouped_batches(lengths, 16, seed=3) == batches
 
@@ -173,8 +190,9 @@ def test_early_stopping_restores_the_best_epoch() -> None:
     from bitune.tuning.phase import predict_logits
 
     ctx = context(model)
-    now = summary_metrics(predict_logits(model, DATA.validation, ctx, 0),
-                          torch.tensor([r["labels"] for r in DATA.validation]))
+    now = summary_metrics(
+        predict_logits(model, DATA.validation, ctx, 0), torch.tensor([r["labels"] for r in DATA.validation])
+    )
     assert now["loss"] == pytest.approx(best, rel=1e-4)
 
 
@@ -208,8 +226,13 @@ def test_gradual_unfreeze_adds_one_group_per_epoch_top_down() -> None:
     seen: list[float] = []
     ctx = context(model)
     ctx.on_epoch = lambda metrics, epoch: seen.append(metrics["trainable_params"])
-    spec = phase(name="gradual", train=["head", "layers[0:]", "embeddings"], unfreeze="gradual", epochs=6,
-                 layer_lr_decay=0.4)
+    spec = phase(
+        name="gradual",
+        train=["head", "layers[0:]", "embeddings"],
+        unfreeze="gradual",
+        epochs=6,
+        layer_lr_decay=0.4,
+    )
     before = snapshot(model)
     run_phase(model, PhaseRun(0, 1, spec), DATA, ctx)
     assert seen == sorted(seen) and len(set(seen)) == 6
@@ -218,8 +241,9 @@ def test_gradual_unfreeze_adds_one_group_per_epoch_top_down() -> None:
 
 def test_expand_strategy_orders_prelude_then_rounds() -> None:
     head = phase(name="head", train=["head"])
-    strategy = StrategyParams(name="x", rounds=2, prelude=[phase(name="probe", train=["head"])],
-                              phases=[head, phase()])
+    strategy = StrategyParams(
+        name="x", rounds=2, prelude=[phase(name="probe", train=["head"])], phases=[head, phase()]
+    )
     keys = [r.key for r in expand_strategy(strategy)]
     assert keys == ["probe", "head", "bottom", "head-r2", "bottom-r2"]
 

@@ -50,7 +50,10 @@ def per_class_report(logits: torch.Tensor, labels: torch.Tensor, names: list[str
     p, r, f, s = precision_recall_fscore_support(
         labels.numpy(), pred, labels=list(range(len(names))), zero_division=0
     )
-    return [ClassReport(n, float(a), float(b), float(c), int(d)) for n, a, b, c, d in zip(names, p, r, f, s, strict=True)]
+    return [
+        ClassReport(n, float(a), float(b), float(c), int(d))
+        for n, a, b, c, d in zip(names, p, r, f, s, strict=True)
+    ]
 
 
 def confusion(logits: torch.Tensor, labels: torch.Tensor, num_labels: int) -> np.ndarray:

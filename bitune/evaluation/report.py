@@ -76,13 +76,19 @@ def evaluate_predictions(
     worst = wrong[np.argsort(-probs[wrong, pred[wrong]])][:WORST]
 
     lines = [
-        "# Evaluation report (test split)", "",
+        "# Evaluation report (test split)",
+        "",
         f"Rows: {len(y)} · accuracy {summary['accuracy']:.4f} · macro-F1 {summary['macro_f1']:.4f} · "
-        f"ECE {summary['ece']:.4f} · loss {summary['loss']:.4f}", "",
-        "| label | precision | recall | F1 | support |", "|---|---|---|---|---|",
+        f"ECE {summary['ece']:.4f} · loss {summary['loss']:.4f}",
+        "",
+        "| label | precision | recall | F1 | support |",
+        "|---|---|---|---|---|",
         *(f"| {c.label} | {c.precision:.3f} | {c.recall:.3f} | {c.f1:.3f} | {c.support} |" for c in classes),
-        "", f"## Most confident mistakes (up to {WORST})", "",
-        "| text | true | predicted | confidence |", "|---|---|---|---|",
+        "",
+        f"## Most confident mistakes (up to {WORST})",
+        "",
+        "| text | true | predicted | confidence |",
+        "|---|---|---|---|",
         *(
             f"| {texts[i][:200].replace('|', '/')} | {names[y[i]]} | {names[pred[i]]} | {probs[i, pred[i]]:.3f} |"
             for i in worst

@@ -12,7 +12,7 @@ import importlib.resources
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from safetensors.torch import load_model, save_model
@@ -95,11 +95,13 @@ class BituneClassifier(nn.Module):
         has_pooler = getattr(backbone, "pooler", None) is not None
         self.uses_pooler = pooling == "default" and has_pooler
         hidden = backbone.config.hidden_size
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, num_labels))
-        generator = torch.Generator().manual_seed(0)
+        self.num_labels = num_labels
+        linear = nn.Linear(hidden, num_labels)
+        generator = torch.Generator().manual_seed(0)  # the same head init whatever the global seed
         with torch.no_grad():
-            self.head[1].weight.copy_(torch.randn(num_labels, hidden, generator=generator) * 0.02)
-            self.head[1].bias.zero_()
+            linear.weight.copy_(torch.randn(num_labels, hidden, generator=generator) * 0.02)
+            linear.bias.zero_()
+        self.head = nn.Sequential(nn.Dropout(dropout), linear)
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Everything below the trainable top: the features the head phase can cache."""
@@ -111,7 +113,8 @@ class BituneClassifier(nn.Module):
 
     def top(self, features: torch.Tensor) -> torch.Tensor:
         if self.uses_pooler:
-            features = self.backbone.pooler(features.unsqueeze(1))
+            pooler = cast(nn.Module, self.backbone.pooler)
+            features = pooler(features.unsqueeze(1))
         return self.head(features)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: Any) -> torch.Tensor:

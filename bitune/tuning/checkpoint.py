@@ -25,8 +25,11 @@ STATE = "state.json"
 
 
 def rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].tolist(),
-                             "python": list(random.getstate()[1])}
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.asarray(np.random.get_state(legacy=True)[1]).tolist(),  # type: ignore[index]
+        "python": list(random.getstate()[1]),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state

@@ -20,7 +20,11 @@ Rows = list[dict]
 
 @torch.inference_mode()
 def encode_rows(
-    model: BituneClassifier, rows: Rows, batch_size: int, pad_token_id: int, device: torch.device,
+    model: BituneClassifier,
+    rows: Rows,
+    batch_size: int,
+    pad_token_id: int,
+    device: torch.device,
     autocast: torch.autocast | None = None,
 ) -> torch.Tensor:
     """`model.encode` over all rows, in the rows' order (batches are length-sorted for speed)."""
@@ -43,15 +47,23 @@ def encode_rows(
 
 
 def cached_features(
-    model: BituneClassifier, splits: dict[str, Rows], cache_file: Path | None, batch_size: int,
-    pad_token_id: int, device: torch.device, autocast: torch.autocast | None = None,
+    model: BituneClassifier,
+    splits: dict[str, Rows],
+    cache_file: Path | None,
+    batch_size: int,
+    pad_token_id: int,
+    device: torch.device,
+    autocast: torch.autocast | None = None,
 ) -> dict[str, torch.Tensor]:
     """Features per split, read from `cache_file` when it exists, written to it otherwise."""
     if cache_file is not None and cache_file.exists():
         loaded = load_file(str(cache_file))
         if all(name in loaded and len(loaded[name]) == len(rows) for name, rows in splits.items()):
             return {name: loaded[name] for name in splits}
-    feats = {name: encode_rows(model, rows, batch_size, pad_token_id, device, autocast) for name, rows in splits.items()}
+    feats = {
+        name: encode_rows(model, rows, batch_size, pad_token_id, device, autocast)
+        for name, rows in splits.items()
+    }
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache_file.with_suffix(".tmp")

@@ -22,7 +22,8 @@ def build_optimizer(selected: Selected, spec: PhaseSpec, num_layers: int) -> tor
     for name, module in selected:
         depth = 0 if name == "head" else layer_depth(name, num_layers)
         lr = spec.lr * spec.layer_lr_decay**depth
-        decay, no_decay = [], []
+        decay: list[torch.nn.Parameter] = []
+        no_decay: list[torch.nn.Parameter] = []
         for pname, param in module.named_parameters():
             (no_decay if param.ndim < 2 or "norm" in pname.lower() else decay).append(param)
         for params, wd in ((decay, spec.weight_decay), (no_decay, 0.0)):

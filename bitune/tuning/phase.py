@@ -81,13 +81,16 @@ def predict_logits(model: BituneClassifier, rows: Rows, ctx: PhaseContext, pad_t
     """Logits for `rows` in order; every process evaluates the whole (small) split, so no gather."""
     was_training = model.training
     model.eval()
-    out = torch.empty(len(rows), model.head[1].out_features)
-    batches = length_grouped_batches([len(r["input_ids"]) for r in rows], ctx.eval_batch_size, 0, shuffle=False)
+    out = torch.empty(len(rows), model.num_labels)
+    batches = length_grouped_batches(
+        [len(r["input_ids"]) for r in rows], ctx.eval_batch_size, 0, shuffle=False
+    )
     for ids in batches:
         batch = pad_batch([rows[i] for i in ids], pad_token_id)
         with _autocast(ctx.accelerator):
             logits = model(
-                batch["input_ids"].to(ctx.accelerator.device), batch["attention_mask"].to(ctx.accelerator.device)
+                batch["input_ids"].to(ctx.accelerator.device),
+                batch["attention_mask"].to(ctx.accelerator.device),
             )
         out[ids] = logits.float().cpu()
     model.train(was_training)
@@ -158,6 +161,7 @@ def run_phase(model: BituneClassifier, run: PhaseRun, data: PhaseData, ctx: Phas
     def phase_state() -> dict[str, torch.Tensor]:
         """Every parameter this phase may train (any stage): what a checkpoint must hold."""
         return {n: p.detach().clone().cpu() for n, p in model.named_parameters() if id(p) in phase_ids}
+
     optimizer = build_optimizer(list(all_selected.items()), spec, len(ctx.groups.layers))
     world = ctx.accelerator.num_processes
     steps_per_epoch = math.ceil(math.ceil(len(data.train) / spec.batch_size) / spec.grad_accum)
@@ -190,10 +194,12 @@ def run_phase(model: BituneClassifier, run: PhaseRun, data: PhaseData, ctx: Phas
             if p.requires_grad and anchor_weight > 0
         }
         set_train_mode(model, selected)
-        wrapped = ctx.accelerator.prepare_model(model) if world > 1 else model
+        wrapped: torch.nn.Module = ctx.accelerator.prepare_model(model) if world > 1 else model
         batches = length_grouped_batches(lengths, spec.batch_size, ctx.seed * 1000 + run.index * 100 + epoch)
-        loader = torch.utils.data.DataLoader(
-            data.train, batch_sampler=BatchList(batches), collate_fn=lambda rows: pad_batch(rows, data.pad_token_id)
+        loader: torch.utils.data.DataLoader = torch.utils.data.DataLoader(
+            data.train,  # type: ignore[arg-type]
+            batch_sampler=BatchList(batches),
+            collate_fn=lambda rows: pad_batch(rows, data.pad_token_id),
         )
         if world > 1:
             loader = ctx.accelerator.prepare_data_loader(loader)
@@ -201,7 +207,7 @@ def run_phase(model: BituneClassifier, run: PhaseRun, data: PhaseData, ctx: Phas
         optimizer.zero_grad(set_to_none=True)
         for micro, batch in enumerate(loader, start=1):
             sync = micro % spec.grad_accum == 0 or micro == len(loader)
-            no_sync = wrapped.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
+            no_sync = ctx.accelerator.no_sync(wrapped) if (world > 1 and not sync) else contextlib.nullcontext()
             with no_sync:
                 with _autocast(ctx.accelerator):
                     logits = wrapped(batch["input_ids"].to(device), batch["attention_mask"].to(device))
@@ -224,7 +230,12 @@ def run_phase(model: BituneClassifier, run: PhaseRun, data: PhaseData, ctx: Phas
             step += 1
             if ctx.on_step and step % ctx.log_every == 0:
                 ctx.on_step(
-                    {"train_loss": task_loss.item(), "anchor": float(anchor.detach()), "lr": scheduler.get_last_lr()[0]}, step
+                    {
+                        "train_loss": task_loss.item(),
+                        "anchor": float(anchor.detach()),
+                        "lr": float(scheduler.get_last_lr()[0]),
+                    },
+                    step,
                 )
             if spec.max_steps and step >= spec.max_steps:
                 break
@@ -247,11 +258,20 @@ def run_phase(model: BituneClassifier, run: PhaseRun, data: PhaseData, ctx: Phas
         if ctx.checkpoints and ctx.accelerator.is_main_process:
             ctx.checkpoints.save(
                 epoch,
-                {"history": result.history, "best_epoch": result.best_epoch, "best_value": best_value,
-                 "step": step, "trainable": trainable_names(model)},
+                {
+                    "history": result.history,
+                    "best_epoch": result.best_epoch,
+                    "best_value": best_value,
+                    "step": step,
+                    "trainable": trainable_names(model),
+                },
                 phase_state(),
                 best_state,
-                {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
+                {
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": rng_state(),
+                },
             )
         ctx.accelerator.wait_for_everyone()
         if ctx.on_epoch:
@@ -283,8 +303,12 @@ def _run_on_features(
     result.used_feature_cache = True
     t0 = time.perf_counter()
     feats = cached_features(
-        model, {"train": data.train, "validation": data.validation}, ctx.feature_cache,
-        ctx.eval_batch_size, data.pad_token_id, device,
+        model,
+        {"train": data.train, "validation": data.validation},
+        ctx.feature_cache,
+        ctx.eval_batch_size,
+        data.pad_token_id,
+        device,
     )
     encode_seconds = time.perf_counter() - t0
     train_x, val_x = feats["train"].to(device), feats["validation"].to(device)
@@ -303,7 +327,9 @@ def _run_on_features(
             idx = order[start : start + spec.batch_size]
             loss = torch.nn.functional.cross_entropy(model.top(train_x[idx]).float(), train_y[idx])
             if not torch.isfinite(loss):
-                raise TrainingError(f"{run.key}: loss became {loss.item()} at epoch {epoch}; lower the phase's lr")
+                raise TrainingError(
+                    f"{run.key}: loss became {loss.item()} at epoch {epoch}; lower the phase's lr"
+                )
             loss.backward()
             optimizer.step()
             scheduler.step()
@@ -322,7 +348,9 @@ def _run_on_features(
             best_value, result.best_epoch = watched, epoch
             best_state = _trainable_state(model)
         patience = spec.early_stopping.patience
-        if (patience and epoch - result.best_epoch >= patience) or (spec.max_steps and step >= spec.max_steps):
+        if (patience and epoch - result.best_epoch >= patience) or (
+            spec.max_steps and step >= spec.max_steps
+        ):
             break
     if spec.early_stopping.patience and best_state is not None:
         _load_partial(model, best_state)

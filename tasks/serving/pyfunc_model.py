@@ -27,19 +27,27 @@ class BituneTextClassifier(PythonModel):
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:  # type: ignore[no-untyped-def]
         if isinstance(model_input, pd.DataFrame):
-            texts = model_input["text" if "text" in model_input else model_input.columns[0]].astype(str).tolist()
+            texts = (
+                model_input["text" if "text" in model_input else model_input.columns[0]].astype(str).tolist()
+            )
         else:
             texts = [str(t) for t in model_input]
         probs = []
         with torch.inference_mode():
             for i in range(0, len(texts), BATCH):
-                enc = self.tokenizer(texts[i : i + BATCH], truncation=True, max_length=self.meta.max_length,
-                                     padding=True, return_tensors="pt")
+                enc = self.tokenizer(
+                    texts[i : i + BATCH],
+                    truncation=True,
+                    max_length=self.meta.max_length,
+                    padding=True,
+                    return_tensors="pt",
+                )
                 probs.append(torch.softmax(self.model(enc["input_ids"], enc["attention_mask"]).float(), -1))
         p = torch.cat(probs) if probs else torch.empty(0, len(self.meta.labels))
         best = p.argmax(-1)
-        out = pd.DataFrame({"label": [self.meta.labels[i] for i in best.tolist()],
-                            "score": p.max(-1).values.tolist()})
+        out = pd.DataFrame(
+            {"label": [self.meta.labels[i] for i in best.tolist()], "score": p.max(-1).values.tolist()}
+        )
         for j, label in enumerate(self.meta.labels):
             out[f"prob_{label}"] = p[:, j].tolist()
         return out
