@@ -37,8 +37,11 @@ def main(argv: list[str] | None = None) -> int:
 
     previous = last_success(root, params_file)
     if previous is None:
-        print(f"{root}: no finished run with the current data and params, so `bitune run` would train; "
-              "run it once there first", file=sys.stderr)
+        print(
+            f"{root}: no finished run with the current data and params, so `bitune run` would train; "
+            "run it once there first",
+            file=sys.stderr,
+        )
         return 2
     runs = [timed_run(root, params_file) for _ in range(args.repeat)]
     failed = [r for r in runs if not r["skipped"]]
@@ -83,15 +86,26 @@ def last_success(root: Path, params_file: Path) -> str | None:
         return None
     if params.data.source != "data":
         wanted = read_source(params.data, data_dir).files
-        present = {p.name: p.read_bytes() for p in data_dir.iterdir() if p.is_file() and p.name != ".gitignore"}
+        present = {
+            p.name: p.read_bytes() for p in data_dir.iterdir() if p.is_file() and p.name != ".gitignore"
+        }
         if present != wanted:
             return None
-    return previous_success_fn(TrackingSettings.from_params(params.tracking, root), pipeline_key(version, params))
+    return previous_success_fn(
+        TrackingSettings.from_params(params.tracking, root), pipeline_key(version, params)
+    )
 
 
 def timed_run(root: Path, params_file: Path) -> dict[str, object]:
     """One `bitune run`, timed from outside; stage times from Prefect's log line stamps."""
-    command = [str(Path(sys.executable).parent / "bitune"), "run", "--project", str(root), "--params", str(params_file)]
+    command = [
+        str(Path(sys.executable).parent / "bitune"),
+        "run",
+        "--project",
+        str(root),
+        "--params",
+        str(params_file),
+    ]
     started = time.time()
     proc = subprocess.run(command, capture_output=True, text=True, check=False)
     seconds = time.time() - started
@@ -128,14 +142,17 @@ def timed_run(root: Path, params_file: Path) -> dict[str, object]:
 def print_table(report: dict[str, object]) -> None:
     runs = report["runs"]
     assert isinstance(runs, list)
-    print(f"no-op bitune run in {report['project']} ({report['cpus']} CPUs, load {report['load_average_1m']})")
+    print(
+        f"no-op bitune run in {report['project']} ({report['cpus']} CPUs, load {report['load_average_1m']})"
+    )
     columns = ("seconds", "imports_s", "prefect_server_s", "start_to_flow_s", "flow_s", "shutdown_s")
     print("run  " + "  ".join(f"{c:>16}" for c in columns) + "  skipped")
     for i, r in enumerate(runs, start=1):
         cells = "  ".join(f"{float(r.get(c, float('nan'))):>16.2f}" for c in columns)
         print(f"{i:>3}  {cells}  {r['skipped']}")
     verdict = "meets" if report["meets_target"] else "misses"
-    print(f"median {report['median_s']:.2f} s, min {report['min_s']:.2f} s: {verdict} the {TARGET_S:.0f} s target")
+    median, least = report["median_s"], report["min_s"]
+    print(f"median {median:.2f} s, min {least:.2f} s: {verdict} the {TARGET_S:.0f} s target")
 
 
 if __name__ == "__main__":

@@ -107,7 +107,11 @@ def probe_batches(
 
 
 def bitune_params(strategy: str, max_length: int, overrides: list[str], full_epochs: int | None) -> Params:
-    """The preset through `load_params`; in full-data mode, backbone phases are capped to `full_epochs`."""
+    """The preset through `load_params`; in full-data mode, backbone phases are capped to `full_epochs`.
+
+    Gradual-unfreezing phases keep their epochs (one per unfreeze stage); head phases on cached
+    features keep theirs too (they cost seconds).
+    """
     base = [
         f"strategy={strategy}",
         f"preprocess.max_length={max_length}",
@@ -120,7 +124,9 @@ def bitune_params(strategy: str, max_length: int, overrides: list[str], full_epo
     caps = []
     for section in ("prelude", "phases"):
         for i, spec in enumerate(getattr(params.strategy, section)):
-            if not set(spec.train) <= TOP_ONLY and spec.epochs > full_epochs:
+            # gradual unfreezing adds one group per epoch: capping it would leave only the top training
+            gradual = spec.unfreeze == "gradual"
+            if not set(spec.train) <= TOP_ONLY and not gradual and spec.epochs > full_epochs:
                 caps.append(f"strategy.{section}.{i}.epochs={full_epochs}")
     return load_params(PARAMS, base + caps + overrides)
 
@@ -364,6 +370,43 @@ def print_table(results: dict[str, dict[str, Any]], targets: dict[str, Any], con
         console.print(f"{mark} {name}: {target['target']} — {detail}")
 
 
+def markdown_report(report: dict[str, Any]) -> str:
+    """The results table and target verdicts as Markdown, for docs/benchmarks.md."""
+    results = report["results"]
+    full, head = results.get("trainer_full", {}), results.get("trainer_head_only", {})
+
+    def fmt(value: float | None, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    lines = [
+        "| run | dev acc | val acc | train s | samples/s | CKA | × time vs HF full | × time vs HF head |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, res in results.items():
+        if "error" in res:
+            lines.append(f"| {name} | error: {res['error'][:80]} | | | | | | |")
+            continue
+        rows = [(name, res)] + [(f"↳ {p['key']} ({p['epochs_run']} ep)", p) for p in res.get("phases", [])]
+        for label, r in rows:
+            lines.append(
+                f"| {label} | {fmt(r['dev_acc'], '.1%')} | {fmt(r.get('val_acc'), '.1%')} | "
+                f"{fmt(r['train_s'], '.1f')} | {fmt(r['train_samples_per_s'], '.1f')} | "
+                f"{fmt(r.get('cka_to_pretrained'), '.4f')} | "
+                f"{fmt(_ratio(r['train_s'], full.get('train_s')), '.2f')} | "
+                f"{fmt(_ratio(r['train_s'], head.get('train_s')), '.2f')} |"
+            )
+    lines.append("")
+    for name, target in report["targets"].items():
+        mark = {True: "**met**", False: "**missed**", None: "not evaluated"}[target["passed"]]
+        detail = ", ".join(
+            f"{k}={round(v, 3) if isinstance(v, float) else v}"
+            for k, v in target.items()
+            if k not in ("passed", "target")
+        )
+        lines.append(f"- {name}: {target['target']} — {mark} ({detail})")
+    return "\n".join(lines)
+
+
 def environment() -> dict[str, Any]:
     def sh(cmd: str) -> str:
         try:
@@ -390,9 +433,10 @@ def environment() -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, required=True, help="folder with SST-2 train.tsv and dev.tsv")
+    parser.add_argument("--data", type=Path, help="folder with SST-2 train.tsv and dev.tsv")
     parser.add_argument("--n-train", type=int, default=2000, help="training rows sampled with --seed; 0: all")
-    parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    parser.add_argument("--out", type=Path, help="JSON file to write")
+    parser.add_argument("--render", type=Path, help="print an earlier run's JSON as Markdown and exit")
     parser.add_argument("--strategies", default=",".join(STRATEGIES), help="comma list of presets")
     parser.add_argument(
         "--baselines", default="full,head_only", help="Trainer baselines: full,head_only or none"
@@ -421,6 +465,11 @@ def main(argv: list[str] | None = None) -> int:
         help="with --n-train 0: epochs of the Trainer baselines and cap of bitune backbone phases",
     )
     args = parser.parse_args(argv)
+    if args.render:
+        print(markdown_report(json.loads(args.render.read_text())))
+        return 0
+    if args.data is None or args.out is None:
+        parser.error("--data and --out are required (unless --render)")
 
     torch.set_num_threads(args.threads)
     random.seed(args.seed)

@@ -55,7 +55,8 @@ class NoTraceback(logging.Filter):
         if not self.user_errors:
             return True
         message = record.getMessage()
-        return not (message.startswith("Finished in state Failed") or any(e in message for e in self.user_errors))
+        restated = any(e in message for e in self.user_errors)
+        return not (restated or message.startswith("Finished in state Failed"))
 
 
 def route_tracebacks(log_file: Path) -> None:

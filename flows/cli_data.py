@@ -63,14 +63,20 @@ def versions(
             ", ".join(v.sources) + missing,
         )
     console.print(table)
-    console.print("* current (data.dvc). Restore one with [bold]bitune data checkout VERSION[/] (a prefix works).")
+    console.print(
+        "* current (data.dvc). Restore one with [bold]bitune data checkout VERSION[/] (a prefix works)."
+    )
 
 
 def checkout(
-    version: Annotated[str, typer.Argument(help="data version: md5 from `bitune data versions`, or a prefix")],
+    version: Annotated[
+        str, typer.Argument(help="data version: md5 from `bitune data versions`, or a prefix")
+    ],
     params: ParamsOpt = Path("params/default.yaml"),
     set_: SetOpt = None,
-    force: Annotated[bool, typer.Option("--force", help="discard edits in data/ that data.dvc lacks")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="discard edits in data/ that data.dvc lacks")
+    ] = False,
     project: ProjectOpt = Path("."),
 ) -> None:
     """Restore data/ and data.dvc to VERSION from the DVC remote; on failure both stay as they were."""
@@ -79,7 +85,9 @@ def checkout(
         loaded = _params(root, params, set_)
         dvc_store.ensure_repo(root, loaded.data.remote)
         known = dvc_store.known_versions(root, loaded.data.remote, _mlflow_sightings(root, loaded))
-        full = dvc_store.checkout(root, dvc_store.resolve_version(version, known), str(loaded.data.dir), force)
+        full = dvc_store.checkout(
+            root, dvc_store.resolve_version(version, known), str(loaded.data.dir), force
+        )
     except BituneError as exc:
         raise fail(exc, root / LOG_FILE) from None
     console.print(escape(f"{loaded.data.dir}/ and data.dvc are at data version {full}."))
@@ -106,11 +114,16 @@ def _mlflow_sightings(root: Path, params: Params) -> list[dvc_store.Sighting]:
             return []
         runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{RUN_TAG}` != ''")
     except Exception as exc:  # connection errors come as several types; the listing goes on without
-        errors.print(f"[yellow]note:[/] MLflow at {settings.uri} not read ({type(exc).__name__}); "
-                     "versions from git and the remote only", highlight=False)
+        errors.print(
+            f"[yellow]note:[/] MLflow at {settings.uri} not read ({type(exc).__name__}); "
+            "versions from git and the remote only",
+            highlight=False,
+        )
         return []
     return [
-        dvc_store.Sighting(run.data.tags[RUN_TAG], datetime.fromtimestamp(run.info.start_time / 1000, UTC), "mlflow")
+        dvc_store.Sighting(
+            run.data.tags[RUN_TAG], datetime.fromtimestamp(run.info.start_time / 1000, UTC), "mlflow"
+        )
         for run in runs
     ]
 

@@ -1,9 +1,63 @@
-"""`bitune schedule`: serve the retrain flow on a cron schedule."""
+"""`bitune schedule`: serve the retrain flow on a cron schedule (or an interval) from a Prefect server."""
 
 from __future__ import annotations
 
+import signal
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from bitune.errors import BituneError
+from flows.cli_common import LOG_FILE, ParamsOpt, ProjectOpt, SetOpt, console, fail, quiet_defaults
+
+
+def schedule(
+    cron: Annotated[
+        str | None,
+        typer.Option("--cron", help="cron line, e.g. '0 3 * * *' (the default when no --interval)"),
+    ] = None,
+    interval: Annotated[
+        float | None, typer.Option("--interval", help="run every N seconds instead of a cron line", min=1)
+    ] = None,
+    timezone: Annotated[str, typer.Option("--timezone", help="IANA time zone of the cron line")] = "UTC",
+    name: Annotated[str, typer.Option("--name", help="deployment name: retrain/<name> on the server")] = (
+        "retrain-nightly"
+    ),
+    params: ParamsOpt = Path("params/default.yaml"),
+    set_: SetOpt = None,
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Serve the retrain flow on a schedule; needs a Prefect server (PREFECT_API_URL). Ctrl-C stops it."""
+    from bitune.params import load_params
+
+    root = project.resolve()
+    log_file = root / LOG_FILE
+    overrides = list(set_ or [])
+    quiet_defaults()
+    try:
+        load_params(params if params.is_absolute() else root / params, overrides)  # fail before serving
+        from flows.schedule import deployment_parameters, make_schedule, require_api_server, serve_retrain
+
+        when = make_schedule(cron, interval, timezone)
+        api_url = require_api_server()
+        parameters = deployment_parameters(params, overrides, root)
+    except BituneError as exc:
+        raise fail(exc, log_file) from None
+    console.print(
+        f"Serving [bold]retrain/{name}[/] from {api_url}: {when.describe()}, "
+        f"params {parameters['params_file']} in {parameters['project_dir']}.\n"
+        "At most one retrain at a time: a run that comes due while another is training is cancelled "
+        "(Prefect shows it Cancelled: 'Deployment concurrency limit reached.').\n"
+        f"Run one now: prefect deployment run 'retrain/{name}'. "
+        "Ctrl-C stops serving and pauses the schedule.",
+        soft_wrap=True,
+        highlight=False,
+    )
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops like Ctrl-C
+    serve_retrain(name, when, parameters)
 
 
 def register(app: typer.Typer) -> None:
     """Attach this module's commands to the `bitune` app."""
+    app.command(name="schedule")(schedule)

@@ -66,9 +66,9 @@ def retrain(
     if force:
         reset_pipeline(str(root), key, str(params.train.checkpoint_dir))
 
-    run_id = open_parent_run(settings, params, data, key, str(root))
+    prepared = preprocess(params, data.md5, str(root))
+    run_id = open_parent_run(settings, params, data, prepared, key, str(root))
     try:
-        prepared = preprocess(params, data.md5, str(root))
         phases = []
         for phase in expand_strategy(params.strategy):
             phases.append(

@@ -157,9 +157,10 @@ def checkout(root: Path, version: str, data_dir: str = "data", force: bool = Fal
         )
     with _restored_on_failure(root):
         _write_spec(root, version, data_dir)
-        # `dvc fetch` exits 0 when the remote lacks the version, so look for its manifest after
+        # `dvc fetch` exits 0 when the remote lacks the version, and fails offline even when the
+        # cache has it: the version's manifest in the cache is what says whether to go on
         proc = _dvc(root, "fetch", "-q", "-r", REMOTE_NAME, DVC_FILE, check=False)
-        if proc.returncode != 0 or not _object_path(root / ".dvc" / "cache", version).is_file():
+        if not _object_path(cache_dir(root), version).is_file():
             detail = f" ({_last_line(proc)})" if proc.returncode != 0 else ""
             raise DataError(
                 f"data version {version}: not in the DVC remote or the local cache{detail}; "
@@ -169,8 +170,15 @@ def checkout(root: Path, version: str, data_dir: str = "data", force: bool = Fal
         (root / DVC_FILE).unlink()  # written afresh, data.dvc reads as the ingest of `version` wrote it
         _dvc(root, "add", "-q", data_dir)
         if data_version(root) != version:
-            raise DataError(f"checked out {version} but {data_dir}/ hashes to {data_version(root)}; run `dvc doctor`")
+            raise DataError(
+                f"checked out {version} but {data_dir}/ hashes to {data_version(root)}; run `dvc doctor`"
+            )
     return version
+
+
+def cache_dir(root: Path) -> Path:
+    """The project's DVC cache (`.dvc/cache` unless `cache.dir` says otherwise)."""
+    return Path(_dvc(root, "cache", "dir").stdout.strip() or root / ".dvc" / "cache")
 
 
 def _write_spec(root: Path, version: str, data_dir: str) -> None:
@@ -214,9 +222,10 @@ def known_versions(root: Path, remote: str, sightings: Iterable[Sighting] = ()) 
             entry.sources.append(seen.source)
         if seen.when and (entry.first_seen is None or seen.when < entry.first_seen):
             entry.first_seen = seen.when
+    cache = cache_dir(root) if (root / ".dvc").is_dir() else root / ".dvc" / "cache"
     for entry in found.values():
         entry.current = entry.md5 == current
-        entry.files = _manifest(entry.md5, [root / ".dvc" / "cache", *([remote_dir] if remote_dir else [])])
+        entry.files = _manifest(entry.md5, [cache, *([remote_dir] if remote_dir else [])])
         if remote_dir is not None:
             entry.in_remote = _object_path(remote_dir, entry.md5).is_file()
     oldest = datetime.max.replace(tzinfo=UTC)
@@ -231,7 +240,9 @@ def resolve_version(prefix: str, versions: Iterable[KnownVersion]) -> str:
     matches = sorted({v.md5 for v in versions if v.md5.startswith(prefix)}) if prefix else []
     if len(matches) == 1:
         return matches[0]
-    what = "no known data version" if not matches else f"{len(matches)} data versions ({', '.join(matches[:3])})"
+    what = (
+        "no known data version" if not matches else f"{len(matches)} data versions ({', '.join(matches[:3])})"
+    )
     raise DataError(f"data version {prefix!r}: {what} starts with it; see `bitune data versions`")
 
 
@@ -239,7 +250,10 @@ def _git_sightings(root: Path) -> list[Sighting]:
     """md5s that commits of data.dvc introduced, with the commit dates."""
     proc = subprocess.run(
         ["git", "log", "--format=commit %H %cI", "-p", "--", DVC_FILE],
-        cwd=root, capture_output=True, text=True, check=False,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if proc.returncode != 0:
         return []

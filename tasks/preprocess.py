@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from prefect import task
@@ -25,6 +25,7 @@ class PreparedData:
     labels: list[str]
     sizes: dict[str, int]
     key: str
+    truncation: dict[str, float] = field(default_factory=dict)  # share of texts cut at max_length
 
     @property
     def tokenized(self) -> Path:
@@ -50,9 +51,17 @@ def preprocess_fn(params: Params, data_md5: str, root: Path) -> PreparedData:
         splits[name].to_parquet(folder / f"{name}.parquet", index=False)
     (folder / "labels.json").write_text(json.dumps(label_map.to_dict(), indent=2))
     tokenizer = load_tokenizer(params.model)
-    tokenize_splits(splits, tokenizer, params.preprocess, label_map, folder, "tokenized")
+    tokenized = tokenize_splits(splits, tokenizer, params.preprocess, label_map, folder, "tokenized")
+    max_length = params.preprocess.max_length
+    truncation = {
+        n: sum(x >= max_length for x in tokenized[n]["length"]) / max(1, len(tokenized[n])) for n in SPLITS
+    }
     return PreparedData(
-        folder=str(folder), labels=list(label_map.labels), sizes={n: len(splits[n]) for n in SPLITS}, key=key
+        folder=str(folder),
+        labels=list(label_map.labels),
+        sizes={n: len(splits[n]) for n in SPLITS},
+        key=key,
+        truncation=truncation,
     )
 
 

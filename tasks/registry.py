@@ -95,8 +95,11 @@ def champion_metrics(
         return None, None
     champion_version = str(champion.version)
     with tempfile.TemporaryDirectory() as tmp:
+        # not `models:/name@champion`: MLflow resolves that through the global registry URI (by default
+        # the cwd's mlflow.db), whatever tracking_uri says; the pinned client finds the right version
         local = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{name}@{CHAMPION}", dst_path=tmp, tracking_uri=settings.uri
+            artifact_uri=client.get_model_version_download_uri(name, champion_version), dst_path=tmp,
+            tracking_uri=settings.uri,
         )
         classifier_dir = next(Path(local).rglob("bitune.json")).parent
         model, tokenizer, meta = load_classifier(classifier_dir)

@@ -16,6 +16,7 @@ from prefect import task
 from bitune.params import Params
 from tasks import tracking
 from tasks.data import DataVersion
+from tasks.preprocess import PreparedData
 from tasks.tracking import TrackingSettings
 from tasks.tuning import pipeline_dir
 
@@ -42,7 +43,13 @@ def previous_success_fn(settings: TrackingSettings, key: str) -> str | None:
 
 
 def open_parent_run_fn(
-    settings: TrackingSettings, params: Params, data: DataVersion, key: str, root: Path, resolved_params: Path
+    settings: TrackingSettings,
+    params: Params,
+    data: DataVersion,
+    prepared: PreparedData,
+    key: str,
+    root: Path,
+    resolved_params: Path,
 ) -> str:
     stale = tracking.close_stale_runs(settings, key)
     tags = {
@@ -68,6 +75,9 @@ def open_parent_run_fn(
     )
     if data.warnings:
         client.log_text(run_id, "\n".join(data.warnings), "data_warnings.txt")
+    data_metrics = {f"data/{split}/rows": float(n) for split, n in prepared.sizes.items()}
+    data_metrics |= {f"data/{split}/truncation_rate": rate for split, rate in prepared.truncation.items()}
+    tracking.log_metrics(settings, run_id, data_metrics)
     return run_id
 
 
@@ -78,12 +88,11 @@ def previous_success(settings: TrackingSettings, key: str) -> str | None:
 
 @task(name="open-mlflow-run")
 def open_parent_run(
-    settings: TrackingSettings, params: Params, data: DataVersion, key: str, root: str
+    settings: TrackingSettings, params: Params, data: DataVersion, prepared: PreparedData, key: str, root: str
 ) -> str:
     root_path = Path(root)
-    return open_parent_run_fn(
-        settings, params, data, key, root_path, pipeline_dir(root_path, key) / "params.resolved.json"
-    )
+    resolved = pipeline_dir(root_path, key) / "params.resolved.json"
+    return open_parent_run_fn(settings, params, data, prepared, key, root_path, resolved)
 
 
 def close_parent_run_fn(settings: TrackingSettings, run_id: str, status: str) -> None:

@@ -14,8 +14,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlflow
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 
 from bitune.errors import TrackingError
@@ -76,6 +78,7 @@ def start_run(
 
 
 def end_run(settings: TrackingSettings, run_id: str, status: str = "FINISHED") -> None:
+    mlflow.flush_async_logging()  # step metrics are logged asynchronously; land them first
     settings.client().set_terminated(run_id, status=status)
 
 
@@ -85,11 +88,23 @@ def log_params(settings: TrackingSettings, run_id: str, params: dict[str, object
         settings.client().log_batch(run_id, params=items[i : i + 100])
 
 
-def log_metrics(settings: TrackingSettings, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+def log_metrics(
+    settings: TrackingSettings, run_id: str, metrics: dict[str, float], step: int = 0, synchronous: bool = True
+) -> None:
+    """One batched call; `synchronous=False` (per-step metrics) queues it so training never waits."""
     now = int(time.time() * 1000)
     items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
     for i in range(0, len(items), MAX_BATCH):
-        settings.client().log_batch(run_id, metrics=items[i : i + MAX_BATCH])
+        settings.client().log_batch(run_id, metrics=items[i : i + MAX_BATCH], synchronous=synchronous)
+
+
+def system_metrics(settings: TrackingSettings, run_id: str, device: str) -> SystemMetricsMonitor | None:
+    """CPU/GPU utilisation and memory sampled into the run while a GPU stage trains."""
+    if not device.startswith("cuda"):
+        return None
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=5, tracking_uri=settings.uri)
+    monitor.start()
+    return monitor
 
 
 def set_tags(settings: TrackingSettings, run_id: str, tags: dict[str, str]) -> None:

@@ -168,9 +168,8 @@ def tune_phase_fn(
 
     def on_step(metrics: dict[str, float], step: int) -> None:
         if main:
-            tracking.log_metrics(
-                settings, run_id, {f"{run.spec.name}/train/step_{k}": v for k, v in metrics.items()}, step
-            )  # type: ignore[arg-type]
+            step_metrics = {f"{run.spec.name}/train/step_{k}": v for k, v in metrics.items()}
+            tracking.log_metrics(settings, run_id, step_metrics, step, synchronous=False)  # type: ignore[arg-type]
 
     feature_cache = None
     if params.train.feature_cache_dir is not None and previous is None:
@@ -190,8 +189,13 @@ def tune_phase_fn(
         on_epoch=on_epoch,
         on_step=on_step,
     )
+    monitor = tracking.system_metrics(settings, run_id, str(accelerator.device)) if main and run_id else None  # type: ignore[arg-type]
     t0 = time.perf_counter()
-    result = run_phase(model, run, data, ctx)
+    try:
+        result = run_phase(model, run, data, ctx)
+    finally:
+        if monitor is not None:
+            monitor.finish()
     wall = time.perf_counter() - t0
 
     reference = load_backbone(params.model).to(accelerator.device)

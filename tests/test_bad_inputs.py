@@ -285,14 +285,20 @@ def tiny_args(model_dir: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_bert_dir, prefect_env) -> tuple[Path, dict[str, object]]:  # type: ignore[no-untyped-def]
+def trained(tmp_path_factory, tiny_bert_dir, prefect_env) -> Path:  # type: ignore[no-untyped-def]
     """A project after one good run: a data version in the remote and champion version 1."""
     root = make_project(tmp_path_factory.mktemp("project"), tiny_bert_dir)
     proc = bitune_run(root, tiny_args(tiny_bert_dir), prefect_env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = snapshot(root)
     assert state["champion"] == "1" and state["data.dvc"] and state["remote"]
-    return root, state
+    return root
+
+
+def copy_project(root: Path, dest: Path) -> Path:
+    """The project without its run outputs (.bitune, mlartifacts): what a failed run must protect."""
+    shutil.copytree(root, dest, ignore=lambda d, names: [".bitune", "mlartifacts"] if d == str(root) else [])
+    return dest
 
 
 def snapshot(root: Path) -> dict[str, object]:
@@ -321,15 +327,15 @@ def snapshot(root: Path) -> dict[str, object]:
 
 
 @pytest.fixture(scope="module")
-def outcomes(trained, tiny_bert_dir, prefect_env, tmp_path_factory) -> dict[str, Outcome]:  # type: ignore[no-untyped-def]
-    """Every case against its own copy of the trained project, WORKERS at a time."""
-    root, _ = trained
+def outcomes(trained, tiny_bert_dir, prefect_env, tmp_path_factory):  # type: ignore[no-untyped-def]
+    """(snapshot of an untouched copy, {case id: Outcome}): every case on its own copy, WORKERS at a time."""
     cases_dir = tmp_path_factory.mktemp("cases")
+    baseline = snapshot(copy_project(trained, cases_dir / "baseline"))
 
     def run(case: Case) -> Outcome:
-        project, inputs = cases_dir / case.id / "project", cases_dir / case.id / "inputs"
-        shutil.copytree(
-            root, project, ignore=lambda d, names: [".bitune", "mlartifacts"] if d == str(root) else []
+        project, inputs = (
+            copy_project(trained, cases_dir / case.id / "project"),
+            cases_dir / case.id / "inputs",
         )
         inputs.mkdir()
         for name, content in case.files.items():
@@ -340,10 +346,12 @@ def outcomes(trained, tiny_bert_dir, prefect_env, tmp_path_factory) -> dict[str,
         args = [a.replace("{in}", str(inputs)) for a in case.args]
         start = time.monotonic()
         proc = bitune_run(project, tiny_args(tiny_bert_dir) + args, prefect_env)
-        return Outcome(proc, snapshot(project), time.monotonic() - start)
+        seconds = time.monotonic() - start
+        (cases_dir / case.id / "stderr.txt").write_text(proc.stderr)
+        return Outcome(proc, snapshot(project), seconds)
 
     with ThreadPoolExecutor(WORKERS) as pool:
-        return dict(zip([c.id for c in CASES], pool.map(run, CASES), strict=True))
+        return baseline, dict(zip([c.id for c in CASES], pool.map(run, CASES), strict=True))
 
 
 def test_catalogue_is_large_and_distinct() -> None:
@@ -351,8 +359,9 @@ def test_catalogue_is_large_and_distinct() -> None:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input_fails_in_one_line_and_changes_nothing(case: Case, outcomes, trained) -> None:  # type: ignore[no-untyped-def]
-    outcome = outcomes[case.id]
+def test_bad_input_fails_in_one_line_and_changes_nothing(case: Case, outcomes) -> None:  # type: ignore[no-untyped-def]
+    baseline, by_case = outcomes
+    outcome = by_case[case.id]
     proc = outcome.proc
     assert proc.returncode != 0, proc.stdout[-2000:]
     assert "Traceback" not in proc.stdout + proc.stderr
@@ -364,4 +373,11 @@ def test_bad_input_fails_in_one_line_and_changes_nothing(case: Case, outcomes, t
     )
     for part in case.expect:
         assert part in error, (part, error)
-    assert outcome.after == trained[1]
+    assert outcome.after == baseline
+
+
+def test_timings(outcomes) -> None:  # type: ignore[no-untyped-def]
+    """Not a target, a record: seconds per case (shown with -rA), the slow ones being flow-level ones."""
+    seconds = {case: round(o.seconds, 1) for case, o in outcomes[1].items()}
+    print(f"seconds per case (in parallel, {WORKERS} at a time): {seconds}")
+    assert all(s < 300 for s in seconds.values())

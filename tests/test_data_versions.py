@@ -24,8 +24,14 @@ pytestmark = pytest.mark.slow
 
 
 def bitune(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(Path(sys.executable).parent / "bitune"), *args, "--project", str(root)],
-                          cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "bitune"), *args, "--project", str(root)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def data_files(root: Path) -> dict[str, bytes]:
@@ -34,8 +40,11 @@ def data_files(root: Path) -> dict[str, bytes]:
 
 def commit(root: Path, message: str) -> None:
     subprocess.run(["git", "add", "data.dvc"], cwd=root, check=True)
-    subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "-m", message],
-                   cwd=root, check=True)
+    subprocess.run(
+        ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "-m", message],
+        cwd=root,
+        check=True,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +90,11 @@ def test_versions_lists_both_with_dates_files_and_the_current_one(two_versions) 
 
 def test_failed_checkouts_leave_data_dvc_and_data_exactly_as_they_were(two_versions) -> None:  # type: ignore[no-untyped-def]
     root, b = two_versions["root"], two_versions["b"]
-    for bad, expected in (("0" * 32, "not in the DVC remote"), ("zz", "no known data version"),
-                          ("not-an-md5!", "no known data version")):
+    for bad, expected in (
+        ("0" * 32, "not in the DVC remote"),
+        ("zz", "no known data version"),
+        ("not-an-md5!", "no known data version"),
+    ):
         proc = bitune(root, "data", "checkout", bad)
         assert proc.returncode != 0 and expected in proc.stderr, (bad, proc.stderr)
         assert "Traceback" not in proc.stderr + proc.stdout
@@ -108,6 +120,19 @@ def test_checkout_by_prefix_restores_version_a_byte_for_byte_then_b_again(two_ve
     assert data_files(root) == b["files"] and (root / "data.dvc").read_bytes() == b["dvc_file"]
 
 
+def test_checkout_from_the_cache_alone_when_the_remote_is_gone(two_versions) -> None:  # type: ignore[no-untyped-def]
+    root, a, b = two_versions["root"], two_versions["a"], two_versions["b"]
+    (root / ".dvc-storage").rename(root / ".dvc-storage.away")
+    try:
+        proc = bitune(root, "data", "checkout", a["md5"])
+        assert proc.returncode == 0, proc.stderr
+        assert data_files(root) == a["files"]
+        proc = bitune(root, "data", "checkout", b["md5"])
+        assert proc.returncode == 0 and data_files(root) == b["files"], proc.stderr
+    finally:
+        (root / ".dvc-storage.away").rename(root / ".dvc-storage")
+
+
 def test_checkout_from_the_remote_alone_after_the_cache_is_lost(two_versions) -> None:  # type: ignore[no-untyped-def]
     root, a, b = two_versions["root"], two_versions["a"], two_versions["b"]
     subprocess.run(["rm", "-rf", str(root / ".dvc" / "cache")], check=True)
@@ -126,7 +151,9 @@ def test_failed_push_leaves_data_dvc_and_data_at_the_previous_version(two_versio
     broken = tmp_path / "broken-remote"
     broken.mkdir()
     (broken / "files").write_text("a file where the remote needs a folder: every push fails")
-    with pytest.raises(DataError, match="cannot push data version .* data.dvc was left at the previous version"):
+    with pytest.raises(
+        DataError, match="cannot push data version .* data.dvc was left at the previous version"
+    ):
         version_data_fn(DataParams(source=str(csv), remote=str(broken)), root)
     assert (root / "data.dvc").read_bytes() == b["dvc_file"]
     assert data_files(root) == b["files"]

@@ -38,7 +38,7 @@ def project(tmp_path_factory, tiny_bert_dir, prefect_db):  # type: ignore[no-unt
         params_file="params/default.yaml", overrides=tiny_overrides(tiny_bert_dir), project_dir=str(root)
     )
     assert summary.promoted
-    return root, f"sqlite:///{root / 'mlflow.db'}"
+    return root, f"sqlite:///{root / 'mlflow.db'}", summary
 
 
 def check_predictions(out: pd.DataFrame) -> None:
@@ -51,26 +51,28 @@ def check_predictions(out: pd.DataFrame) -> None:
 
 
 @pytest.fixture(scope="module")
-def in_process(project) -> pd.DataFrame:  # type: ignore[no-untyped-def]
+def in_process(project):  # type: ignore[no-untyped-def]
+    """The champion loaded by its registry URI, as a user's script would, with pickle loading off."""
     import mlflow
 
-    _, uri = project
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    before = os.environ.get("MLFLOW_ALLOW_PICKLE_DESERIALIZATION")
-    os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
-    try:
+    _, uri, _ = project
+    # env, not mlflow.set_*_uri: those also export MLFLOW_TRACKING_URI, which would point every later
+    # flow in this session at this project's store
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MLFLOW_REGISTRY_URI", uri)
+        env.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
         model = mlflow.pyfunc.load_model(CHAMPION_URI)
-    finally:
-        if before is None:
-            os.environ.pop("MLFLOW_ALLOW_PICKLE_DESERIALIZATION")
-        else:
-            os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = before
-    return model.predict(pd.DataFrame({"text": TEXTS}))
+    return model
 
 
-def test_champion_loads_as_pyfunc_and_predicts_labels_and_scores(in_process) -> None:  # type: ignore[no-untyped-def]
-    check_predictions(in_process)
+def test_champion_loads_as_pyfunc_and_predicts_labels_and_scores(project, in_process) -> None:  # type: ignore[no-untyped-def]
+    root, _, summary = project
+    check_predictions(in_process.predict(pd.DataFrame({"text": TEXTS})))
+    # it is the model the flow evaluated: same accuracy on the same test split
+    (test_file,) = (root / ".bitune" / "prepared").glob("*/test.parquet")
+    test = pd.read_parquet(test_file)
+    predicted = in_process.predict(test[["text"]])["label"]
+    assert (predicted == test["label"]).mean() == pytest.approx(summary.test_metrics["test/accuracy"])
 
 
 def free_port() -> int:
@@ -94,7 +96,8 @@ def wait_for_ping(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
 
 
 def test_mlflow_models_serve_answers_invocations(project, in_process, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    _, uri = project
+    _, uri, _ = project
+    expected = in_process.predict(pd.DataFrame({"text": TEXTS}))
     port = free_port()
     env = os.environ | {
         "MLFLOW_TRACKING_URI": uri,
@@ -134,8 +137,8 @@ def test_mlflow_models_serve_answers_invocations(project, in_process, tmp_path) 
         served = pd.DataFrame(payload["predictions"])
         check_predictions(served)
         # the server and the in-process model are the same champion: same answers
-        assert served["label"].tolist() == in_process["label"].tolist()
-        assert served["score"].tolist() == pytest.approx(in_process["score"].tolist(), abs=1e-5)
+        assert served["label"].tolist() == expected["label"].tolist()
+        assert served["score"].tolist() == pytest.approx(expected["score"].tolist(), abs=1e-5)
     finally:
         stop_group(proc)
 

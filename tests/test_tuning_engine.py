@@ -257,3 +257,23 @@ def test_every_supported_architecture_runs_a_bottom_phase(model_type: str) -> No
     assert result.history and moved(before, model, "head.")
     layer_prefix = {n.rsplit(".", 2)[0] for n, _ in model.backbone.named_parameters() if ".0." in n}
     assert layer_prefix
+
+
+def test_anchor_gradient_equals_autograd_of_the_pretrained_loss() -> None:
+    from bitune.tuning.phase import _add_anchor_gradient
+
+    model = model_for()
+    anchors = {n: p.detach().clone() for n, p in model.backbone.named_parameters() if "layer.0." in n}
+    with torch.no_grad():
+        for n, p in model.backbone.named_parameters():
+            if n in anchors:
+                p.add_(torch.randn_like(p) * 0.1)
+    params = dict(model.backbone.named_parameters())
+    penalty = 0.7 * sum(((params[n] - ref) ** 2).sum() for n, ref in anchors.items())
+    penalty.backward()
+    expected = {n: params[n].grad.clone() for n in anchors}
+    for n in anchors:
+        params[n].grad.zero_()
+    _add_anchor_gradient(model, anchors, 0.7)
+    for n in anchors:
+        assert torch.allclose(params[n].grad, expected[n], atol=1e-6), n

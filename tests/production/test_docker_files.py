@@ -279,7 +279,7 @@ def test_prefect_yaml_deployment_is_valid_and_points_at_real_files(
     model = PrefectYamlModel.model_validate(prefect_yaml)
     (deployment,) = [d for d in model.deployments if d.name == "retrain-nightly"]
     assert deployment.entrypoint == "flows/retrain.py:retrain"
-    assert deployment.parameters == {"params_file": "params/default.yaml", "overrides": []}
+    assert deployment.parameters == {"params_file": "params/production.yaml", "overrides": []}
     assert (REPO / deployment.parameters["params_file"]).is_file()
 
     schedule = prefect_yaml["deployments"][0]["schedules"][0]

@@ -254,7 +254,7 @@ def test_prefect_yaml_deploys_with_its_schedule_and_concurrency(prefect_server: 
         deployment = client.read_deployment_by_name("retrain/retrain-nightly")
 
     assert deployment.entrypoint == "flows/retrain.py:retrain"
-    assert deployment.parameters == {"params_file": "params/default.yaml", "overrides": []}
+    assert deployment.parameters == {"params_file": "params/production.yaml", "overrides": []}
     assert [s.schedule.cron for s in deployment.schedules] == ["0 3 * * *"]
     assert deployment.global_concurrency_limit is not None
     assert deployment.global_concurrency_limit.limit == 1
