@@ -36,7 +36,16 @@ from tasks.tuning import load_rows
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 MODEL_CODE = Path(__file__).parent / "serving" / "pyfunc_model.py"
-SERVING_REQUIREMENTS = ("mlflow", "torch", "transformers", "safetensors", "pandas", "pydantic", "pyyaml", "accelerate")
+SERVING_REQUIREMENTS = (
+    "mlflow",
+    "torch",
+    "transformers",
+    "safetensors",
+    "pandas",
+    "pydantic",
+    "pyyaml",
+    "accelerate",
+)
 
 
 @dataclass(frozen=True)
@@ -67,8 +76,12 @@ def log_model(settings: TrackingSettings, run_id: str, model_dir: Path, example_
         enc = tokenizer(example["text"].tolist(), truncation=True, padding=True, return_tensors="pt")
         with torch.inference_mode():
             probs = torch.softmax(model(enc["input_ids"], enc["attention_mask"]), -1)
-        output = pd.DataFrame({"label": [meta.labels[i] for i in probs.argmax(-1).tolist()],
-                               "score": probs.max(-1).values.tolist()})
+        output = pd.DataFrame(
+            {
+                "label": [meta.labels[i] for i in probs.argmax(-1).tolist()],
+                "score": probs.max(-1).values.tolist(),
+            }
+        )
         for j, label in enumerate(meta.labels):
             output[f"prob_{label}"] = probs[:, j].tolist()
         mlflow.pyfunc.save_model(
@@ -98,7 +111,8 @@ def champion_metrics(
         # not `models:/name@champion`: MLflow resolves that through the global registry URI (by default
         # the cwd's mlflow.db), whatever tracking_uri says; the pinned client finds the right version
         local = mlflow.artifacts.download_artifacts(
-            artifact_uri=client.get_model_version_download_uri(name, champion_version), dst_path=tmp,
+            artifact_uri=client.get_model_version_download_uri(name, champion_version),
+            dst_path=tmp,
             tracking_uri=settings.uri,
         )
         classifier_dir = next(Path(local).rglob("bitune.json")).parent
@@ -109,17 +123,26 @@ def champion_metrics(
         accelerator = make_accelerator(params.train)
         model.to(accelerator.device)
         rows = load_rows(prepared, "test")
-        ctx = PhaseContext(accelerator=accelerator, groups=None, pretrained={},  # type: ignore[arg-type]
-                           eval_batch_size=params.train.eval_batch_size)
+        ctx = PhaseContext(
+            accelerator=accelerator,
+            groups=None,
+            pretrained={},  # type: ignore[arg-type]
+            eval_batch_size=params.train.eval_batch_size,
+        )
         logits = predict_logits(model, rows, ctx, tokenizer.pad_token_id or 0)
-    scores = {f"test/{k}": v for k, v in summary_metrics(logits, torch.as_tensor([r["labels"] for r in rows])).items()}
+    scores = {
+        f"test/{k}": v
+        for k, v in summary_metrics(logits, torch.as_tensor([r["labels"] for r in rows])).items()
+    }
     stored = client.get_run(champion.run_id).data.metrics if champion.run_id else {}
     if "test/cka_to_pretrained" in stored:
         scores["test/cka_to_pretrained"] = stored["test/cka_to_pretrained"]
     return champion_version, scores
 
 
-def set_champion(settings: TrackingSettings, name: str, version: str, previous: str | None, reason: str) -> None:
+def set_champion(
+    settings: TrackingSettings, name: str, version: str, previous: str | None, reason: str
+) -> None:
     """Move `champion` to `version` in one alias write; remember the previous one for rollback."""
     client = settings.client()
     if previous:
@@ -129,8 +152,13 @@ def set_champion(settings: TrackingSettings, name: str, version: str, previous: 
 
 
 def register_fn(
-    params: Params, prepared: PreparedData, evaluation: Evaluation, model_dir: str, data_md5: str,
-    settings: TrackingSettings, parent_run_id: str,
+    params: Params,
+    prepared: PreparedData,
+    evaluation: Evaluation,
+    model_dir: str,
+    data_md5: str,
+    settings: TrackingSettings,
+    parent_run_id: str,
 ) -> Registration:
     rules: RegistryParams = params.registry
     client = settings.client()
@@ -145,14 +173,21 @@ def register_fn(
             pass  # already registered
         champion_version, champion_scores = champion_metrics(settings, rules.model_name, params, prepared)
         mv = client.create_model_version(
-            rules.model_name, source=f"{client.get_run(parent_run_id).info.artifact_uri}/model",
+            rules.model_name,
+            source=f"{client.get_run(parent_run_id).info.artifact_uri}/model",
             run_id=parent_run_id,
-            tags={"bitune.data_version": data_md5, "bitune.strategy": params.strategy.name,
-                  "bitune.params_digest": params.digest(), "bitune.source": source},
+            tags={
+                "bitune.data_version": data_md5,
+                "bitune.strategy": params.strategy.name,
+                "bitune.params_digest": params.digest(),
+                "bitune.source": source,
+            },
         )
         client.set_registered_model_alias(rules.model_name, CHALLENGER, mv.version)
         if champion_scores == {}:
-            decision = GateDecision(False, ["champion has a different label set; promote manually with --force"])
+            decision = GateDecision(
+                False, ["champion has a different label set; promote manually with --force"]
+            )
         else:
             decision = decide(evaluation.metrics, champion_scores, rules)
         for key, value in evaluation.metrics.items():
@@ -164,15 +199,27 @@ def register_fn(
         client.set_tag(parent_run_id, "bitune.model_version", mv.version)
         client.set_tag(parent_run_id, "bitune.gate", decision.summary()[:5000])
     except MlflowException as exc:
-        raise TrackingError(f"registry: MLflow refused ({str(exc).splitlines()[0][:160]}); the champion is unchanged") from None
+        raise TrackingError(
+            f"registry: MLflow refused ({str(exc).splitlines()[0][:160]}); the champion is unchanged"
+        ) from None
     version = str(mv.version)
-    return Registration(rules.model_name, version, decision.promote, decision.reasons,
-                        version if decision.promote else champion_version)
+    return Registration(
+        rules.model_name,
+        version,
+        decision.promote,
+        decision.reasons,
+        version if decision.promote else champion_version,
+    )
 
 
 @task(name="register-model")
 def register(
-    params: Params, prepared: PreparedData, evaluation: Evaluation, model_dir: str, data_md5: str,
-    settings: TrackingSettings, parent_run_id: str,
+    params: Params,
+    prepared: PreparedData,
+    evaluation: Evaluation,
+    model_dir: str,
+    data_md5: str,
+    settings: TrackingSettings,
+    parent_run_id: str,
 ) -> Registration:
     return register_fn(params, prepared, evaluation, model_dir, data_md5, settings, parent_run_id)

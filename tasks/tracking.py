@@ -89,7 +89,11 @@ def log_params(settings: TrackingSettings, run_id: str, params: dict[str, object
 
 
 def log_metrics(
-    settings: TrackingSettings, run_id: str, metrics: dict[str, float], step: int = 0, synchronous: bool = True
+    settings: TrackingSettings,
+    run_id: str,
+    metrics: dict[str, float],
+    step: int = 0,
+    synchronous: bool = True,
 ) -> None:
     """One batched call; `synchronous=False` (per-step metrics) queues it so training never waits."""
     now = int(time.time() * 1000)

@@ -60,6 +60,11 @@ def _plot_reliability(probs: np.ndarray, labels: np.ndarray, path: Path, bins: i
     return path
 
 
+def _cell(text: str) -> str:
+    """A text as one Markdown table cell."""
+    return text[:200].replace("|", "/").replace("\n", " ")
+
+
 def evaluate_predictions(
     texts: list[str], labels: torch.Tensor, logits: torch.Tensor, names: list[str], out_dir: Path
 ) -> tuple[dict[str, float], list[Path]]:
@@ -90,7 +95,7 @@ def evaluate_predictions(
         "| text | true | predicted | confidence |",
         "|---|---|---|---|",
         *(
-            f"| {texts[i][:200].replace('|', '/')} | {names[y[i]]} | {names[pred[i]]} | {probs[i, pred[i]]:.3f} |"
+            f"| {_cell(texts[i])} | {names[y[i]]} | {names[pred[i]]} | {probs[i, pred[i]]:.3f} |"
             for i in worst
         ),
     ]

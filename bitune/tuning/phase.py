@@ -222,7 +222,9 @@ def run_phase(model: BituneClassifier, run: PhaseRun, data: PhaseData, ctx: Phas
         optimizer.zero_grad(set_to_none=True)
         for micro, batch in enumerate(loader, start=1):
             sync = micro % spec.grad_accum == 0 or micro == len(loader)
-            no_sync = ctx.accelerator.no_sync(wrapped) if (world > 1 and not sync) else contextlib.nullcontext()
+            no_sync = (
+                ctx.accelerator.no_sync(wrapped) if (world > 1 and not sync) else contextlib.nullcontext()
+            )
             with no_sync:
                 with _autocast(ctx.accelerator):
                     logits = wrapped(batch["input_ids"].to(device), batch["attention_mask"].to(device))
