@@ -20,6 +20,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 TARGET_S = 20.0
 STAMP = re.compile(r"^(\d\d):(\d\d):(\d\d\.\d{3}) \| \w+ +\| (.*)$")
@@ -96,7 +97,7 @@ def last_success(root: Path, params_file: Path) -> str | None:
     )
 
 
-def timed_run(root: Path, params_file: Path) -> dict[str, object]:
+def timed_run(root: Path, params_file: Path) -> dict[str, Any]:
     """One `bitune run`, timed from outside; stage times from Prefect's log line stamps."""
     command = [
         str(Path(sys.executable).parent / "bitune"),

@@ -73,6 +73,8 @@ def route_tracebacks(log_file: Path) -> None:
             if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
                 h.addFilter(console_filter)
     logging.getLogger("bitune").setLevel(logging.INFO)
+    # Prefect's event queue warns at shutdown while it drains ("Still processing items"): noise.
+    logging.getLogger("prefect._internal.concurrency").setLevel(logging.ERROR)
 
 
 def fail(exc: BaseException, log_file: Path) -> typer.Exit:

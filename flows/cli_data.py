@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -105,6 +106,8 @@ def _mlflow_sightings(root: Path, params: Params) -> list[dvc_store.Sighting]:
     from tasks.tracking import TrackingSettings
 
     settings = TrackingSettings.from_params(params.tracking, root)
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # a listing should not wait minutes
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     if settings.uri.startswith("sqlite:///") and not Path(settings.uri.removeprefix("sqlite:///")).exists():
         return []  # a client would create the database: listing must not change the project
     try:
@@ -115,9 +118,10 @@ def _mlflow_sightings(root: Path, params: Params) -> list[dvc_store.Sighting]:
         runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{RUN_TAG}` != ''")
     except Exception as exc:  # connection errors come as several types; the listing goes on without
         errors.print(
-            f"[yellow]note:[/] MLflow at {settings.uri} not read ({type(exc).__name__}); "
+            f"[yellow]note:[/] MLflow at {escape(settings.uri)} not read ({type(exc).__name__}); "
             "versions from git and the remote only",
             highlight=False,
+            soft_wrap=True,
         )
         return []
     return [
