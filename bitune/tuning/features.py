@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
 from bitune.model.classifier import BituneClassifier
 from bitune.tuning.batching import length_grouped_batches, pad_batch
@@ -32,7 +33,7 @@ def encode_rows(
     model.eval()
     out: list[torch.Tensor | None] = [None] * len(rows)
     batches = length_grouped_batches([len(r["input_ids"]) for r in rows], batch_size, 0, shuffle=False)
-    for batch_ids in batches:
+    for batch_ids in tqdm(batches, desc="encode features", leave=False):
         batch = pad_batch([rows[i] for i in batch_ids], pad_token_id)
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         if autocast is not None:

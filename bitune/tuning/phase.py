@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from tqdm.auto import tqdm
 
 from bitune.errors import TrainingError
 from bitune.evaluation.metrics import summary_metrics
@@ -53,6 +54,7 @@ class PhaseContext:
     on_step: MetricsHook | None = None  # (metrics, global step), every `log_every` optimizer steps
     on_epoch: MetricsHook | None = None  # (metrics, epoch)
     log_every: int = 10
+    progress: bool = True  # tqdm bars for training and evaluation (main process only)
 
 
 @dataclass
@@ -85,7 +87,7 @@ def predict_logits(model: BituneClassifier, rows: Rows, ctx: PhaseContext, pad_t
     batches = length_grouped_batches(
         [len(r["input_ids"]) for r in rows], ctx.eval_batch_size, 0, shuffle=False
     )
-    for ids in batches:
+    for ids in tqdm(batches, desc="evaluate", leave=False, disable=_quiet(ctx)):
         batch = pad_batch([rows[i] for i in ids], pad_token_id)
         with _autocast(ctx.accelerator):
             logits = model(
@@ -95,6 +97,10 @@ def predict_logits(model: BituneClassifier, rows: Rows, ctx: PhaseContext, pad_t
         out[ids] = logits.float().cpu()
     model.train(was_training)
     return out
+
+
+def _quiet(ctx: PhaseContext) -> bool:
+    return not (ctx.progress and ctx.accelerator.is_local_main_process)
 
 
 def _labels(rows: Rows) -> torch.Tensor:
@@ -220,7 +226,8 @@ def run_phase(model: BituneClassifier, run: PhaseRun, data: PhaseData, ctx: Phas
             loader = ctx.accelerator.prepare_data_loader(loader)
         t0, seen, running = time.perf_counter(), 0, 0.0
         optimizer.zero_grad(set_to_none=True)
-        for micro, batch in enumerate(loader, start=1):
+        bar = tqdm(loader, desc=f"{run.key} epoch {epoch}/{spec.epochs}", leave=False, disable=_quiet(ctx))
+        for micro, batch in enumerate(bar, start=1):
             sync = micro % spec.grad_accum == 0 or micro == len(loader)
             no_sync = (
                 ctx.accelerator.no_sync(wrapped) if (world > 1 and not sync) else contextlib.nullcontext()
