@@ -1,12 +1,14 @@
-"""Bottom-phase training throughput and MFU for a BERT-base-sized encoder, through bitune's own pieces.
+"""Bottom-phase training throughput and MFU for a BERT-base-sized encoder, through bitune's engine.
 
-A randomly initialised BERT (hidden 768, 12 layers, 12 heads, FFN 3072) at a fixed sequence length,
-trained the way the bottom phase trains it: embeddings + the lowest layers + head trainable, the rest
-frozen (no weight gradients), bf16 autocast on CUDA. Random weights are fine: throughput does not
-depend on the values. On CPU it runs a tiny config only to check the wiring; MFU is not meaningful
-there and is reported as null.
+A randomly initialised BERT (hidden 768, 12 layers, 12 heads, FFN 3072) at a fixed sequence length is
+trained by `run_phase` itself, exactly as the bottom phase trains: embeddings + the lowest layers +
+head trainable, the rest frozen (no weight gradients), the anchor gradient on, bf16 autocast on CUDA.
+The first epoch is the warm-up (CUDA context, cuBLAS heuristics, torch.compile if asked); the second
+epoch's training-loop samples/s is the result. Random weights are fine: throughput does not depend on
+the values. On CPU it runs a tiny config only to check the wiring; MFU is not meaningful there.
 
     .venv/bin/python bench/gpu_throughput.py --out bench/results/gpu-throughput.json
+    .venv/bin/python bench/gpu_throughput.py --batch-size 256 --compile --out /tmp/gpu.json
 """
 
 from __future__ import annotations
@@ -14,18 +16,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 from transformers import BertConfig, BertModel
 
+from bitune.device import make_accelerator
 from bitune.model.classifier import BituneClassifier
 from bitune.model.layer_groups import resolve_layer_groups
-from bitune.params import PhaseSpec
-from bitune.tuning.freezing import freeze_except, set_train_mode, trainable_modules
-from bitune.tuning.optim import build_optimizer
+from bitune.params import PhaseSpec, TrainParams
+from bitune.tuning.phase import PhaseContext, PhaseData, run_phase
+from bitune.tuning.schedule import PhaseRun
 
 # Dense bf16 tensor-core peaks (no sparsity), TFLOP/s, by a substring of the device name.
 PEAK_BF16_TFLOPS = {
@@ -68,26 +70,34 @@ def bottom_phase_flops(
     return (3 * trained_layers + 2 * (layers - trained_layers)) * per_layer + 3 * head
 
 
+def synthetic_rows(n: int, seq: int, vocab: int, seed: int) -> list[dict[str, object]]:
+    """Rows of exactly `seq` tokens (no padding), random ids and labels."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000, vocab, (n, seq), generator=generator).tolist()
+    labels = torch.randint(0, 2, (n,), generator=generator).tolist()
+    return [
+        {"input_ids": i, "attention_mask": [1] * seq, "labels": y} for i, y in zip(ids, labels, strict=True)
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--trained-layers", type=int, default=3, help="the bottom phase's layers[0:k]")
-    parser.add_argument("--steps", type=int, default=30, help="timed steps")
-    parser.add_argument("--warmup-steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=40, help="optimizer steps per epoch (2 epochs run)")
+    parser.add_argument("--compile", action="store_true", help="train.compile: torch.compile the model")
     parser.add_argument("--peak-tflops", type=float, default=None, help="override the device's bf16 peak")
     parser.add_argument("--out", type=Path, default=None, help="JSON file to write")
     args = parser.parse_args(argv)
 
     cuda = torch.cuda.is_available()
-    device = torch.device("cuda" if cuda else "cpu")
     if cuda:
         hidden, layers, heads, ffn, seq, batch = 768, 12, 12, 3072, args.seq_len, args.batch_size
-        steps, warmup = args.steps, args.warmup_steps
-        torch.backends.cuda.matmul.allow_tf32 = True
+        steps = args.steps
     else:  # a wiring check only: the same code path on a model a 2-core CPU trains in seconds
         torch.set_num_threads(2)
-        hidden, layers, heads, ffn, seq, batch, steps, warmup = 64, 4, 2, 128, 32, 8, 3, 1
+        hidden, layers, heads, ffn, seq, batch, steps = 64, 4, 2, 128, 32, 8, 3
     trained = min(args.trained_layers, layers)
     config = BertConfig(
         hidden_size=hidden,
@@ -98,38 +108,30 @@ def main(argv: list[str] | None = None) -> int:
         vocab_size=30522,
     )
     torch.manual_seed(0)
-    model = BituneClassifier(BertModel(config, add_pooling_layer=False), 2, "mean", 0.1).to(device)
+    model = BituneClassifier(BertModel(config, add_pooling_layer=False), 2, "mean", 0.1)
     groups = resolve_layer_groups(model.backbone)
     spec = PhaseSpec(
-        name="bottom", train=["embeddings", f"layers[0:{trained}]", "head"], lr=5e-5, batch_size=batch
+        name="bottom",
+        train=["embeddings", f"layers[0:{trained}]", "head"],
+        epochs=2,
+        lr=5e-5,
+        warmup=0.1,
+        anchor=0.01,
+        batch_size=batch,
     )
-    selected = trainable_modules(model, spec.train, groups)
-    trainable = freeze_except(model, selected)
-    set_train_mode(model, selected)
-    optimizer = build_optimizer(selected, spec, layers)
-    ids = torch.randint(1000, 30000, (batch, seq), device=device)
-    mask = torch.ones_like(ids)
-    labels = torch.randint(0, 2, (batch,), device=device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
-
-    def step() -> None:
-        with autocast:
-            loss = torch.nn.functional.cross_entropy(model(ids, mask).float(), labels)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    for _ in range(warmup):
-        step()
-    if cuda:
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if cuda:
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
-    samples_per_s = steps * batch / seconds
+    accelerator = make_accelerator(TrainParams(device="auto", precision="auto"))
+    pretrained = {n: p.detach().clone().to(accelerator.device) for n, p in model.backbone.named_parameters()}
+    ctx = PhaseContext(
+        accelerator, groups, pretrained, eval_batch_size=batch, progress=False, compile=args.compile
+    )
+    data = PhaseData(
+        synthetic_rows(batch * steps, seq, config.vocab_size, 0),
+        synthetic_rows(batch, seq, config.vocab_size, 1),
+        pad_token_id=0,
+    )
+    result = run_phase(model, PhaseRun(0, 1, spec), data, ctx)
+    timed = result.history[-1]  # the second epoch: warm
+    samples_per_s = timed["train_samples_per_s"]
     flops = bottom_phase_flops(hidden, ffn, seq, layers, trained, 2)
     name = torch.cuda.get_device_name() if cuda else "cpu"
     peak = args.peak_tflops or (peak_tflops(name) if cuda else None)
@@ -146,17 +148,20 @@ def main(argv: list[str] | None = None) -> int:
             "seq_len": seq,
             "batch_size": batch,
             "trained_layers": trained,
-            "precision": "bf16 autocast" if cuda else "fp32",
+            "precision": accelerator.mixed_precision,
+            "compile": args.compile,
+            "attention": model.backbone.config._attn_implementation,
         },
-        "trainable_params": trainable,
-        "steps": steps,
-        "seconds": seconds,
+        "trainable_params": result.trainable_params,
+        "steps_per_epoch": steps,
+        "warmup_epoch_samples_per_s": result.history[0]["train_samples_per_s"],
         "samples_per_s": samples_per_s,
         "tokens_per_s": samples_per_s * seq,
         "model_flops_per_sample": flops,
         "achieved_tflops": samples_per_s * flops / 1e12,
         "peak_tflops": peak,
         "mfu": mfu,
+        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
         "note": None if cuda else "CPU wiring check on a tiny config: MFU is not meaningful on CPU",
     }
     print(json.dumps(report, indent=2))

@@ -103,10 +103,22 @@ def probe_batches(
     return out
 
 
+def reference_device(device: str) -> str:
+    """Where the pretrained reference encoder for CKA runs: beside the tuned one."""
+    return "cuda" if device != "cpu" and torch.cuda.is_available() else "cpu"
+
+
 # --------------------------------------------------------------------------- bitune
 
 
-def bitune_params(strategy: str, max_length: int, overrides: list[str], full_epochs: int | None) -> Params:
+def bitune_params(
+    strategy: str,
+    max_length: int,
+    overrides: list[str],
+    full_epochs: int | None,
+    device: str = "cpu",
+    precision: str = "auto",
+) -> Params:
     """The preset through `load_params`; in full-data mode, backbone phases are capped to `full_epochs`.
 
     Gradual-unfreezing phases keep their epochs (one per unfreeze stage); head phases on cached
@@ -115,7 +127,8 @@ def bitune_params(strategy: str, max_length: int, overrides: list[str], full_epo
     base = [
         f"strategy={strategy}",
         f"preprocess.max_length={max_length}",
-        "train.device=cpu",
+        f"train.device={device}",
+        f"train.precision={precision}",
         "train.feature_cache_dir=null",
     ]
     params = load_params(PARAMS, base + overrides)
@@ -150,16 +163,23 @@ def run_bitune(
         pretrained=pretrained,
         seed=params.train.seed,
         eval_batch_size=params.train.eval_batch_size,
+        compile=params.train.compile,
     )
     data = PhaseData(splits["train"], splits["validation"], pad_id)
-    dev_labels = torch.as_tensor([r["labels"] for r in splits["dev"]])
+    scored = [name for name in splits if name not in ("train", "validation")]  # dev, and select if any
+    labels = {name: torch.as_tensor([r["labels"] for r in splits[name]]) for name in scored}
     phases, wall = [], 0.0
     for run in expand_strategy(params.strategy):
         t0 = time.perf_counter()
         result = run_phase(model, run, data, ctx)
         seconds = time.perf_counter() - t0
         wall += seconds
-        dev = summary_metrics(predict_logits(model, splits["dev"], ctx, pad_id), dev_labels)
+        accuracy = {
+            f"{name}_acc": summary_metrics(predict_logits(model, splits[name], ctx, pad_id), labels[name])[
+                "accuracy"
+            ]
+            for name in scored
+        }
         phases.append(
             {
                 "key": run.key,
@@ -167,7 +187,7 @@ def run_bitune(
                 "epochs_run": len(result.history),
                 "best_epoch": result.best_epoch,
                 "val_acc": result.best.get("val_accuracy"),
-                "dev_acc": dev["accuracy"],
+                **accuracy,
                 "train_s": seconds,
                 "loop_s": result.train_seconds,
                 "train_samples_per_s": result.samples_per_second,
@@ -179,7 +199,7 @@ def run_bitune(
     return {
         "kind": "bitune",
         "strategy": params.strategy.model_dump(mode="json"),
-        "dev_acc": phases[-1]["dev_acc"],
+        **{f"{name}_acc": phases[-1][f"{name}_acc"] for name in scored},
         "val_acc": phases[-1]["val_acc"],
         "train_s": wall,
         "train_samples_per_s": samples / wall if wall else 0.0,
@@ -203,16 +223,20 @@ def run_trainer(
     probe: list[dict[str, torch.Tensor]],
     workdir: Path,
     seed: int,
+    device: str = "cpu",
+    precision: str = "auto",
 ) -> dict[str, Any]:
-    """What the tutorial user writes: AutoModelForSequenceClassification + Trainer, dynamic padding."""
-    import datasets
+    """What the tutorial user writes: AutoModelForSequenceClassification + Trainer, dynamic padding.
+
+    On CUDA it gets the same precision bitune gets (bf16 unless `precision` is fp32).
+    """
     from transformers import AutoModelForSequenceClassification, Trainer, TrainingArguments
 
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=2, use_safetensors=True)
     if kind == "head_only":
         model.base_model.requires_grad_(False)
-    train = datasets.Dataset.from_list(splits["train"])
+    cuda = device != "cpu" and torch.cuda.is_available()
     args = TrainingArguments(
         output_dir=str(workdir),
         num_train_epochs=epochs,
@@ -223,11 +247,13 @@ def run_trainer(
         save_strategy="no",
         logging_strategy="no",
         report_to="none",
-        use_cpu=True,
+        use_cpu=not cuda,
+        bf16=cuda and precision != "fp32",
         seed=seed,
         disable_tqdm=True,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
+    # a list of tokenized rows is a map-style dataset; the default collator pads each batch
+    trainer = Trainer(model=model, args=args, train_dataset=splits["train"], processing_class=tokenizer)
     t0 = time.perf_counter()
     out = trainer.train()
     seconds = time.perf_counter() - t0
@@ -257,11 +283,16 @@ def _hf_logits(model, rows: Rows, pad_id: int, batch: int = 128) -> torch.Tensor
     from bitune.tuning.batching import length_grouped_batches, pad_batch
 
     out = torch.empty(len(rows), 2)
+    device = next(model.parameters()).device
     for ids in length_grouped_batches([len(r["input_ids"]) for r in rows], batch, 0, shuffle=False):
         padded = pad_batch([rows[i] for i in ids], pad_id)
-        out[ids] = model(
-            input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]
-        ).logits.float()
+        out[ids] = (
+            model(
+                input_ids=padded["input_ids"].to(device), attention_mask=padded["attention_mask"].to(device)
+            )
+            .logits.float()
+            .cpu()
+        )
     return out
 
 
@@ -447,6 +478,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu", help="train.device")
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="train.precision (auto: bf16 on CUDA)",
+    )
     parser.add_argument(
         "--probe", type=Path, default=None, help="general-English text (default: ../wikitext2)"
     )
@@ -462,8 +500,15 @@ def main(argv: list[str] | None = None) -> int:
         "--full-epochs",
         type=int,
         default=1,
-        help="with --n-train 0: epochs of the Trainer baselines and cap of bitune backbone phases",
+        help="with --n-train 0: epochs of the Trainer baselines (and cap of bitune backbone phases)",
     )
+    parser.add_argument(
+        "--bitune-epoch-cap",
+        type=int,
+        default=None,
+        help="with --n-train 0: cap of bitune backbone phases' epochs (default: --full-epochs)",
+    )
+    parser.add_argument("--model", default=None, help="model.name_or_path (default: params/default.yaml's)")
     args = parser.parse_args(argv)
     if args.render:
         print(markdown_report(json.loads(args.render.read_text())))
@@ -478,7 +523,10 @@ def main(argv: list[str] | None = None) -> int:
     full_mode = args.n_train <= 0
     probe_file = args.probe or args.data.parent / "wikitext2" / "wiki.test.tokens"
 
-    base = load_params(PARAMS, [f"preprocess.max_length={args.max_length}"])
+    model_override = [f"model.name_or_path={args.model}"] if args.model else []
+    overrides = [*model_override, *args.overrides]
+    epoch_cap = args.bitune_epoch_cap or args.full_epochs
+    base = load_params(PARAMS, [f"preprocess.max_length={args.max_length}", *model_override])
     tokenizer = load_tokenizer(base.model)
     train_df, dev_df = read_sst2(args.data)
     train_part, val_part = carve(train_df, args.n_train, args.val_fraction, args.seed)
@@ -489,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     pad_id = tokenizer.pad_token_id or 0
     probe = probe_batches(tokenizer, load_probe_texts(str(probe_file), args.probe_rows), args.max_length)
-    reference = load_backbone(base.model).eval()
+    reference = load_backbone(base.model).eval().to(reference_device(args.device))
     console.print(
         f"train {len(splits['train'])}, validation {len(splits['validation'])} (carved from the "
         f"training sample), dev {len(splits['dev'])}; torch threads {torch.get_num_threads()}"
@@ -519,10 +567,17 @@ def main(argv: list[str] | None = None) -> int:
                     probe,
                     workdir,
                     args.seed,
+                    args.device,
+                    args.precision,
                 )
             else:
                 params = bitune_params(
-                    what, args.max_length, args.overrides, args.full_epochs if full_mode else None
+                    what,
+                    args.max_length,
+                    overrides,
+                    epoch_cap if full_mode else None,
+                    args.device,
+                    args.precision,
                 )
                 results[name] = run_bitune(what, params, splits, pad_id, reference, probe)
                 torch.set_num_threads(args.threads)
@@ -557,6 +612,9 @@ def write_report(  # type: ignore[no-untyped-def]
             "model": base.model.name_or_path,
             "overrides": args.overrides,
             "trainer_epochs": trainer_epochs,
+            "bitune_epoch_cap": (args.bitune_epoch_cap or args.full_epochs) if args.n_train <= 0 else None,
+            "device": args.device,
+            "precision": args.precision,
             "probe_file": str(probe_file),
             "probe_rows": args.probe_rows,
         },

@@ -147,6 +147,10 @@ class TrainParams(Strict):
         "--main_process_ip 10.0.0.1",
     )
     torch_threads: int | None = Field(None, ge=1)
+    compile: bool = Field(
+        False,
+        description="torch.compile the model in the tuning phases (pays off on GPUs; first batches compile)",
+    )
 
 
 class ForgettingParams(Strict):

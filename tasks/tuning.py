@@ -188,6 +188,7 @@ def tune_phase_fn(
         feature_cache=feature_cache,
         on_epoch=on_epoch,
         on_step=on_step,
+        compile=params.train.compile,
     )
     monitor = tracking.system_metrics(settings, run_id, str(accelerator.device)) if main and run_id else None  # type: ignore[arg-type]
     t0 = time.perf_counter()

@@ -53,8 +53,9 @@ class PhaseContext:
     feature_cache: Path | None = None  # used only while the backbone is still pretrained
     on_step: MetricsHook | None = None  # (metrics, global step), every `log_every` optimizer steps
     on_epoch: MetricsHook | None = None  # (metrics, epoch)
-    log_every: int = 10
+    log_every: int = 10  # also how often the NaN guard reads the loss back (each read syncs a GPU)
     progress: bool = True  # tqdm bars for training and evaluation (main process only)
+    compile: bool = False  # torch.compile the forward pass (dynamic shapes: batches are padded per batch)
 
 
 @dataclass
@@ -126,6 +127,16 @@ def _add_anchor_gradient(model: BituneClassifier, anchors: dict[str, torch.Tenso
         param = params[name]
         if param.grad is not None:
             param.grad.add_(param - ref, alpha=2.0 * weight)
+
+
+def _check_finite(loss_sum: torch.Tensor, key: str, epoch: int, step: int, lr: float) -> None:
+    """The NaN/inf guard. Reads the epoch's running loss sum: one sync per call, not per step."""
+    value = loss_sum.item()
+    if not math.isfinite(value):
+        raise TrainingError(
+            f"{key}: loss became {value} at epoch {epoch}, by step {step}; lower the phase's lr "
+            f"(now {lr}) or use train.precision=fp32"
+        )
 
 
 def _better(metric: str, value: float, best: float | None) -> bool:
@@ -216,15 +227,19 @@ def run_phase(model: BituneClassifier, run: PhaseRun, data: PhaseData, ctx: Phas
         }
         set_train_mode(model, selected)
         wrapped: torch.nn.Module = ctx.accelerator.prepare_model(model) if world > 1 else model
+        if ctx.compile:
+            wrapped = torch.compile(wrapped, dynamic=True)  # type: ignore[assignment]
         batches = length_grouped_batches(lengths, spec.batch_size, ctx.seed * 1000 + run.index * 100 + epoch)
         loader: torch.utils.data.DataLoader = torch.utils.data.DataLoader(
             data.train,  # type: ignore[arg-type]
             batch_sampler=BatchList(batches),
             collate_fn=lambda rows: pad_batch(rows, data.pad_token_id),
+            pin_memory=device.type == "cuda",  # so the copies below need not wait for the GPU
         )
         if world > 1:
             loader = ctx.accelerator.prepare_data_loader(loader)
-        t0, seen, running = time.perf_counter(), 0, 0.0
+        # the loss sum stays on the device: reading it back every step would stall a GPU's queue
+        t0, seen, running = time.perf_counter(), 0, torch.zeros((), device=device)
         optimizer.zero_grad(set_to_none=True)
         bar = tqdm(loader, desc=f"{run.key} epoch {epoch}/{spec.epochs}", leave=False, disable=_quiet(ctx))
         for micro, batch in enumerate(bar, start=1):
@@ -234,17 +249,12 @@ def run_phase(model: BituneClassifier, run: PhaseRun, data: PhaseData, ctx: Phas
             )
             with no_sync:
                 with _autocast(ctx.accelerator):
-                    logits = wrapped(batch["input_ids"].to(device), batch["attention_mask"].to(device))
-                    task_loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"].to(device))
-                loss = task_loss
-                if not torch.isfinite(loss):
-                    raise TrainingError(
-                        f"{run.key}: loss became {loss.item()} at epoch {epoch}, step {step}; lower "
-                        f"the phase's lr (now {spec.lr}) or use train.precision=fp32"
-                    )
-                ctx.accelerator.backward(loss / spec.grad_accum)
+                    inputs = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                    logits = wrapped(inputs["input_ids"], inputs["attention_mask"])
+                    task_loss = torch.nn.functional.cross_entropy(logits.float(), inputs["labels"])
+                ctx.accelerator.backward(task_loss / spec.grad_accum)
             seen += len(batch["labels"])
-            running += task_loss.item()
+            running += task_loss.detach()
             if not sync:
                 continue
             if anchors:
@@ -253,7 +263,9 @@ def run_phase(model: BituneClassifier, run: PhaseRun, data: PhaseData, ctx: Phas
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            if ctx.on_step and step % ctx.log_every == 0:
+            if step % ctx.log_every == 0:
+                _check_finite(running, run.key, epoch, step, spec.lr)
+            if ctx.on_step and step % ctx.log_every == 0:  # after the guard: never log a NaN as a metric
                 ctx.on_step(
                     {
                         "train_loss": task_loss.item(),
@@ -264,12 +276,13 @@ def run_phase(model: BituneClassifier, run: PhaseRun, data: PhaseData, ctx: Phas
                 )
             if spec.max_steps and step >= spec.max_steps:
                 break
+        _check_finite(running, run.key, epoch, step, spec.lr)  # also waits for the device's queue
         epoch_seconds = time.perf_counter() - t0  # the training loop only, not the validation pass below
         result.train_seconds += epoch_seconds
         result.train_samples += seen * world  # split batches: each process saw its slice
         val = summary_metrics(predict_logits(model, data.validation, ctx, data.pad_token_id), val_labels)
         metrics = {f"val_{k}": v for k, v in val.items()} | {
-            "train_loss": running / max(1, micro),
+            "train_loss": running.item() / max(1, micro),
             "anchor": _anchor_term(model, anchors),
             "trainable_params": float(result.trainable_params),
             "train_samples_per_s": seen * world / max(1e-9, epoch_seconds),

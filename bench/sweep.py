@@ -1,0 +1,255 @@
+"""Choose a strategy's settings on held-out training rows, never on the dev set.
+
+Each variant is a list of `--set` overrides applied to one preset (default `bidirectional`) and run
+through the same engine as `strategies.py`. Variants are ranked by accuracy on a *selection set*:
+SST-2 training rows outside the benchmark's sample (sentences of the sample removed), so choosing a
+preset never looks at dev. Dev accuracy is recorded for the report only. After the grid, the best
+`--confirm` variants are rerun with other seeds, and the winner is the best mean selection accuracy.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/sweep.py --data ../shared/data/sst2 --grid bottom \
+        --out bench/results/sweep.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import random
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from rich.console import Console
+from rich.table import Table
+from strategies import (
+    PARAMS,
+    bitune_params,
+    carve,
+    environment,
+    probe_batches,
+    read_sst2,
+    reference_device,
+    run_bitune,
+    tokenize,
+)
+
+from bitune.forgetting import load_probe_texts
+from bitune.model.classifier import load_backbone, load_tokenizer
+from bitune.params import load_params
+
+BOTTOM = "strategy.phases.1"
+
+
+def bottom_grid() -> dict[str, list[str]]:
+    """The bottom phase of `bidirectional`: which layers, lr, epochs, anchor; plus two rounds."""
+    grid: dict[str, list[str]] = {}
+    layer_sets = {
+        "l0-4": "[embeddings, 'layers[0:4]', head, pooler]",
+        "l0-6": "[embeddings, 'layers[0:6]', head, pooler]",
+    }
+    for (layers, train), lr, epochs, anchor in itertools.product(
+        layer_sets.items(), (8e-5, 1.5e-4, 3e-4), (4, 6), (0.01, 1.0)
+    ):
+        grid[f"{layers} lr{lr:g} ep{epochs} a{anchor:g}"] = [
+            f"{BOTTOM}.train={train}",
+            f"{BOTTOM}.lr={lr}",
+            f"{BOTTOM}.epochs={epochs}",
+            f"{BOTTOM}.anchor={anchor}",
+        ]
+    for layers, train in layer_sets.items():
+        grid[f"{layers} lr1.5e-4 ep3 a0.01 R2"] = [
+            f"{BOTTOM}.train={train}",
+            f"{BOTTOM}.lr=1.5e-4",
+            f"{BOTTOM}.epochs=3",
+            "strategy.rounds=2",
+        ]
+    # a fixed shuffle, so a --budget-s cut leaves a spread of the grid rather than one corner
+    names = list(grid)
+    random.Random(0).shuffle(names)
+    return {name: grid[name] for name in names}
+
+
+GRIDS = {"bottom": bottom_grid, "current": lambda: {"current preset": []}}
+
+
+def selection_rows(train: pd.DataFrame, sample: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+    """`n` training rows whose sentence is not in the benchmark sample: the held-out selection set."""
+    unseen = train[~train["sentence"].isin(set(sample["sentence"]))]
+    return unseen.sample(n=min(n, len(unseen)), random_state=seed + 1).reset_index(drop=True)
+
+
+def run_variant(
+    name: str, overrides: list[str], seed: int, args: argparse.Namespace, context: dict[str, Any]
+) -> dict[str, Any]:
+    params = bitune_params(
+        args.strategy,
+        args.max_length,
+        [*overrides, f"train.seed={seed}"],
+        None,
+        args.device,
+        args.precision,
+    )
+    try:
+        result = run_bitune(
+            args.strategy,
+            params,
+            context["splits"],
+            context["pad_id"],
+            context["reference"],
+            context["probe"],
+        )
+    except Exception as exc:  # noqa: BLE001 - a sweep records the failure and goes on
+        return {
+            "variant": name,
+            "seed": seed,
+            "error": f"{type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc(),
+        }
+    return {"variant": name, "seed": seed, "overrides": overrides, **result}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True, help="folder with SST-2 train.tsv and dev.tsv")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--strategy", default="bidirectional")
+    parser.add_argument("--grid", choices=sorted(GRIDS), default="bottom")
+    parser.add_argument("--n-train", type=int, default=2000)
+    parser.add_argument("--select-rows", type=int, default=2000, help="held-out training rows to rank on")
+    parser.add_argument("--confirm", type=int, default=3, help="best variants rerun with more seeds")
+    parser.add_argument("--confirm-seeds", default="1,2")
+    parser.add_argument(
+        "--budget-s", type=float, default=0, help="stop starting variants after this; 0: none"
+    )
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--val-fraction", type=float, default=0.1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="fp32")
+    parser.add_argument("--model", default=None, help="model.name_or_path (default: params/default.yaml's)")
+    parser.add_argument("--probe-rows", type=int, default=256)
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    console = Console()
+    started = time.perf_counter()
+    model_override = [f"model.name_or_path={args.model}"] if args.model else []
+    base = load_params(PARAMS, [f"preprocess.max_length={args.max_length}", *model_override])
+    tokenizer = load_tokenizer(base.model)
+    train_df, dev_df = read_sst2(args.data)
+    train_part, val_part = carve(train_df, args.n_train, args.val_fraction, args.seed)
+    select_df = selection_rows(train_df, pd.concat([train_part, val_part]), args.select_rows, args.seed)
+    splits = {
+        "train": tokenize(tokenizer, train_part, args.max_length),
+        "validation": tokenize(tokenizer, val_part, args.max_length),
+        "select": tokenize(tokenizer, select_df, args.max_length),
+        "dev": tokenize(tokenizer, dev_df, args.max_length),
+    }
+    probe_file = args.data.parent / "wikitext2" / "wiki.test.tokens"
+    context = {
+        "splits": splits,
+        "pad_id": tokenizer.pad_token_id or 0,
+        "probe": probe_batches(
+            tokenizer, load_probe_texts(str(probe_file), args.probe_rows), args.max_length
+        ),
+        "reference": load_backbone(base.model).eval().to(reference_device(args.device)),
+    }
+    grid = {name: [*model_override, *sets] for name, sets in GRIDS[args.grid]().items()}
+    console.print(
+        f"{len(grid)} variants of {args.strategy}; train {len(splits['train'])}, validation "
+        f"{len(splits['validation'])}, selection {len(splits['select'])} (held-out train rows), dev "
+        f"{len(splits['dev'])} (reported, never ranked on)"
+    )
+
+    runs: list[dict[str, Any]] = []
+
+    def save(final: bool) -> dict[str, Any]:
+        ranked = rank(runs)
+        report = {
+            "complete": final,
+            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "config": {**{k: str(v) for k, v in vars(args).items()}, "grid_size": len(grid)},
+            "environment": environment(),
+            "ranking": ranked,
+            "runs": runs,
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2, default=float))
+        return report
+
+    def out_of_time() -> bool:
+        return bool(args.budget_s) and time.perf_counter() - started > args.budget_s
+
+    for name, overrides in grid.items():
+        if out_of_time():
+            console.print(f"[yellow]budget spent: {name} and later variants not run[/yellow]")
+            break
+        runs.append(run_variant(name, overrides, args.seed, args, context))
+        last = runs[-1]
+        console.print(
+            f"{name}: "
+            + (
+                last.get("error")
+                or f"select {last['select_acc']:.3f} val {last['val_acc']:.3f} {last['train_s']:.0f}s"
+            )
+        )
+        save(final=False)
+    for entry in rank(runs)[: args.confirm]:
+        for seed in (int(s) for s in args.confirm_seeds.split(",") if s):
+            if out_of_time():
+                break
+            runs.append(run_variant(entry["variant"], grid[entry["variant"]], seed, args, context))
+            save(final=False)
+    report = save(final=True)
+    print_ranking(report["ranking"], console)
+    console.print(f"wrote {args.out}")
+    return 0
+
+
+def rank(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Variants by mean selection accuracy over their seeds (dev shown, never used to order)."""
+    by_variant: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        if "error" not in run:
+            by_variant.setdefault(run["variant"], []).append(run)
+    table = [
+        {
+            "variant": name,
+            "seeds": [r["seed"] for r in rs],
+            "select_acc": statistics.fmean(r["select_acc"] for r in rs),
+            "val_acc": statistics.fmean(r["val_acc"] for r in rs),
+            "dev_acc": statistics.fmean(r["dev_acc"] for r in rs),
+            "train_s": statistics.fmean(r["train_s"] for r in rs),
+            "cka_to_pretrained": statistics.fmean(r["cka_to_pretrained"] for r in rs),
+        }
+        for name, rs in by_variant.items()
+    ]
+    return sorted(table, key=lambda r: r["select_acc"], reverse=True)
+
+
+def print_ranking(ranking: list[dict[str, Any]], console: Console) -> None:
+    table = Table(title="variants by selection accuracy (held-out training rows)")
+    for col in ("variant", "seeds", "select acc", "val acc", "dev acc (report only)", "train s", "CKA"):
+        table.add_column(col, justify="left" if col == "variant" else "right")
+    for r in ranking:
+        table.add_row(
+            r["variant"],
+            ",".join(map(str, r["seeds"])),
+            f"{r['select_acc']:.1%}",
+            f"{r['val_acc']:.1%}",
+            f"{r['dev_acc']:.1%}",
+            f"{r['train_s']:.1f}",
+            f"{r['cka_to_pretrained']:.3f}",
+        )
+    console.print(table)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
