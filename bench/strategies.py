@@ -164,6 +164,7 @@ def run_bitune(
         seed=params.train.seed,
         eval_batch_size=params.train.eval_batch_size,
         compile=params.train.compile,
+        progress=False,  # per-step bars would bury the results in a benchmark's log
     )
     data = PhaseData(splits["train"], splits["validation"], pad_id)
     scored = [name for name in splits if name not in ("train", "validation")]  # dev, and select if any
