@@ -7,7 +7,6 @@ and the terminal gets one line naming the problem and the fix, with a non-zero e
 from __future__ import annotations
 
 import signal
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -131,4 +130,4 @@ def main() -> None:  # pragma: no cover - console entry for `python -m flows.cli
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

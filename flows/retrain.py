@@ -22,7 +22,7 @@ from tasks.runs import (
     reset_pipeline,
 )
 from tasks.tracking import TrackingSettings
-from tasks.tuning import tune_phase
+from tasks.tuning import PhaseOutput, tune_phase
 
 
 @dataclass
@@ -69,7 +69,7 @@ def retrain(
     prepared = preprocess(params, data.md5, str(root))
     run_id = open_parent_run(settings, params, data, prepared, key, str(root))
     try:
-        phases = []
+        phases: list[PhaseOutput] = []
         for phase in expand_strategy(params.strategy):
             phases.append(
                 tune_phase.with_options(name=f"tune-{phase.key}")(

@@ -14,6 +14,7 @@ from bitune.evaluation.curves import plot_learning_curves
 from bitune.evaluation.report import evaluate_predictions
 from bitune.forgetting import plot_drift
 from bitune.model.classifier import load_classifier
+from bitune.model.layer_groups import resolve_layer_groups
 from bitune.params import Params
 from bitune.tuning.phase import PhaseContext, predict_logits
 from tasks import tracking
@@ -45,8 +46,8 @@ def evaluate_fn(
     rows = load_rows(prepared, "test")
     ctx = PhaseContext(
         accelerator=accelerator,
-        groups=None,
-        pretrained={},  # type: ignore[arg-type]
+        groups=resolve_layer_groups(model.backbone),
+        pretrained={},  # inference only: nothing is anchored
         eval_batch_size=params.train.eval_batch_size,
     )
     logits = predict_logits(model, rows, ctx, tokenizer.pad_token_id or 0)

@@ -26,6 +26,7 @@ from bitune.device import make_accelerator
 from bitune.errors import TrackingError
 from bitune.evaluation.metrics import summary_metrics
 from bitune.model.classifier import load_classifier
+from bitune.model.layer_groups import resolve_layer_groups
 from bitune.params import Params, RegistryParams
 from bitune.promotion import GateDecision, decide
 from bitune.tuning.phase import PhaseContext, predict_logits
@@ -125,8 +126,8 @@ def champion_metrics(
         rows = load_rows(prepared, "test")
         ctx = PhaseContext(
             accelerator=accelerator,
-            groups=None,
-            pretrained={},  # type: ignore[arg-type]
+            groups=resolve_layer_groups(model.backbone),
+            pretrained={},  # inference only: nothing is anchored
             eval_batch_size=params.train.eval_batch_size,
         )
         logits = predict_logits(model, rows, ctx, tokenizer.pad_token_id or 0)

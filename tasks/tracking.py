@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,7 +82,7 @@ def end_run(settings: TrackingSettings, run_id: str, status: str = "FINISHED") -
     settings.client().set_terminated(run_id, status=status)
 
 
-def log_params(settings: TrackingSettings, run_id: str, params: dict[str, object]) -> None:
+def log_params(settings: TrackingSettings, run_id: str, params: Mapping[str, object]) -> None:
     items = [Param(k, str(v)[:6000]) for k, v in params.items()]
     for i in range(0, len(items), 100):
         settings.client().log_batch(run_id, params=items[i : i + 100])

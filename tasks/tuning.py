@@ -226,7 +226,7 @@ def tune_phase_fn(
             params.model.name_or_path,
         )
         save_classifier(model.cpu(), tokenizer, meta, model_dir)
-        if main:
+        if main and settings is not None and run_id is not None:
             summary = {
                 f"{run.spec.name}/val/best_{k.removeprefix('val_')}": v
                 for k, v in result.best.items()
@@ -240,16 +240,16 @@ def tune_phase_fn(
                 f"{run.spec.name}/trainable_params": float(result.trainable_params),
                 f"{run.spec.name}/best_epoch": float(result.best_epoch),
             } | {f"{run.spec.name}/drift/{group}": value for group, value in drift.items()}
-            tracking.log_metrics(settings, run_id, summary)  # type: ignore[arg-type]
+            tracking.log_metrics(settings, run_id, summary)
             tracking.set_tags(
                 settings,
                 run_id,
                 {
-                    "bitune.feature_cache": str(result.used_feature_cache).lower(),  # type: ignore[arg-type]
+                    "bitune.feature_cache": str(result.used_feature_cache).lower(),
                     "bitune.resumed_from_epoch": str(result.resumed_from_epoch),
                 },
             )
-            tracking.end_run(settings, run_id)  # type: ignore[arg-type]
+            tracking.end_run(settings, run_id)
         (out_dir / RESULT).write_text(json.dumps(asdict(output), indent=2))
         ctx.checkpoints.clear()  # type: ignore[union-attr]
     return output

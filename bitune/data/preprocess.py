@@ -139,8 +139,15 @@ def _tokenize(
         batched=True,
         remove_columns=["text"],
         desc=f"tokenize {split}",
-        new_fingerprint=_digest([source, split, getattr(tokenizer, "name_or_path", ""), len(tokenizer),
-                                 pre.model_dump(mode="json")]),
+        new_fingerprint=_digest(
+            [
+                source,
+                split,
+                getattr(tokenizer, "name_or_path", ""),
+                len(tokenizer),
+                pre.model_dump(mode="json"),
+            ]
+        ),
     )
 
 
