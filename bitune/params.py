@@ -100,6 +100,12 @@ class PhaseSpec(Strict):
     schedule: Literal["linear", "cosine", "constant"] = "linear"
     layer_lr_decay: float = Field(1.0, gt=0, le=1, description="lr × decay^(depth from top)")
     anchor: float = Field(0.0, ge=0, description="λ of λ·‖θ − θ_pre‖² over trainable backbone weights")
+    anchor_rows: int | None = Field(
+        None,
+        ge=1,
+        description="λ is for this many training rows: with N rows the phase uses λ·anchor_rows/N, "
+        "a fixed prior that pulls less as data grows (MAP with a mean loss); null: λ as given",
+    )
     batch_size: int = Field(32, ge=1)
     grad_accum: int = Field(1, ge=1)
     unfreeze: Literal["all", "gradual"] = Field(

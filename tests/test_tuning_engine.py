@@ -259,24 +259,51 @@ def test_every_supported_architecture_runs_a_bottom_phase(model_type: str) -> No
     assert layer_prefix
 
 
-def test_anchor_gradient_equals_autograd_of_the_pretrained_loss() -> None:
-    from bitune.tuning.phase import _add_anchor_gradient
+def test_anchor_gradient_and_term_equal_autograd_of_the_pretrained_loss() -> None:
+    from bitune.tuning.phase import _Anchor
 
     model = model_for()
-    anchors = {n: p.detach().clone() for n, p in model.backbone.named_parameters() if "layer.0." in n}
+    freeze_except(model, trainable_modules(model, ["layers[0:1]"], resolve_layer_groups(model.backbone)))
+    pretrained = {n: p.detach().clone() for n, p in model.backbone.named_parameters()}
     with torch.no_grad():
-        for n, p in model.backbone.named_parameters():
-            if n in anchors:
-                p.add_(torch.randn_like(p) * 0.1)
-    params = dict(model.backbone.named_parameters())
-    penalty = 0.7 * sum(((params[n] - ref) ** 2).sum() for n, ref in anchors.items())
+        for p in model.backbone.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    trained = {n: p for n, p in model.backbone.named_parameters() if p.requires_grad}
+    assert trained and all("layer.0." in n for n in trained)
+    penalty = 0.7 * sum(((p - pretrained[n]) ** 2).sum() for n, p in trained.items())
     penalty.backward()
-    expected = {n: params[n].grad.clone() for n in anchors}
-    for n in anchors:
-        params[n].grad.zero_()
-    _add_anchor_gradient(model, anchors, 0.7)
-    for n in anchors:
-        assert torch.allclose(params[n].grad, expected[n], atol=1e-6), n
+    expected = {n: p.grad.clone() for n, p in trained.items()}
+    for p in trained.values():
+        p.grad.zero_()
+    anchor = _Anchor.build(model, pretrained, 0.7)
+    anchor.add_gradient(0.7)
+    for n, p in trained.items():
+        assert torch.allclose(p.grad, expected[n], atol=1e-6), n
+    assert anchor.term() == pytest.approx(penalty.item() / 0.7, rel=1e-5)
+    assert _Anchor.build(model, pretrained, 0.0).term() == 0.0  # λ = 0: nothing anchored
+
+
+def test_anchor_weight_falls_with_data_size_when_given_for_a_row_count() -> None:
+    from bitune.tuning.phase import effective_anchor
+
+    fixed = phase(anchor=0.01)
+    prior = phase(anchor=0.01, anchor_rows=1800)
+    assert effective_anchor(fixed, 60_000) == 0.01
+    assert effective_anchor(prior, 1800) == pytest.approx(0.01)
+    assert effective_anchor(prior, 60_000) == pytest.approx(0.01 * 1800 / 60_000)
+    model = model_for()
+    spec = phase(anchor=0.5, anchor_rows=48, epochs=1)
+    result = run_phase(model, PhaseRun(0, 1, spec), DATA, context(model))  # 96 rows: λ halves
+    assert result.history[0]["anchor_weight"] == pytest.approx(0.25)
+
+
+def test_nan_guard_fires_in_the_head_phase_on_cached_features() -> None:
+    model = model_for()
+    with torch.no_grad():
+        model.head[1].weight.fill_(float("nan"))
+    spec = phase(name="head", train=["head"], epochs=2)
+    with pytest.raises(TrainingError, match="head: loss became nan at epoch 1"):
+        run_phase(model, PhaseRun(0, 1, spec), DATA, context(model))
 
 
 def test_nan_guard_still_fires_when_the_loss_is_read_back_only_at_epoch_end() -> None:
