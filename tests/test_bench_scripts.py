@@ -8,11 +8,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
 
+import device_bundle  # noqa: E402
 import gpu_throughput  # noqa: E402
 import sweep  # noqa: E402
-from strategies import carve  # noqa: E402
+from strategies import bitune_params, carve  # noqa: E402
 
 
 def sst2_like(n: int) -> pd.DataFrame:
@@ -65,6 +67,40 @@ def test_sweep_ranks_by_selection_accuracy_and_averages_seeds() -> None:
     ranking = sweep.rank(runs)
     assert [r["variant"] for r in ranking] == ["b", "a"]  # a's mean 0.75 < b's 0.76; dev never decides
     assert ranking[1]["seeds"] == [0, 1]
+
+
+@pytest.mark.parametrize("grid", sorted(sweep.GRIDS))
+def test_every_sweep_variant_is_a_valid_params_override(grid: str) -> None:
+    variants = sweep.GRIDS[grid]()
+    assert variants
+    seen = set()
+    for name, overrides in variants.items():
+        params = bitune_params("bidirectional", 64, overrides, None)  # validates, or raises naming the field
+        seen.add(params.strategy.model_dump_json())
+        assert name
+    assert len(seen) == len(variants)  # no two names for one configuration
+
+
+def test_full_data_grid_varies_how_the_anchor_scales() -> None:
+    variants = sweep.full_data_grid()
+    weights = set()
+    for overrides in variants.values():
+        bottom = bitune_params("bidirectional", 64, overrides, None).strategy.phases[1]
+        weights.add((bottom.anchor, bottom.anchor_rows))
+    assert weights == {(0.01, 1800), (0.01, None), (0.0, 1800)}
+
+
+def test_device_bundle_pins_wheels_from_constraints_and_names_a_missing_pin(tmp_path: Path) -> None:
+    constraints = tmp_path / "constraints.txt"
+    constraints.write_text("# lock\npydantic==2.14.3\npydantic_core==2.50.4\ntyping-extensions==4.16.0\n")
+    assert device_bundle.pinned(("pydantic", "pydantic-core", "typing_extensions"), constraints) == [
+        "pydantic==2.14.3",
+        "pydantic-core==2.50.4",
+        "typing_extensions==4.16.0",
+    ]
+    with pytest.raises(SystemExit, match="no pin for annotated-types"):
+        device_bundle.pinned(("annotated-types",), constraints)
+    assert len(device_bundle.pinned(device_bundle.WHEELS, ROOT / "constraints.txt")) == 5
 
 
 def test_bottom_phase_flops_count_weight_gradients_only_where_layers_train() -> None:
