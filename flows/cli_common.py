@@ -73,8 +73,10 @@ def route_tracebacks(log_file: Path) -> None:
             if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
                 h.addFilter(console_filter)
     logging.getLogger("bitune").setLevel(logging.INFO)
-    # Prefect's event queue warns at shutdown while it drains ("Still processing items"): noise.
-    logging.getLogger("prefect._internal.concurrency").setLevel(logging.ERROR)
+    # Prefect's event and log queues warn at shutdown while they drain ("Still processing items"):
+    # noise after a one-line error. Each service logs under its own class name, not under prefect.
+    for name in ("prefect._internal.concurrency", "EventsWorker", "APILogWorker"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def fail(exc: BaseException, log_file: Path) -> typer.Exit:

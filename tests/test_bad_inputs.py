@@ -381,3 +381,26 @@ def test_timings(outcomes) -> None:  # type: ignore[no-untyped-def]
     seconds = {case: round(o.seconds, 1) for case, o in outcomes[1].items()}
     print(f"seconds per case (in parallel, {WORKERS} at a time): {seconds}")
     assert all(s < 300 for s in seconds.values())
+
+
+def test_prefect_queue_drain_warnings_stay_off_the_terminal(tmp_path: Path) -> None:
+    """Prefect's EventsWorker warns "Still processing items" at exit: a second line after an error."""
+    import logging
+
+    from flows.cli_common import route_tracebacks
+
+    names = ("EventsWorker", "APILogWorker", "prefect._internal.concurrency")
+    root = logging.getLogger()
+    saved = ({n: logging.getLogger(n).level for n in names}, list(root.handlers))
+    try:
+        route_tracebacks(tmp_path / "bitune.log")
+        for name in names:
+            assert not logging.getLogger(name).isEnabledFor(logging.WARNING), name
+            assert logging.getLogger(name).isEnabledFor(logging.ERROR), name
+    finally:
+        for name, level in saved[0].items():
+            logging.getLogger(name).setLevel(level)
+        for handler in root.handlers[:]:
+            if handler not in saved[1]:
+                root.removeHandler(handler)
+                handler.close()
