@@ -106,6 +106,13 @@ class PhaseSpec(Strict):
         description="λ is for this many training rows: with N rows the phase uses λ·anchor_rows/N, "
         "a fixed prior that pulls less as data grows (MAP with a mean loss); null: λ as given",
     )
+    max_train_rows: int | None = Field(
+        None,
+        ge=1,
+        description="train on at most this many training rows, sampled with train.seed; null: all. "
+        "A head on pooled features saturates long before 60k rows, and on cached features the "
+        "encoding pass then covers only the sample",
+    )
     batch_size: int = Field(32, ge=1)
     grad_accum: int = Field(1, ge=1)
     unfreeze: Literal["all", "gradual"] = Field(

@@ -176,7 +176,8 @@ def tune_phase_fn(
         feature_cache = (
             root
             / params.train.feature_cache_dir
-            / f"{prepared.key}-{params.model.pooling}-{int(params.model.pooling == 'default')}.safetensors"
+            / f"{prepared.key}-{params.model.pooling}-{int(params.model.pooling == 'default')}"
+            f"-{accelerator.mixed_precision}.safetensors"
         )
     ctx = PhaseContext(
         accelerator=accelerator,

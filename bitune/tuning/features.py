@@ -7,7 +7,10 @@ keyed by model, data version, tokenizer settings and pooling when the backbone i
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -17,6 +20,7 @@ from bitune.model.classifier import BituneClassifier
 from bitune.tuning.batching import length_grouped_batches, pad_batch
 
 Rows = list[dict]
+Autocast = Callable[[], AbstractContextManager[Any]]
 
 
 @torch.inference_mode()
@@ -26,9 +30,13 @@ def encode_rows(
     batch_size: int,
     pad_token_id: int,
     device: torch.device,
-    autocast: torch.autocast | None = None,
+    autocast: Autocast = nullcontext,
 ) -> torch.Tensor:
-    """`model.encode` over all rows, in the rows' order (batches are length-sorted for speed)."""
+    """`model.encode` over all rows, in the rows' order (batches are length-sorted for speed).
+
+    `autocast` makes a fresh context per batch (accelerate's is single-use), so the encoding pass runs
+    in the phase's precision: bf16 where training is bf16.
+    """
     was_training = model.training
     model.eval()
     out: list[torch.Tensor | None] = [None] * len(rows)
@@ -36,10 +44,7 @@ def encode_rows(
     for batch_ids in tqdm(batches, desc="encode features", leave=False):
         batch = pad_batch([rows[i] for i in batch_ids], pad_token_id)
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-        if autocast is not None:
-            with autocast:
-                feats = model.encode(ids, mask)
-        else:
+        with autocast():
             feats = model.encode(ids, mask)
         for i, f in zip(batch_ids, feats.float().cpu(), strict=True):
             out[i] = f
@@ -54,7 +59,7 @@ def cached_features(
     batch_size: int,
     pad_token_id: int,
     device: torch.device,
-    autocast: torch.autocast | None = None,
+    autocast: Autocast = nullcontext,
 ) -> dict[str, torch.Tensor]:
     """Features per split, read from `cache_file` when it exists, written to it otherwise."""
     if cache_file is not None and cache_file.exists():

