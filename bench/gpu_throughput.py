@@ -9,13 +9,21 @@ the values. On CPU it runs a tiny config only to check the wiring; MFU is not me
 
     .venv/bin/python bench/gpu_throughput.py --out bench/results/gpu-throughput.json
     .venv/bin/python bench/gpu_throughput.py --batch-size 256 --compile --out /tmp/gpu.json
+    .venv/bin/python bench/gpu_throughput.py --batch-size 512 --compile --profile /tmp/prof.txt
+
+`--profile FILE` diagnoses a low MFU after the timed run, without touching its numbers: the GPU's clocks,
+power and throttle reasons (nvidia-smi) before and after, and a `torch.profiler` table of a few more
+warm steps, kernels sorted by device time, with the share of wall time the GPU was busy.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -70,6 +78,54 @@ def bottom_phase_flops(
     return (3 * trained_layers + 2 * (layers - trained_layers)) * per_layer + 3 * head
 
 
+GPU_STATE_FIELDS = (
+    "name,clocks.sm,clocks.max.sm,clocks.mem,power.draw,power.limit,temperature.gpu,"
+    "utilization.gpu,clocks_throttle_reasons.active"
+)
+
+
+def gpu_state() -> str | None:
+    """One CSV line from nvidia-smi: is the GPU at full clocks, or held back by power or heat?"""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    done = subprocess.run(
+        ["nvidia-smi", f"--query-gpu={GPU_STATE_FIELDS}", "--format=csv,noheader"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return done.stdout.strip() or done.stderr.strip()
+
+
+def profile_steps(
+    model: BituneClassifier, spec: PhaseSpec, data: PhaseData, ctx: PhaseContext, steps: int
+) -> dict[str, object]:
+    """`steps` more warm optimizer steps of the same phase under torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    short = spec.model_copy(update={"epochs": 1, "max_steps": steps})
+    before = gpu_state()
+    wall = time.perf_counter()
+    with profile(activities=activities) as prof:
+        run_phase(model, PhaseRun(0, 1, short), data, ctx)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    wall = time.perf_counter() - wall
+    events = prof.key_averages()
+    device_us = sum(e.self_device_time_total for e in events)
+    sort = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    return {
+        "steps": steps,
+        "wall_s": wall,
+        "device_busy_s": device_us / 1e6,
+        "device_busy_share": device_us / 1e6 / wall if wall else None,
+        "gpu_state_before": before,
+        "gpu_state_after": gpu_state(),
+        "table": events.table(sort_by=sort, row_limit=30),
+    }
+
+
 def synthetic_rows(n: int, seq: int, vocab: int, seed: int) -> list[dict[str, object]]:
     """Rows of exactly `seq` tokens (no padding), random ids and labels."""
     generator = torch.Generator().manual_seed(seed)
@@ -89,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true", help="train.compile: torch.compile the model")
     parser.add_argument("--peak-tflops", type=float, default=None, help="override the device's bf16 peak")
     parser.add_argument("--out", type=Path, default=None, help="JSON file to write")
+    parser.add_argument("--profile", type=Path, default=None, help="also write a profile (text) here")
+    parser.add_argument("--profile-steps", type=int, default=8, help="warm steps to profile")
     args = parser.parse_args(argv)
 
     cuda = torch.cuda.is_available()
@@ -164,6 +222,14 @@ def main(argv: list[str] | None = None) -> int:
         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
         "note": None if cuda else "CPU wiring check on a tiny config: MFU is not meaningful on CPU",
     }
+    if args.profile:
+        model.to(accelerator.device)
+        found = profile_steps(model, spec, data, ctx, args.profile_steps if cuda else 2)
+        report["profile"] = {k: v for k, v in found.items() if k != "table"} | {"file": str(args.profile)}
+        args.profile.parent.mkdir(parents=True, exist_ok=True)
+        args.profile.write_text(
+            f"{name} {report['config']}\n{json.dumps(report['profile'], indent=2)}\n\n{found['table']}\n"
+        )
     print(json.dumps(report, indent=2))
     if cuda and peak is None:
         print(f"unknown peak for {name!r}; pass --peak-tflops to get MFU", file=sys.stderr)

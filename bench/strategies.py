@@ -34,7 +34,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from bitune.device import make_accelerator
+from bitune.device import make_accelerator, reset_accelerator
 from bitune.evaluation.metrics import summary_metrics
 from bitune.forgetting import encoder_cka, load_probe_texts
 from bitune.model.classifier import BituneClassifier, load_backbone, load_tokenizer, resolve_model_source
@@ -153,6 +153,7 @@ def run_bitune(
     probe: list[dict[str, torch.Tensor]],
 ) -> dict[str, Any]:
     torch.manual_seed(params.train.seed)
+    reset_accelerator()  # a Trainer baseline before may have set another precision
     accelerator = make_accelerator(params.train)
     backbone = load_backbone(params.model)
     pretrained = {n: p.detach().clone() for n, p in backbone.named_parameters()}
@@ -226,10 +227,13 @@ def run_trainer(
     seed: int,
     device: str = "cpu",
     precision: str = "auto",
+    trainer_precision: str = "auto",
 ) -> dict[str, Any]:
     """What the tutorial user writes: AutoModelForSequenceClassification + Trainer, dynamic padding.
 
-    On CUDA it gets the same precision bitune gets (bf16 unless `precision` is fp32).
+    `trainer_precision` auto: on CUDA the precision bitune gets (bf16 unless `precision` is fp32), on
+    CPU fp32 (TrainingArguments' default); bf16 / fp32 force it, e.g. to give the Trainer the same
+    CPU bf16 autocast bitune is run with.
     """
     from transformers import AutoModelForSequenceClassification, Trainer, TrainingArguments
 
@@ -249,11 +253,12 @@ def run_trainer(
         logging_strategy="no",
         report_to="none",
         use_cpu=not cuda,
-        bf16=cuda and precision != "fp32",
+        bf16=trainer_precision == "bf16" or (trainer_precision == "auto" and cuda and precision != "fp32"),
         seed=seed,
         disable_tqdm=True,
     )
     # a list of tokenized rows is a map-style dataset; the default collator pads each batch
+    reset_accelerator()  # the Trainer builds its own Accelerator, maybe in another precision than bitune's
     trainer = Trainer(model=model, args=args, train_dataset=splits["train"], processing_class=tokenizer)
     t0 = time.perf_counter()
     out = trainer.train()
@@ -487,6 +492,12 @@ def main(argv: list[str] | None = None) -> int:
         help="train.precision (auto: bf16 on CUDA)",
     )
     parser.add_argument(
+        "--trainer-precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="Trainer baselines (auto: bitune's on CUDA, fp32 on CPU as TrainingArguments defaults)",
+    )
+    parser.add_argument(
         "--probe", type=Path, default=None, help="general-English text (default: ../wikitext2)"
     )
     parser.add_argument("--probe-rows", type=int, default=256)
@@ -570,6 +581,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.seed,
                     args.device,
                     args.precision,
+                    args.trainer_precision,
                 )
             else:
                 params = bitune_params(
@@ -616,6 +628,7 @@ def write_report(  # type: ignore[no-untyped-def]
             "bitune_epoch_cap": (args.bitune_epoch_cap or args.full_epochs) if args.n_train <= 0 else None,
             "device": args.device,
             "precision": args.precision,
+            "trainer_precision": args.trainer_precision,
             "probe_file": str(probe_file),
             "probe_rows": args.probe_rows,
         },

@@ -49,6 +49,19 @@ def launched_distributed() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def reset_accelerator() -> None:
+    """Forget this process's Accelerator so the next `make_accelerator` may change precision.
+
+    For scripts that run several configurations in one process (a Trainer baseline in fp32, then
+    bitune in bf16): accelerate keeps its state in a process-wide singleton that refuses a change.
+    Never call it while a phase is running.
+    """
+    from accelerate.state import AcceleratorState
+
+    _accelerator.cache_clear()
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 def make_accelerator(train: TrainParams) -> Accelerator:
     """One Accelerator per process (its state is a process-wide singleton)."""
     device = resolve_device(train)
