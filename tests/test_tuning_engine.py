@@ -158,6 +158,31 @@ def test_feature_encoding_runs_in_the_phase_precision(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+SWITCH_PRECISION = """
+import pytest, torch
+from bitune.device import make_accelerator, reset_accelerator
+from bitune.params import TrainParams
+
+def matmul_dtype(accelerator):
+    with accelerator.autocast():
+        return (torch.ones(2, 2) @ torch.ones(2, 2)).dtype
+
+assert matmul_dtype(make_accelerator(TrainParams(device="cpu", precision="fp32"))) == torch.float32
+with pytest.raises(ValueError, match="already been initialized"):
+    make_accelerator(TrainParams(device="cpu", precision="bf16"))  # accelerate's singleton refuses
+reset_accelerator()
+assert matmul_dtype(make_accelerator(TrainParams(device="cpu", precision="bf16"))) == torch.bfloat16
+"""
+
+
+def test_reset_accelerator_lets_one_process_run_fp32_then_bf16() -> None:
+    """What bench/strategies.py needs: an fp32 Trainer baseline, then bitune in bf16, in one process."""
+    done = subprocess.run(
+        [sys.executable, "-c", SWITCH_PRECISION], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_default_pooling_trains_the_pooler_in_the_head_phase() -> None:
     model = model_for(pooling="default")
     before = snapshot(model)
