@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -54,8 +53,7 @@ def schedule(
         soft_wrap=True,
         highlight=False,
     )
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops like Ctrl-C
-    serve_retrain(name, when, parameters)
+    serve_retrain(name, when, parameters)  # Ctrl-C or SIGTERM: pauses the schedule, stops serving
 
 
 def register(app: typer.Typer) -> None:

@@ -11,8 +11,12 @@ data version), shown as Cancelled with "Deployment concurrency limit reached.".
 from __future__ import annotations
 
 import datetime
+import signal
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
@@ -23,6 +27,7 @@ from pydantic import ValidationError
 from bitune.errors import BituneError
 
 DEFAULT_CRON = "0 3 * * *"
+DESCRIPTION = "Retrain the classifier on the current data version; promote it if it beats the champion"
 ONE_AT_A_TIME = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
 START_SERVER_HINT = (
     "run `prefect server start` (or the compose stack, docs/production.md) and "
@@ -109,21 +114,59 @@ def deployment_parameters(params_file: Path, overrides: list[str], project: Path
     return {"params_file": shown, "overrides": list(overrides), "project_dir": str(root), "force": False}
 
 
+def pause_served_deployment(name: str) -> None:
+    """Pause `retrain/<name>`: nothing may come due while no runner serves it (idempotent)."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        client.pause_deployment(client.read_deployment_by_name(f"retrain/{name}").id)
+
+
+def _pause_or_explain(name: str) -> None:
+    try:
+        pause_served_deployment(name)
+    except Exception as exc:  # noqa: BLE001 - any failure here means the same thing to the user
+        sys.stderr.write(
+            f"error: retrain/{name}: serving stopped but its schedule could not be paused ({exc}); "
+            "pause it in the Prefect UI before its next run comes due\n"
+        )
+
+
+def _stop_serving(name: str) -> Callable[[int, FrameType | None], None]:
+    """The Ctrl-C / SIGTERM handler: pause the schedule first, then stop.
+
+    asyncio's own first-Ctrl-C handler only cancels the main task, and a cancel that lands while
+    Prefect's runner is starting a flow run can be absorbed: the runner then went on serving, and
+    starting runs, until it was killed, and the schedule was never paused. Pausing here, before
+    anything can get lost, and raising KeyboardInterrupt outright makes both happen.
+    """
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C: out at once
+        _pause_or_explain(name)
+        raise KeyboardInterrupt
+
+    return stop
+
+
 def serve_retrain(name: str, schedule: RetrainSchedule, parameters: dict[str, Any]) -> None:
     """Register (or update) deployment `retrain/<name>` and run its scheduled runs until interrupted.
 
     The entrypoint is the module path `flows.retrain.retrain`, so each run imports the installed
     package whatever the runner's working directory. Ctrl-C or SIGTERM stops serving and pauses the
-    schedule; nothing runs while no runner serves the deployment.
+    schedule (first thing in the signal handler, not only on the runner's way out, which can be
+    cut short); nothing runs while no runner serves the deployment.
     """
     from flows.retrain import retrain
 
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _stop_serving(name))
     retrain.serve(
         name=name,
         schedules=[schedule.to_prefect()],
         parameters=parameters,
         global_limit=ONE_AT_A_TIME,
-        description="Retrain the classifier on the current data version; promote it if it beats the champion",
+        description=DESCRIPTION,
         tags=["bitune", "retrain"],
         entrypoint_type=EntrypointType.MODULE_PATH,
         pause_on_shutdown=True,

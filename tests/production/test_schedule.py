@@ -64,12 +64,17 @@ def serving(prefect_server: str, tiny_bert_dir: Path, tmp_path: Path) -> Iterato
         state["stopped"] = True
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """Ctrl-C first (the runner pauses the schedule on the way out), then the whole group."""
+def _stop(proc: subprocess.Popen[bytes]) -> bool:
+    """Ctrl-C first (the CLI pauses the schedule, then stops), then the whole group.
+
+    True when Ctrl-C alone ended the CLI within 30 s.
+    """
+    stopped = False
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
         try:
             proc.wait(timeout=30)
+            stopped = True
         except subprocess.TimeoutExpired:
             pass
     try:
@@ -77,6 +82,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     except ProcessLookupError:
         pass
     proc.wait(timeout=10)
+    return stopped
 
 
 @pytest.mark.parametrize(
@@ -165,7 +171,7 @@ def test_scheduled_retrain_fires_completes_registers_and_never_overlaps(
         fired_after = time.monotonic() - started
         assert completed is not None, f"no completed run within {COMPLETED_WITHIN:.0f}s:\n{log_tail(log)}"
         runs = _deployment_runs(client, deployment.id)
-        _stop(proc)  # Ctrl-C: the CLI stops serving and pauses the schedule on its way out
+        stopped_by_ctrl_c = _stop(proc)  # Ctrl-C: the CLI pauses the schedule and stops serving
         after_stop = client.read_deployment(deployment.id)
 
     # A run the server's scheduler made, not a manual trigger, with the CLI's parameters.
@@ -207,6 +213,7 @@ def test_scheduled_retrain_fires_completes_registers_and_never_overlaps(
 
     # Nothing serves the deployment once the CLI stops, so its schedule must not keep making runs.
     assert after_stop.paused, "the schedule still runs with no runner serving it"
+    assert stopped_by_ctrl_c, f"one Ctrl-C did not stop `bitune schedule` within 30 s:\n{log_tail(log)}"
     print(f"first scheduled run completed {fired_after:.0f}s after serving started; "
           f"{len(cancelled)} runs cancelled by the limit")  # fmt: skip
 
