@@ -12,11 +12,13 @@ on. Wall times are noisy on a shared machine; the ratios are computed within one
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
 import platform
 import random
+import statistics
 import subprocess
 import sys
 import time
@@ -305,8 +307,47 @@ def _hf_logits(model, rows: Rows, pad_id: int, batch: int = 128) -> torch.Tensor
 # --------------------------------------------------------------------------- targets and report
 
 
+def _accuracy(record: dict[str, Any], key: str) -> str:
+    """'80.8%', or '80.8% ± 0.6' (standard deviation over training seeds, in points) for a mean."""
+    value, sd = record.get(key), record.get(f"{key}_sd")
+    if value is None:
+        return "-"
+    return f"{value:.1%}" + (f" ± {100 * sd:.1f}" if sd is not None else "")
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
+
+
+MEANED = ("dev_acc", "val_acc", "train_s", "loop_s", "train_samples_per_s", "cka_to_pretrained")
+
+
+def seed_mean(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One job over several training seeds: the first seed's record with its numbers replaced by
+    means over the seeds (phases too), plus each seed's numbers and the standard deviations.
+    A failed seed makes the job a failure: a mean over the seeds that happened to work would flatter it.
+    """
+    failed = next((r for r in runs if "error" in r), None)
+    if failed is not None or len(runs) == 1:
+        return {k: v for k, v in (failed or runs[0]).items() if k != "seed"}
+
+    def mean_of(records: list[dict[str, Any]]) -> dict[str, Any]:
+        merged = dict(records[0])
+        for key in MEANED:
+            values = [r.get(key) for r in records]
+            if all(isinstance(v, int | float) for v in values):
+                merged[key] = statistics.fmean(values)  # type: ignore[arg-type]
+        return merged
+
+    merged = mean_of(runs)
+    merged.pop("seed", None)
+    if "phases" in runs[0]:
+        merged["phases"] = [mean_of(list(ps)) for ps in zip(*(r["phases"] for r in runs), strict=True)]
+    merged["train_seeds"] = [r["seed"] for r in runs]
+    merged["dev_acc_sd"] = statistics.stdev(r["dev_acc"] for r in runs)
+    merged["val_acc_sd"] = statistics.stdev(r["val_acc"] for r in runs)
+    merged["by_seed"] = [{"seed": r["seed"], **{k: r.get(k) for k in MEANED if k != "loop_s"}} for r in runs]
+    return merged
 
 
 def evaluate_targets(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -329,8 +370,18 @@ def evaluate_targets(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         gain = 100 * (bidir["dev_acc"] - hf_full["dev_acc"])
         time_ratio = bidir["train_s"] / hf_full["train_s"]
         cka_ok = full is not None and bidir["cka_to_pretrained"] > full["cka_to_pretrained"]
+        seeds = len(bidir.get("train_seeds", [])) if "dev_acc_sd" in hf_full else 0
         targets["bidirectional"] = {
             "dev_gain_points_vs_trainer_full": gain,
+            **(
+                {  # standard error of the difference of two means over `seeds` training seeds
+                    "dev_gain_se_points": 100
+                    * math.sqrt((bidir["dev_acc_sd"] ** 2 + hf_full["dev_acc_sd"] ** 2) / seeds),
+                    "train_seeds": seeds,
+                }
+                if seeds > 1 and "dev_acc_sd" in bidir
+                else {}
+            ),
             "time_ratio_vs_trainer_full": time_ratio,
             "cka": bidir["cka_to_pretrained"],
             "cka_full": full and full["cka_to_pretrained"],
@@ -386,8 +437,8 @@ def print_table(results: dict[str, dict[str, Any]], targets: dict[str, Any], con
         for label, r in rows:
             table.add_row(
                 label,
-                fmt(r["dev_acc"], ".1%"),
-                fmt(r.get("val_acc"), ".1%"),
+                _accuracy(r, "dev_acc"),
+                _accuracy(r, "val_acc"),
                 fmt(r["train_s"], ".1f"),
                 fmt(r["train_samples_per_s"], ".1f"),
                 fmt(r.get("cka_to_pretrained"), ".3f"),
@@ -426,7 +477,7 @@ def markdown_report(report: dict[str, Any]) -> str:
         rows = [(name, res)] + [(f"↳ {p['key']} ({p['epochs_run']} ep)", p) for p in res.get("phases", [])]
         for label, r in rows:
             lines.append(
-                f"| {label} | {fmt(r['dev_acc'], '.1%')} | {fmt(r.get('val_acc'), '.1%')} | "
+                f"| {label} | {_accuracy(r, 'dev_acc')} | {_accuracy(r, 'val_acc')} | "
                 f"{fmt(r['train_s'], '.1f')} | {fmt(r['train_samples_per_s'], '.1f')} | "
                 f"{fmt(r.get('cka_to_pretrained'), '.4f')} | "
                 f"{fmt(_ratio(r['train_s'], full.get('train_s')), '.2f')} | "
@@ -483,6 +534,12 @@ def main(argv: list[str] | None = None) -> int:
         "--val-fraction", type=float, default=0.1, help="of the training sample, for selection"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--train-seeds",
+        default=None,
+        help="comma list of training seeds (init, dropout, batch order) run for every job on the same "
+        "--seed sample; results are means with their standard deviation (default: --seed alone)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu", help="train.device")
     parser.add_argument(
@@ -556,18 +613,20 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     results: dict[str, dict[str, Any]] = {}
+    by_seed: dict[str, list[dict[str, Any]]] = {}
     trainer_epochs = args.full_epochs if full_mode else 3
     baselines = [] if args.baselines == "none" else args.baselines.split(",")
     jobs: list[tuple[str, Any]] = [(f"trainer_{b}", b) for b in baselines]
     jobs += [(s, s) for s in args.strategies.split(",") if s]
     workdir = ROOT / ".bitune" / "bench-trainer"
-    for name, what in jobs:
-        console.print(f"[bold]running {name}[/bold]")
+    train_seeds = [int(x) for x in args.train_seeds.split(",")] if args.train_seeds else [args.seed]
+    for (name, what), seed in itertools.product(jobs, train_seeds):
+        console.print(f"[bold]running {name}[/bold] (training seed {seed})")
         t0 = time.perf_counter()
         try:
             if name.startswith("trainer_"):
                 lr = 5e-5 if what == "full" else 1e-3
-                results[name] = run_trainer(
+                result = run_trainer(
                     what,
                     resolve_model_source(base.model.name_or_path),
                     tokenizer,
@@ -578,7 +637,7 @@ def main(argv: list[str] | None = None) -> int:
                     reference,
                     probe,
                     workdir,
-                    args.seed,
+                    seed,
                     args.device,
                     args.precision,
                     args.trainer_precision,
@@ -587,16 +646,18 @@ def main(argv: list[str] | None = None) -> int:
                 params = bitune_params(
                     what,
                     args.max_length,
-                    overrides,
+                    [*overrides, f"train.seed={seed}"],
                     epoch_cap if full_mode else None,
                     args.device,
                     args.precision,
                 )
-                results[name] = run_bitune(what, params, splits, pad_id, reference, probe)
+                result = run_bitune(what, params, splits, pad_id, reference, probe)
                 torch.set_num_threads(args.threads)
         except Exception as exc:  # noqa: BLE001 - a benchmark records the failure and goes on
-            results[name] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+            result = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
             console.print(f"[red]{name} failed: {type(exc).__name__}: {exc}[/red]")
+        by_seed.setdefault(name, []).append({"seed": seed, **result})
+        results[name] = seed_mean(by_seed[name])
         console.print(f"  done in {time.perf_counter() - t0:.0f} s")
         write_report(
             args, results, train_part, val_part, splits, base, trainer_epochs, probe_file, final=False
@@ -622,6 +683,7 @@ def write_report(  # type: ignore[no-untyped-def]
             "dev_rows": len(splits["dev"]),
             "max_length": args.max_length,
             "seed": args.seed,
+            "train_seeds": args.train_seeds,
             "model": base.model.name_or_path,
             "overrides": args.overrides,
             "trainer_epochs": trainer_epochs,

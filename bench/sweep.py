@@ -103,7 +103,41 @@ def full_data_grid() -> dict[str, list[str]]:
     return {name: grid[name] for name in names}
 
 
-GRIDS = {"bottom": bottom_grid, "full-data": full_data_grid, "current": lambda: {"current preset": []}}
+def depth_grid() -> dict[str, list[str]]:
+    """How deep the bottom phase reaches at the sweep's best lr and length, against the preset."""
+    grid: dict[str, list[str]] = {"preset": []}
+    for top in (4, 5, 6):
+        grid[f"l0-{top} lr1.5e-4 ep6"] = [
+            f"{BOTTOM}.train=[embeddings, 'layers[0:{top}]', head, pooler]",
+            f"{BOTTOM}.lr=1.5e-4",
+            f"{BOTTOM}.epochs=6",
+        ]
+    return grid
+
+
+def averaging_grid() -> dict[str, list[str]]:
+    """Weight averaging (EMA) of the bottom phase, on the preset and on the sweep's top variant."""
+    bases = {
+        "preset": [],
+        "l0-6 lr1.5e-4 ep6": [
+            f"{BOTTOM}.train=[embeddings, 'layers[0:6]', head, pooler]",
+            f"{BOTTOM}.lr=1.5e-4",
+            f"{BOTTOM}.epochs=6",
+        ],
+    }
+    grid: dict[str, list[str]] = {}
+    for (base, sets), ema in itertools.product(bases.items(), (None, 0.98, 0.99, 0.995)):
+        grid[f"{base} ema{ema or 'off'}"] = [*sets, *([f"{BOTTOM}.ema={ema}"] if ema else [])]
+    return grid
+
+
+GRIDS = {
+    "averaging": averaging_grid,
+    "bottom": bottom_grid,
+    "depth": depth_grid,
+    "full-data": full_data_grid,
+    "current": lambda: {"current preset": []},
+}
 
 
 def selection_rows(train: pd.DataFrame, sample: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:

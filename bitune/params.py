@@ -113,6 +113,13 @@ class PhaseSpec(Strict):
         "A head on pooled features saturates long before 60k rows, and on cached features the "
         "encoding pass then covers only the sample",
     )
+    ema: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="decay of an exponential moving average of the trained weights; the phase "
+        "evaluates, keeps and hands on the average, over about 1/(1 − ema) recent steps; null: off",
+    )
     batch_size: int = Field(32, ge=1)
     grad_accum: int = Field(1, ge=1)
     unfreeze: Literal["all", "gradual"] = Field(

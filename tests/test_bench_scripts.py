@@ -14,7 +14,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import device_bundle  # noqa: E402
 import gpu_throughput  # noqa: E402
 import sweep  # noqa: E402
-from strategies import bitune_params, carve  # noqa: E402
+from strategies import bitune_params, carve, evaluate_targets, seed_mean  # noqa: E402
 
 
 def sst2_like(n: int) -> pd.DataFrame:
@@ -130,3 +130,38 @@ def test_gpu_throughput_profile_writes_a_kernel_table(tmp_path: Path) -> None:
     assert report["profile"]["steps"] == 2 and report["profile"]["wall_s"] > 0
     table = prof.read_text()
     assert "aten::addmm" in table or "aten::mm" in table  # the encoder's matmuls were recorded
+
+
+def _run(seed: int, dev: float, bottom_speed: float) -> dict:
+    return {
+        "seed": seed,
+        "kind": "bitune",
+        "dev_acc": dev,
+        "val_acc": 0.9,
+        "train_s": 10.0 + seed,
+        "train_samples_per_s": 100.0,
+        "cka_to_pretrained": 0.9,
+        "phases": [
+            {"key": "bottom", "dev_acc": dev, "train_samples_per_s": bottom_speed, "feature_cache": False}
+        ],
+    }
+
+
+def test_strategies_averages_training_seeds_and_reports_the_spread() -> None:
+    merged = seed_mean([_run(0, 0.80, 100.0), _run(1, 0.84, 140.0), _run(2, 0.82, 120.0)])
+    assert merged["dev_acc"] == pytest.approx(0.82)
+    assert merged["dev_acc_sd"] == pytest.approx(0.02)
+    assert merged["train_s"] == pytest.approx(11.0)
+    assert merged["phases"][0]["train_samples_per_s"] == pytest.approx(120.0)
+    assert [r["seed"] for r in merged["by_seed"]] == [0, 1, 2]
+    trainer = {**seed_mean([_run(s, 0.80, 50.0) for s in range(3)]), "kind": "trainer"}
+    trainer["dev_acc_sd"] = 0.02  # ±2 points on both sides: the +2-point gain has a 1.6-point error
+    target = evaluate_targets({"trainer_full": trainer, "bidirectional": merged})["bidirectional"]
+    assert target["dev_gain_points_vs_trainer_full"] == pytest.approx(2.0)
+    assert target["dev_gain_se_points"] == pytest.approx(100 * (2 * 0.02**2 / 3) ** 0.5)
+
+
+def test_strategies_counts_a_job_failed_when_any_training_seed_failed() -> None:
+    merged = seed_mean([_run(0, 0.80, 100.0), {"seed": 1, "error": "TrainingError: loss became nan"}])
+    assert merged == {"error": "TrainingError: loss became nan"}
+    assert "seed" not in seed_mean([_run(0, 0.80, 100.0)])

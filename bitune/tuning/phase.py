@@ -25,6 +25,7 @@ from bitune.evaluation.metrics import summary_metrics
 from bitune.model.classifier import BituneClassifier
 from bitune.model.layer_groups import LayerGroups, gradual_unfreeze_order
 from bitune.params import PhaseSpec
+from bitune.tuning.averaging import WeightAverage
 from bitune.tuning.batching import BatchList, length_grouped_batches, pad_batch
 from bitune.tuning.checkpoint import PhaseCheckpoints, rng_state, set_rng_state
 from bitune.tuning.features import cached_features, encode_rows
@@ -196,6 +197,17 @@ def _load_partial(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> Non
             params[name].copy_(value.to(params[name].device))
 
 
+def _average(model: torch.nn.Module, ids: set[int], spec: PhaseSpec) -> WeightAverage | None:
+    """The phase's weight average over every parameter it may train, when `spec.ema` asks for one."""
+    if spec.ema is None:
+        return None
+    return WeightAverage([p for p in model.parameters() if id(p) in ids], spec.ema)
+
+
+def _averaged(average: WeightAverage | None) -> contextlib.AbstractContextManager[Any]:
+    return average.applied() if average is not None else contextlib.nullcontext()
+
+
 def _stages(run: PhaseRun, model: BituneClassifier, ctx: PhaseContext) -> list[Selected]:
     """Trainable set per epoch: all at once, or ULMFiT's top-down unfreezing (one more group a stage)."""
     names = run.spec.train
@@ -240,6 +252,7 @@ def run_phase(model: BituneClassifier, run: PhaseRun, data: PhaseData, ctx: Phas
     steps_per_epoch = math.ceil(math.ceil(len(data.train) / spec.batch_size) / spec.grad_accum)
     total_steps = spec.max_steps or steps_per_epoch * spec.epochs
     scheduler = build_scheduler(optimizer, spec, total_steps)
+    average = _average(model, phase_ids, spec)
     lengths = [len(r["input_ids"]) for r in data.train]
     val_labels = _labels(data.validation)
 
@@ -250,6 +263,8 @@ def run_phase(model: BituneClassifier, run: PhaseRun, data: PhaseData, ctx: Phas
         optimizer.load_state_dict(resumed.training_state["optimizer"])
         scheduler.load_state_dict(resumed.training_state["scheduler"])
         set_rng_state(resumed.training_state["rng"])
+        if average is not None:
+            average.load_state_dict(resumed.training_state["average"])
         result.history = resumed.info["history"]
         result.best_epoch, best_value = resumed.info["best_epoch"], resumed.info["best_value"]
         step, start_epoch = resumed.info["step"], resumed.epoch + 1
@@ -299,6 +314,8 @@ def run_phase(model: BituneClassifier, run: PhaseRun, data: PhaseData, ctx: Phas
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            if average is not None:
+                average.update()
             step += 1
             if step % ctx.log_every == 0:
                 _check_finite(running, run.key, epoch, step, spec.lr)
@@ -317,7 +334,9 @@ def run_phase(model: BituneClassifier, run: PhaseRun, data: PhaseData, ctx: Phas
         epoch_seconds = time.perf_counter() - t0  # the training loop only, not the validation pass below
         result.train_seconds += epoch_seconds
         result.train_samples += seen * world  # split batches: each process saw its slice
-        val = summary_metrics(predict_logits(model, data.validation, ctx, data.pad_token_id), val_labels)
+        with _averaged(average):
+            logits = predict_logits(model, data.validation, ctx, data.pad_token_id)
+        val = summary_metrics(logits, val_labels)
         metrics = {f"val_{k}": v for k, v in val.items()} | {
             "train_loss": running.item() / max(1, micro),
             "anchor": anchor.term(),
@@ -329,7 +348,8 @@ def run_phase(model: BituneClassifier, run: PhaseRun, data: PhaseData, ctx: Phas
         watched = val[spec.early_stopping.metric]
         if _better(spec.early_stopping.metric, watched, best_value):
             best_value, result.best_epoch = watched, epoch
-            best_state = phase_state() if spec.early_stopping.patience else None
+            with _averaged(average):
+                best_state = phase_state() if spec.early_stopping.patience else None
         patience = spec.early_stopping.patience
         stopped_early = bool(patience and epoch - result.best_epoch >= patience)
         if ctx.checkpoints and ctx.accelerator.is_main_process:
@@ -348,7 +368,8 @@ def run_phase(model: BituneClassifier, run: PhaseRun, data: PhaseData, ctx: Phas
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "rng": rng_state(),
-                },
+                }
+                | ({"average": average.state_dict()} if average is not None else {}),
             )
         ctx.accelerator.wait_for_everyone()
         if ctx.on_epoch:
@@ -357,6 +378,8 @@ def run_phase(model: BituneClassifier, run: PhaseRun, data: PhaseData, ctx: Phas
             break
     if best_state is not None and result.best_epoch != len(result.history):
         _load_partial(model, best_state)
+    elif average is not None:
+        average.copy_to_model()
     result.best = _best_entry(result)
     model.requires_grad_(False)
     model.eval()
@@ -397,6 +420,7 @@ def _run_on_features(
     train_x, val_x = feats["train"].to(device), feats["validation"].to(device)
     train_y, val_y = _labels(data.train).to(device), _labels(data.validation)
     optimizer = build_optimizer(selected, spec, len(ctx.groups.layers))
+    average = _average(model, {id(p) for _, m in selected for p in m.parameters()}, spec)
     steps_per_epoch = math.ceil(len(train_x) / spec.batch_size)
     scheduler = build_scheduler(optimizer, spec, spec.max_steps or steps_per_epoch * spec.epochs)
     generator = torch.Generator().manual_seed(ctx.seed + run.index)
@@ -413,11 +437,13 @@ def _run_on_features(
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            if average is not None:
+                average.update()
             total += loss.detach() * len(idx)
             step += 1
         _check_finite(total, run.key, epoch, step, spec.lr)
         model.eval()
-        with torch.inference_mode():
+        with _averaged(average), torch.inference_mode():
             val = summary_metrics(model.top(val_x).float().cpu(), val_y)
         metrics = {f"val_{k}": v for k, v in val.items()} | {"train_loss": total.item() / len(train_x)}
         result.history.append({"epoch": float(epoch), **metrics})
@@ -426,7 +452,8 @@ def _run_on_features(
         watched = val[spec.early_stopping.metric]
         if _better(spec.early_stopping.metric, watched, best_value):
             best_value, result.best_epoch = watched, epoch
-            best_state = _trainable_state(model)
+            with _averaged(average):
+                best_state = _trainable_state(model)
         patience = spec.early_stopping.patience
         if (patience and epoch - result.best_epoch >= patience) or (
             spec.max_steps and step >= spec.max_steps
@@ -434,6 +461,8 @@ def _run_on_features(
             break
     if spec.early_stopping.patience and best_state is not None:
         _load_partial(model, best_state)
+    elif average is not None:
+        average.copy_to_model()
     result.train_seconds = time.perf_counter() - train_t0 + encode_seconds
     result.train_samples = len(train_x) * len(result.history)
     result.best = _best_entry(result)
