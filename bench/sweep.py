@@ -104,8 +104,9 @@ def full_data_grid() -> dict[str, list[str]]:
 
 
 def depth_grid() -> dict[str, list[str]]:
-    """How deep the bottom phase reaches at the sweep's best lr and length, against the preset."""
-    grid: dict[str, list[str]] = {"preset": []}
+    """How deep the bottom phase reaches at the sweep's best lr and length, against the preset of
+    2026-11-25 (lr 8e-5, 4 epochs), spelled out so the grid does not move with the preset."""
+    grid: dict[str, list[str]] = {"l0-4 lr8e-5 ep4": [f"{BOTTOM}.lr=8e-5", f"{BOTTOM}.epochs=4"]}
     for top in (4, 5, 6):
         grid[f"l0-{top} lr1.5e-4 ep6"] = [
             f"{BOTTOM}.train=[embeddings, 'layers[0:{top}]', head, pooler]",
@@ -118,7 +119,7 @@ def depth_grid() -> dict[str, list[str]]:
 def averaging_grid() -> dict[str, list[str]]:
     """Weight averaging (EMA) of the bottom phase, on the preset and on the sweep's top variant."""
     bases = {
-        "preset": [],
+        "preset": [f"{BOTTOM}.lr=8e-5", f"{BOTTOM}.epochs=4"],  # the preset of 2026-11-25, spelled out
         "l0-6 lr1.5e-4 ep6": [
             f"{BOTTOM}.train=[embeddings, 'layers[0:6]', head, pooler]",
             f"{BOTTOM}.lr=1.5e-4",
