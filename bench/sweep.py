@@ -88,7 +88,11 @@ def full_data_grid() -> dict[str, list[str]]:
         "l0-4": "[embeddings, 'layers[0:4]', head, pooler]",
         "l0-6": "[embeddings, 'layers[0:6]', head, pooler]",
     }
-    anchors = {"a-scaled": [], "a0.01-fixed": [f"{BOTTOM}.anchor_rows=null"], "a0": [f"{BOTTOM}.anchor=0"]}
+    anchors = {  # λ spelled out, so the grid does not move with the preset
+        "a-scaled": [f"{BOTTOM}.anchor=0.01", f"{BOTTOM}.anchor_rows=1800"],
+        "a0.01-fixed": [f"{BOTTOM}.anchor=0.01", f"{BOTTOM}.anchor_rows=null"],
+        "a0": [f"{BOTTOM}.anchor=0"],
+    }
     for (layers, train), (anchor, sets), lr, epochs in itertools.product(
         layer_sets.items(), anchors.items(), (5e-5, 8e-5), (1, 2)
     ):
@@ -106,12 +110,14 @@ def full_data_grid() -> dict[str, list[str]]:
 def depth_grid() -> dict[str, list[str]]:
     """How deep the bottom phase reaches at the sweep's best lr and length, against the preset of
     2026-11-25 (lr 8e-5, 4 epochs), spelled out so the grid does not move with the preset."""
-    grid: dict[str, list[str]] = {"l0-4 lr8e-5 ep4": [f"{BOTTOM}.lr=8e-5", f"{BOTTOM}.epochs=4"]}
+    anchor = f"{BOTTOM}.anchor=0.01"
+    grid: dict[str, list[str]] = {"l0-4 lr8e-5 ep4": [f"{BOTTOM}.lr=8e-5", f"{BOTTOM}.epochs=4", anchor]}
     for top in (4, 5, 6):
         grid[f"l0-{top} lr1.5e-4 ep6"] = [
             f"{BOTTOM}.train=[embeddings, 'layers[0:{top}]', head, pooler]",
             f"{BOTTOM}.lr=1.5e-4",
             f"{BOTTOM}.epochs=6",
+            anchor,
         ]
     return grid
 
@@ -119,11 +125,13 @@ def depth_grid() -> dict[str, list[str]]:
 def averaging_grid() -> dict[str, list[str]]:
     """Weight averaging (EMA) of the bottom phase, on the preset and on the sweep's top variant."""
     bases = {
-        "preset": [f"{BOTTOM}.lr=8e-5", f"{BOTTOM}.epochs=4"],  # the preset of 2026-11-25, spelled out
+        # the preset of 2026-11-25, spelled out
+        "preset": [f"{BOTTOM}.lr=8e-5", f"{BOTTOM}.epochs=4", f"{BOTTOM}.anchor=0.01"],
         "l0-6 lr1.5e-4 ep6": [
             f"{BOTTOM}.train=[embeddings, 'layers[0:6]', head, pooler]",
             f"{BOTTOM}.lr=1.5e-4",
             f"{BOTTOM}.epochs=6",
+            f"{BOTTOM}.anchor=0.01",
         ],
     }
     grid: dict[str, list[str]] = {}
@@ -132,11 +140,45 @@ def averaging_grid() -> dict[str, list[str]]:
     return grid
 
 
+def regularisation_grid() -> dict[str, list[str]]:
+    """Knobs of few-sample fine-tuning the earlier grids left alone, each against the preset of
+    2026-11-26 morning (embeddings + layers[0:4], lr 1.5e-4, 6 epochs, λ 0.01), spelled out."""
+    preset = [
+        f"{BOTTOM}.train=[embeddings, 'layers[0:4]', head, pooler]",
+        f"{BOTTOM}.lr=1.5e-4",
+        f"{BOTTOM}.epochs=6",
+        f"{BOTTOM}.anchor=0.01",
+    ]
+    changes = {
+        "preset": [],
+        "batch 16": [f"{BOTTOM}.batch_size=16"],
+        "no embeddings": [f"{BOTTOM}.train=['layers[0:4]', head, pooler]"],
+        "head dropout 0.3": ["model.dropout=0.3"],
+        "anchor 0.1": [f"{BOTTOM}.anchor=0.1"],
+        "anchor 0": [f"{BOTTOM}.anchor=0"],
+        "weight decay 0": [f"{BOTTOM}.weight_decay=0"],
+    }
+    return {name: [*preset, *sets] for name, sets in changes.items()}
+
+
+def anchor_grid() -> dict[str, list[str]]:
+    """How strong the pretrained-weights anchor λ should be at 1,800 rows, on the preset of
+    2026-11-26 (embeddings + layers[0:4], lr 1.5e-4, 6 epochs), spelled out."""
+    preset = [
+        f"{BOTTOM}.train=[embeddings, 'layers[0:4]', head, pooler]",
+        f"{BOTTOM}.lr=1.5e-4",
+        f"{BOTTOM}.epochs=6",
+    ]
+    return {f"anchor {anchor:g}": [*preset, f"{BOTTOM}.anchor={anchor}"] for anchor in (0.01, 0.003, 0.001, 0)}
+
+
 GRIDS = {
+    "anchor": anchor_grid,
     "averaging": averaging_grid,
     "bottom": bottom_grid,
     "depth": depth_grid,
     "full-data": full_data_grid,
+    "regularisation": regularisation_grid,
     "current": lambda: {"current preset": []},
 }
 

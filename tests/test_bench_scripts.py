@@ -76,7 +76,7 @@ def test_every_sweep_variant_is_a_valid_params_override(grid: str) -> None:
     seen = set()
     for name, overrides in variants.items():
         params = bitune_params("bidirectional", 64, overrides, None)  # validates, or raises naming the field
-        seen.add(params.strategy.model_dump_json())
+        seen.add((params.strategy.model_dump_json(), params.model.model_dump_json()))
         assert name
     assert len(seen) == len(variants)  # no two names for one configuration
 
