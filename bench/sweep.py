@@ -169,7 +169,27 @@ def anchor_grid() -> dict[str, list[str]]:
         f"{BOTTOM}.lr=1.5e-4",
         f"{BOTTOM}.epochs=6",
     ]
-    return {f"anchor {anchor:g}": [*preset, f"{BOTTOM}.anchor={anchor}"] for anchor in (0.01, 0.003, 0.001, 0)}
+    anchors = (0.01, 0.003, 0.001, 0)
+    return {f"anchor {anchor:g}": [*preset, f"{BOTTOM}.anchor={anchor}"] for anchor in anchors}
+
+
+def decoupled_anchor_grid() -> dict[str, list[str]]:
+    """The anchor outside Adam (`anchor_mode: decoupled`), where λ is the loss's own λ: over the
+    bottom phase's ~340 steps the pull adds up to about 0.05·λ e-folds toward θ_pre. Against the
+    gradient anchor of the preset of 2026-11-26 noon (λ 0.001), spelled out."""
+    preset = [
+        f"{BOTTOM}.train=[embeddings, 'layers[0:4]', head, pooler]",
+        f"{BOTTOM}.lr=1.5e-4",
+        f"{BOTTOM}.epochs=6",
+    ]
+    grid = {"gradient 0.001": [*preset, f"{BOTTOM}.anchor=0.001", f"{BOTTOM}.anchor_mode=gradient"]}
+    for anchor in (1, 3, 10, 30):
+        grid[f"decoupled {anchor}"] = [
+            *preset,
+            f"{BOTTOM}.anchor={anchor}",
+            f"{BOTTOM}.anchor_mode=decoupled",
+        ]
+    return grid
 
 
 GRIDS = {
@@ -180,6 +200,7 @@ GRIDS = {
     "full-data": full_data_grid,
     "regularisation": regularisation_grid,
     "current": lambda: {"current preset": []},
+    "decoupled-anchor": decoupled_anchor_grid,
 }
 
 

@@ -100,6 +100,12 @@ class PhaseSpec(Strict):
     schedule: Literal["linear", "cosine", "constant"] = "linear"
     layer_lr_decay: float = Field(1.0, gt=0, le=1, description="lr × decay^(depth from top)")
     anchor: float = Field(0.0, ge=0, description="λ of λ·‖θ − θ_pre‖² over trainable backbone weights")
+    anchor_mode: Literal["gradient", "decoupled"] = Field(
+        "gradient",
+        description="gradient: 2λ(θ − θ_pre) joins the task gradient inside Adam, whose per-weight "
+        "normalisation scales it against the task gradient; decoupled: after each step θ moves by "
+        "lr·2λ(θ − θ_pre) toward θ_pre, outside Adam (as AdamW decays weights), so λ is the loss's λ",
+    )
     anchor_rows: int | None = Field(
         None,
         ge=1,

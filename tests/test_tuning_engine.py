@@ -207,12 +207,13 @@ def test_frozen_modules_stay_in_eval_mode_and_get_no_grads() -> None:
     assert model.backbone.encoder.layer[0].attention.self.query.weight.grad is not None
 
 
-def test_anchor_keeps_weights_closer_to_pretrained() -> None:
+@pytest.mark.parametrize("mode", ["gradient", "decoupled"])
+def test_anchor_keeps_weights_closer_to_pretrained(mode: str) -> None:
     drifts = []
     for anchor in (0.0, 50.0):
         model = model_for()
         ctx = context(model)
-        run_phase(model, PhaseRun(0, 1, phase(anchor=anchor, epochs=3)), DATA, ctx)
+        run_phase(model, PhaseRun(0, 1, phase(anchor=anchor, anchor_mode=mode, epochs=3)), DATA, ctx)
         params = dict(model.backbone.named_parameters())
         drifts.append(sum(((params[n] - p0) ** 2).sum().item() for n, p0 in ctx.pretrained.items()))
     assert drifts[1] < drifts[0]
@@ -377,6 +378,33 @@ def test_anchor_gradient_and_term_equal_autograd_of_the_pretrained_loss() -> Non
         assert torch.allclose(p.grad, expected[n], atol=1e-6), n
     assert anchor.term() == pytest.approx(penalty.item() / 0.7, rel=1e-5)
     assert _Anchor.build(model, pretrained, 0.0).term() == 0.0  # λ = 0: nothing anchored
+
+
+def test_decoupled_anchor_steps_each_group_toward_pretrained_at_its_own_lr() -> None:
+    from bitune.tuning.phase import _Anchor
+
+    model = model_for()
+    groups = resolve_layer_groups(model.backbone)
+    selected = trainable_modules(model, ["layers[0:2]", "head"], groups)
+    freeze_except(model, selected)
+    opt = build_optimizer(selected, phase(lr=0.1, layer_lr_decay=0.5), num_layers=4)
+    pretrained = {n: p.detach().clone() for n, p in model.backbone.named_parameters()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    before = snapshot(model)
+    _Anchor.build(model, pretrained, 0.7).pull(0.7, opt)
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    params = dict(model.named_parameters())
+    assert len({lr_of[id(p)] for n, p in params.items() if n.startswith("backbone.") and id(p) in lr_of}) == 2
+    for name, p in params.items():
+        backbone = name.removeprefix("backbone.")
+        if not p.requires_grad or backbone not in pretrained:  # frozen, or the head: not anchored
+            assert torch.equal(p, before[name]), name
+            continue
+        rate = 2 * 0.7 * lr_of[id(p)]
+        expected = before[name] - rate * (before[name] - pretrained[backbone])
+        assert torch.allclose(p, expected, atol=1e-6), name
 
 
 def test_anchor_weight_falls_with_data_size_when_given_for_a_row_count() -> None:

@@ -169,6 +169,25 @@ class _Anchor:
         torch._foreach_add_(grads, params, alpha=2.0 * weight)
         torch._foreach_add_(grads, refs, alpha=-2.0 * weight)
 
+    @torch.no_grad()
+    def pull(self, weight: float, optimizer: torch.optim.Optimizer) -> None:
+        """The decoupled anchor, after an optimizer step: θ ← θ − lr·2λ(θ − θ_pre) with each
+        parameter group's current lr, i.e. a plain gradient step on λ·‖θ − θ_pre‖².
+
+        Through Adam the anchor's gradient is divided by each weight's gradient RMS, so a weight the
+        task barely moves is pulled back at nearly the full lr whatever λ is; outside Adam the pull
+        is proportional to the distance, as L2-SP intends, and λ means the same for any model.
+        """
+        refs = {id(p): r for p, r in zip(self.params, self.refs, strict=True)}
+        for group in optimizer.param_groups:
+            pairs = [(p, refs[id(p)]) for p in group["params"] if id(p) in refs]
+            if not pairs:
+                continue
+            rate = 2.0 * weight * group["lr"]
+            params, targets = [p for p, _ in pairs], [r for _, r in pairs]
+            torch._foreach_mul_(params, 1.0 - rate)
+            torch._foreach_add_(params, targets, alpha=rate)
+
 
 def _check_finite(loss_sum: torch.Tensor, key: str, epoch: int, step: int, lr: float) -> None:
     """The NaN/inf guard. Reads the epoch's running loss sum: one sync per call, not per step."""
@@ -309,9 +328,12 @@ def run_phase(model: BituneClassifier, run: PhaseRun, data: PhaseData, ctx: Phas
             running += task_loss.detach()
             if not sync:
                 continue
-            if anchor.params:
+            decoupled = spec.anchor_mode == "decoupled"
+            if anchor.params and not decoupled:
                 anchor.add_gradient(anchor_weight)
             optimizer.step()
+            if anchor.params and decoupled:
+                anchor.pull(anchor_weight, optimizer)  # at this step's lr, before the scheduler moves it
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             if average is not None:
