@@ -161,6 +161,18 @@ def test_strategies_averages_training_seeds_and_reports_the_spread() -> None:
     assert target["dev_gain_se_points"] == pytest.approx(100 * (2 * 0.02**2 / 3) ** 0.5)
 
 
+def test_full_data_run_is_held_to_the_absolute_target_not_the_gain() -> None:
+    trainer = {**_run(0, 0.893, 100.0), "train_s": 500.0}
+    bitune = {**_run(0, 0.903, 200.0), "train_s": 520.0}
+    results = {"trainer_full": trainer, "bidirectional": bitune}
+    full = evaluate_targets(results, full_data=True)["bidirectional"]
+    assert full["parts"] == {"accuracy": False, "time": False} and full["passed"] is False
+    assert "90.5%" in full["target"]
+    faster = {**bitune, "dev_acc": 0.906, "train_s": 480.0}
+    assert evaluate_targets({**results, "bidirectional": faster}, True)["bidirectional"]["passed"] is True
+    assert "points" in evaluate_targets(results)["bidirectional"]["target"]  # 2k rows: the gain target
+
+
 def test_strategies_counts_a_job_failed_when_any_training_seed_failed() -> None:
     merged = seed_mean([_run(0, 0.80, 100.0), {"seed": 1, "error": "TrainingError: loss became nan"}])
     assert merged == {"error": "TrainingError: loss became nan"}
