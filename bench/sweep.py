@@ -192,6 +192,70 @@ def decoupled_anchor_grid() -> dict[str, list[str]]:
     return grid
 
 
+def contrastive_grid() -> dict[str, list[str]]:
+    """A supervised contrastive term on the pooled features (`contrastive`, τ) added to the bottom
+    phase's cross-entropy, on the preset of 2026-11-26 afternoon (λ 0.001), spelled out."""
+    preset = [
+        f"{BOTTOM}.train=[embeddings, 'layers[0:4]', head, pooler]",
+        f"{BOTTOM}.lr=1.5e-4",
+        f"{BOTTOM}.epochs=6",
+        f"{BOTTOM}.anchor=0.001",
+    ]
+    grid = {"preset": [*preset, f"{BOTTOM}.contrastive=0"]}
+    for weight, temperature in ((0.1, 0.1), (0.3, 0.1), (1.0, 0.1), (1.0, 0.3), (3.0, 0.3)):
+        grid[f"contrastive {weight:g} tau {temperature:g}"] = [
+            *preset,
+            f"{BOTTOM}.contrastive={weight}",
+            f"{BOTTOM}.contrastive_temperature={temperature}",
+        ]
+    return grid
+
+
+def label_smoothing_grid() -> dict[str, list[str]]:
+    """Label smoothing ε on both phases' cross-entropy (the Trainer's `label_smoothing_factor`), on
+    the preset of 2026-11-26 afternoon (λ 0.001), spelled out."""
+    preset = [
+        f"{BOTTOM}.train=[embeddings, 'layers[0:4]', head, pooler]",
+        f"{BOTTOM}.lr=1.5e-4",
+        f"{BOTTOM}.epochs=6",
+        f"{BOTTOM}.anchor=0.001",
+    ]
+    return {
+        f"label smoothing {eps:g}": [
+            *preset,
+            f"strategy.phases.0.label_smoothing={eps}",
+            f"{BOTTOM}.label_smoothing={eps}",
+        ]
+        for eps in (0.0, 0.1, 0.2)
+    }
+
+
+def selection_check_grid() -> dict[str, list[str]]:
+    """Variants that the phrase selection set ranked level with the preset but dev did not (deeper
+    bottom phase, contrastive term): rerun with `--select-min-words` to see whether a
+    sentence-length selection set ranks them as dev does. The preset of 2026-11-26 afternoon, spelled out."""
+    preset = [
+        f"{BOTTOM}.train=[embeddings, 'layers[0:4]', head, pooler]",
+        f"{BOTTOM}.lr=1.5e-4",
+        f"{BOTTOM}.epochs=6",
+        f"{BOTTOM}.anchor=0.001",
+    ]
+    return {
+        "preset": preset,
+        "l0-6": [*preset, f"{BOTTOM}.train=[embeddings, 'layers[0:6]', head, pooler]"],
+        "contrastive 0.3 tau 0.1": [
+            *preset,
+            f"{BOTTOM}.contrastive=0.3",
+            f"{BOTTOM}.contrastive_temperature=0.1",
+        ],
+        "contrastive 1 tau 0.3": [
+            *preset,
+            f"{BOTTOM}.contrastive=1.0",
+            f"{BOTTOM}.contrastive_temperature=0.3",
+        ],
+    }
+
+
 GRIDS = {
     "anchor": anchor_grid,
     "averaging": averaging_grid,
@@ -201,12 +265,21 @@ GRIDS = {
     "regularisation": regularisation_grid,
     "current": lambda: {"current preset": []},
     "decoupled-anchor": decoupled_anchor_grid,
+    "contrastive": contrastive_grid,
+    "label-smoothing": label_smoothing_grid,
+    "selection-check": selection_check_grid,
 }
 
 
-def selection_rows(train: pd.DataFrame, sample: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
-    """`n` training rows whose sentence is not in the benchmark sample: the held-out selection set."""
+def selection_rows(
+    train: pd.DataFrame, sample: pd.DataFrame, n: int, seed: int, min_words: int = 0
+) -> pd.DataFrame:
+    """`n` training rows whose sentence is not in the benchmark sample: the held-out selection set.
+    `min_words` keeps only rows of at least that many words: SST-2's training rows are mostly short
+    phrases (median 7 words), its dev rows whole sentences (median 19), so a sentence-length
+    selection set stands in for the task without looking at dev."""
     unseen = train[~train["sentence"].isin(set(sample["sentence"]))]
+    unseen = unseen[unseen["sentence"].str.split().str.len() >= min_words]
     return unseen.sample(n=min(n, len(unseen)), random_state=seed + 1).reset_index(drop=True)
 
 
@@ -248,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grid", choices=sorted(GRIDS), default="bottom")
     parser.add_argument("--n-train", type=int, default=2000)
     parser.add_argument("--select-rows", type=int, default=2000, help="held-out training rows to rank on")
+    parser.add_argument(
+        "--select-min-words", type=int, default=0, help="rank on held-out rows of at least this many words"
+    )
     parser.add_argument("--confirm", type=int, default=3, help="best variants rerun with more seeds")
     parser.add_argument("--confirm-seeds", default="1,2")
     parser.add_argument(
@@ -275,7 +351,9 @@ def main(argv: list[str] | None = None) -> int:
     select_df = (
         val_part
         if full_data
-        else selection_rows(train_df, pd.concat([train_part, val_part]), args.select_rows, args.seed)
+        else selection_rows(
+            train_df, pd.concat([train_part, val_part]), args.select_rows, args.seed, args.select_min_words
+        )
     )
     splits = {
         "train": tokenize(tokenizer, train_part, args.max_length),
@@ -310,7 +388,9 @@ def main(argv: list[str] | None = None) -> int:
             "config": {
                 **{k: str(v) for k, v in vars(args).items()},
                 "grid_size": len(grid),
-                "selection_set": "carved validation rows" if full_data else "held-out training rows",
+                "selection_set": "carved validation rows"
+                if full_data
+                else f"held-out training rows of at least {args.select_min_words} words",
             },
             "environment": environment(),
             "ranking": ranked,

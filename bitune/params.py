@@ -126,6 +126,20 @@ class PhaseSpec(Strict):
         description="decay of an exponential moving average of the trained weights; the phase "
         "evaluates, keeps and hands on the average, over about 1/(1 − ema) recent steps; null: off",
     )
+    label_smoothing: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="cross-entropy against (1 − ε)·one-hot + ε/K, as the Trainer's "
+        "label_smoothing_factor; 0: off",
+    )
+    contrastive: float = Field(
+        0.0,
+        ge=0,
+        description="weight of a supervised contrastive term on the pooled features (in-batch, "
+        "same label = positive), added to the task loss; 0: off. Needs backbone groups to train",
+    )
+    contrastive_temperature: float = Field(0.1, gt=0, le=10, description="τ of the contrastive softmax")
     batch_size: int = Field(32, ge=1)
     grad_accum: int = Field(1, ge=1)
     unfreeze: Literal["all", "gradual"] = Field(
@@ -145,6 +159,15 @@ class PhaseSpec(Strict):
                     f"unknown group {group!r}; use head, pooler, embeddings, extras, layers[i:j]"
                 )
         return groups
+
+    @model_validator(mode="after")
+    def _contrastive_needs_backbone(self) -> PhaseSpec:
+        if self.contrastive and set(self.train) <= {"head", "pooler"}:
+            raise ValueError(
+                "contrastive shapes the encoder's pooled features, and this phase trains none of the "
+                "encoder: add embeddings or layers[i:j] to train, or set contrastive: 0"
+            )
+        return self
 
 
 class StrategyParams(Strict):

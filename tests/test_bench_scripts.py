@@ -33,6 +33,16 @@ def test_selection_rows_never_share_a_sentence_with_the_benchmark_sample() -> No
     assert chosen.equals(sweep.selection_rows(train, sample, 50, seed=0))
 
 
+def test_selection_rows_can_keep_only_sentence_length_rows() -> None:
+    train = pd.DataFrame(
+        {"sentence": [" ".join(["word"] * (i % 12 + 1)) + f" {i}" for i in range(600)], "label": [0, 1] * 300}
+    )
+    sample = train.iloc[:100]
+    chosen = sweep.selection_rows(train, sample, 80, seed=0, min_words=10)
+    assert len(chosen) == 80 and (chosen["sentence"].str.split().str.len() >= 10).all()
+    assert not set(chosen["sentence"]) & set(sample["sentence"])
+
+
 def test_sweep_ranks_by_selection_accuracy_and_averages_seeds() -> None:
     runs = [
         {

@@ -117,8 +117,14 @@ class BituneClassifier(nn.Module):
             features = pooler(features.unsqueeze(1))
         return self.head(features)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: Any) -> torch.Tensor:
-        return self.top(self.encode(input_ids, attention_mask))
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, with_features: bool = False, **_: Any
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Logits; with `with_features`, (logits, pooled features) from one pass, through forward so
+        that DDP and torch.compile see it."""
+        features = self.encode(input_ids, attention_mask)
+        logits = self.top(features)
+        return (logits, features) if with_features else logits
 
 
 @dataclass(frozen=True)

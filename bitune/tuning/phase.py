@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
@@ -28,6 +29,7 @@ from bitune.params import PhaseSpec
 from bitune.tuning.averaging import WeightAverage
 from bitune.tuning.batching import BatchList, length_grouped_batches, pad_batch
 from bitune.tuning.checkpoint import PhaseCheckpoints, rng_state, set_rng_state
+from bitune.tuning.contrastive import supervised_contrastive_loss
 from bitune.tuning.features import cached_features, encode_rows
 from bitune.tuning.freezing import Selected, freeze_except, set_train_mode, trainable_modules, trainable_names
 from bitune.tuning.optim import build_optimizer, build_scheduler
@@ -189,6 +191,21 @@ class _Anchor:
             torch._foreach_add_(params, targets, alpha=rate)
 
 
+def _batch_loss(
+    wrapped: torch.nn.Module, inputs: dict[str, torch.Tensor], spec: PhaseSpec
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(task loss, loss to minimise): cross-entropy, plus the contrastive term when the phase asks."""
+    smoothing = spec.label_smoothing
+    if not spec.contrastive:
+        logits = wrapped(inputs["input_ids"], inputs["attention_mask"])
+        task_loss = F.cross_entropy(logits.float(), inputs["labels"], label_smoothing=smoothing)
+        return task_loss, task_loss
+    logits, features = wrapped(inputs["input_ids"], inputs["attention_mask"], with_features=True)
+    task_loss = F.cross_entropy(logits.float(), inputs["labels"], label_smoothing=smoothing)
+    contrast = supervised_contrastive_loss(features, inputs["labels"], spec.contrastive_temperature)
+    return task_loss, task_loss + spec.contrastive * contrast
+
+
 def _check_finite(loss_sum: torch.Tensor, key: str, epoch: int, step: int, lr: float) -> None:
     """The NaN/inf guard. Reads the epoch's running loss sum: one sync per call, not per step."""
     value = loss_sum.item()
@@ -321,9 +338,8 @@ def run_phase(model: BituneClassifier, run: PhaseRun, data: PhaseData, ctx: Phas
             with no_sync:
                 with _autocast(ctx.accelerator):
                     inputs = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                    logits = wrapped(inputs["input_ids"], inputs["attention_mask"])
-                    task_loss = torch.nn.functional.cross_entropy(logits.float(), inputs["labels"])
-                ctx.accelerator.backward(task_loss / spec.grad_accum)
+                    task_loss, loss = _batch_loss(wrapped, inputs, spec)
+                ctx.accelerator.backward(loss / spec.grad_accum)
             seen += len(batch["labels"])
             running += task_loss.detach()
             if not sync:
@@ -454,7 +470,9 @@ def _run_on_features(
         total = torch.zeros((), device=device)  # summed on the device: no sync per (tiny) step
         for start in range(0, len(order), spec.batch_size):
             idx = order[start : start + spec.batch_size]
-            loss = torch.nn.functional.cross_entropy(model.top(train_x[idx]).float(), train_y[idx])
+            loss = F.cross_entropy(
+                model.top(train_x[idx]).float(), train_y[idx], label_smoothing=spec.label_smoothing
+            )
             loss.backward()
             optimizer.step()
             scheduler.step()
