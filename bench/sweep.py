@@ -52,6 +52,16 @@ from bitune.params import load_params
 BOTTOM = "strategy.phases.1"
 
 
+# The bottom phase as the preset had it at noon on 2026-11-26 (λ left to each grid), and in the
+# afternoon (λ 0.001), spelled out so that grids built on them do not move with the preset.
+NOON_BOTTOM = [
+    f"{BOTTOM}.train=[embeddings, 'layers[0:4]', head, pooler]",
+    f"{BOTTOM}.lr=1.5e-4",
+    f"{BOTTOM}.epochs=6",
+]
+AFTERNOON_BOTTOM = [*NOON_BOTTOM, f"{BOTTOM}.anchor=0.001"]
+
+
 def bottom_grid() -> dict[str, list[str]]:
     """The bottom phase of `bidirectional`: which layers, lr, epochs, anchor; plus two rounds."""
     grid: dict[str, list[str]] = {}
@@ -164,11 +174,7 @@ def regularisation_grid() -> dict[str, list[str]]:
 def anchor_grid() -> dict[str, list[str]]:
     """How strong the pretrained-weights anchor λ should be at 1,800 rows, on the preset of
     2026-11-26 (embeddings + layers[0:4], lr 1.5e-4, 6 epochs), spelled out."""
-    preset = [
-        f"{BOTTOM}.train=[embeddings, 'layers[0:4]', head, pooler]",
-        f"{BOTTOM}.lr=1.5e-4",
-        f"{BOTTOM}.epochs=6",
-    ]
+    preset = NOON_BOTTOM
     anchors = (0.01, 0.003, 0.001, 0)
     return {f"anchor {anchor:g}": [*preset, f"{BOTTOM}.anchor={anchor}"] for anchor in anchors}
 
@@ -177,11 +183,7 @@ def decoupled_anchor_grid() -> dict[str, list[str]]:
     """The anchor outside Adam (`anchor_mode: decoupled`), where λ is the loss's own λ: over the
     bottom phase's ~340 steps the pull adds up to about 0.05·λ e-folds toward θ_pre. Against the
     gradient anchor of the preset of 2026-11-26 noon (λ 0.001), spelled out."""
-    preset = [
-        f"{BOTTOM}.train=[embeddings, 'layers[0:4]', head, pooler]",
-        f"{BOTTOM}.lr=1.5e-4",
-        f"{BOTTOM}.epochs=6",
-    ]
+    preset = NOON_BOTTOM
     grid = {"gradient 0.001": [*preset, f"{BOTTOM}.anchor=0.001", f"{BOTTOM}.anchor_mode=gradient"]}
     for anchor in (1, 3, 10, 30):
         grid[f"decoupled {anchor}"] = [
@@ -195,12 +197,7 @@ def decoupled_anchor_grid() -> dict[str, list[str]]:
 def contrastive_grid() -> dict[str, list[str]]:
     """A supervised contrastive term on the pooled features (`contrastive`, τ) added to the bottom
     phase's cross-entropy, on the preset of 2026-11-26 afternoon (λ 0.001), spelled out."""
-    preset = [
-        f"{BOTTOM}.train=[embeddings, 'layers[0:4]', head, pooler]",
-        f"{BOTTOM}.lr=1.5e-4",
-        f"{BOTTOM}.epochs=6",
-        f"{BOTTOM}.anchor=0.001",
-    ]
+    preset = AFTERNOON_BOTTOM
     grid = {"preset": [*preset, f"{BOTTOM}.contrastive=0"]}
     for weight, temperature in ((0.1, 0.1), (0.3, 0.1), (1.0, 0.1), (1.0, 0.3), (3.0, 0.3)):
         grid[f"contrastive {weight:g} tau {temperature:g}"] = [
@@ -214,12 +211,7 @@ def contrastive_grid() -> dict[str, list[str]]:
 def label_smoothing_grid() -> dict[str, list[str]]:
     """Label smoothing ε on both phases' cross-entropy (the Trainer's `label_smoothing_factor`), on
     the preset of 2026-11-26 afternoon (λ 0.001), spelled out."""
-    preset = [
-        f"{BOTTOM}.train=[embeddings, 'layers[0:4]', head, pooler]",
-        f"{BOTTOM}.lr=1.5e-4",
-        f"{BOTTOM}.epochs=6",
-        f"{BOTTOM}.anchor=0.001",
-    ]
+    preset = AFTERNOON_BOTTOM
     return {
         f"label smoothing {eps:g}": [
             *preset,
@@ -234,12 +226,7 @@ def selection_check_grid() -> dict[str, list[str]]:
     """Variants that the phrase selection set ranked level with the preset but dev did not (deeper
     bottom phase, contrastive term): rerun with `--select-min-words` to see whether a
     sentence-length selection set ranks them as dev does. The preset of 2026-11-26 afternoon, spelled out."""
-    preset = [
-        f"{BOTTOM}.train=[embeddings, 'layers[0:4]', head, pooler]",
-        f"{BOTTOM}.lr=1.5e-4",
-        f"{BOTTOM}.epochs=6",
-        f"{BOTTOM}.anchor=0.001",
-    ]
+    preset = AFTERNOON_BOTTOM
     return {
         "preset": preset,
         "l0-6": [*preset, f"{BOTTOM}.train=[embeddings, 'layers[0:6]', head, pooler]"],
