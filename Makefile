@@ -4,6 +4,9 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+# PyPI's torch wheel for Linux is the CUDA build (several GB); on a CPU-only machine without a local
+# CPU wheel, `make install TORCH_INDEX=https://download.pytorch.org/whl/cpu` takes PyTorch's CPU build.
+TORCH_INDEX ?=
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
@@ -12,7 +15,7 @@ export DO_NOT_TRACK ?= 1
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e ".[prod,dev]"
+	$(PY) -m pip install -q -c constraints.txt $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) -e ".[prod,dev]"
 	@touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install bitune with pinned dependencies

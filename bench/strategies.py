@@ -191,7 +191,10 @@ def run_bitune(
                 "train": run.spec.train,
                 "epochs_run": len(result.history),
                 "best_epoch": result.best_epoch,
-                "val_acc": result.best.get("val_accuracy"),
+                "kept_epoch": result.kept_epoch,
+                # the weights the phase hands on (before 2026-11-26 16:00 this was the best epoch seen)
+                "val_acc": result.kept.get("val_accuracy"),
+                "best_val_acc": result.best.get("val_accuracy"),
                 **accuracy,
                 "train_s": seconds,
                 "loop_s": result.train_seconds,

@@ -11,7 +11,6 @@ from functools import cache
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration
 
 from bitune.errors import TrainingError
 from bitune.params import TrainParams
@@ -35,13 +34,10 @@ def resolve_device(train: TrainParams) -> str:
 
 @cache
 def _accelerator(cpu: bool, mixed_precision: str) -> Accelerator:
-    # split_batches: under DDP each process takes a slice of every batch, so the global batch (and
-    # with it the optimisation) is the same for 1 or N processes.
-    return Accelerator(
-        cpu=cpu,
-        mixed_precision=mixed_precision,
-        dataloader_config=DataLoaderConfiguration(split_batches=True),
-    )
+    # No data loader goes through accelerate: under DDP the phase gives each process its slice of
+    # every batch itself (bitune.tuning.batching.shard_batches), so the global batch, and with it the
+    # optimisation, is the same for 1 or N processes and no row is dropped or repeated.
+    return Accelerator(cpu=cpu, mixed_precision=mixed_precision)
 
 
 def launched_distributed() -> bool:

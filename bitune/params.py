@@ -23,6 +23,18 @@ URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<user>[^/@\s:]*
 SECRET_KEY = re.compile(r"(password|secret|token|access_key|api_key)", re.IGNORECASE)
 LAYER_SLICE = re.compile(r"^layers\[(-?\d*):(-?\d*)\]$")
 GROUP_NAMES = ("head", "pooler", "embeddings", "layers", "extras")
+# Params that do not change the trained model, left out of `Params.digest` (why: its docstring).
+MODEL_IRRELEVANT = (
+    "tracking",
+    "registry",
+    "data.source",
+    "data.demo_rows",
+    "data.remote",
+    "train.eval_batch_size",
+    "train.torch_threads",
+    "train.checkpoint_dir",
+    "train.feature_cache_dir",
+)
 
 
 class Strict(BaseModel):
@@ -34,14 +46,20 @@ class Strict(BaseModel):
 class SplitParams(Strict):
     validation: float = Field(0.1, gt=0, lt=0.5, description="fraction of rows for validation")
     test: float = Field(0.1, gt=0, lt=0.5, description="fraction of rows for test")
-    seed: int = Field(0, description="seed of the stratified split")
+    seed: int = Field(
+        0,
+        description="seed of the split: each row's split comes from a hash of its text and this seed, "
+        "stratified by label, so a row keeps its split as data grows",
+    )
 
 
 class DataParams(Strict):
     source: str = Field(
         "demo",
-        description="'demo' (synthetic, generated), a local CSV/TSV/Parquet/JSONL file or folder of "
-        "split files, 'hf:<dataset id>[:<config>]' (needs network), or 'data' (files already in data/)",
+        description="'demo' (synthetic, generated; written only while data/ holds no other data, so "
+        "after --data a plain run reuses the current data version), a local CSV/TSV/Parquet/JSONL file "
+        "or folder of split files, 'hf:<dataset id>[:<config>]' (needs network), or 'data' (files "
+        "already in data/)",
     )
     text_column: str = "text"
     label_column: str = "label"
@@ -176,6 +194,30 @@ class StrategyParams(Strict):
     prelude: list[PhaseSpec] = Field(default_factory=list, description="phases run once, first")
     phases: list[PhaseSpec] = Field(min_length=1, description="phases repeated `rounds` times")
 
+    @model_validator(mode="after")
+    def _unique_phase_keys(self) -> StrategyParams:
+        """A phase's key names its result.json, checkpoints and MLflow run: a repeat would reuse another's.
+
+        Keys as `bitune.tuning.schedule.PhaseRun.key` makes them (that module imports this one): the
+        prelude runs as round 0 and round 1 under the bare name, later rounds as '<name>-r<round>'.
+        """
+        seen: dict[str, str] = {}
+        scheduled = [(f"strategy.prelude.{i}.name", spec.name, 0) for i, spec in enumerate(self.prelude)]
+        scheduled += [
+            (f"strategy.phases.{i}.name", spec.name, r)
+            for r in range(1, self.rounds + 1)
+            for i, spec in enumerate(self.phases)
+        ]
+        for field, name, round_ in scheduled:
+            key = f"{name}-r{round_}" if round_ > 1 else name
+            if key in seen:
+                raise ValueError(
+                    f"{field}: phase key {key!r} is also {seen[key]}'s, and phases keep results and "
+                    "checkpoints by key; give each phase a unique name"
+                )
+            seen[key] = field
+        return self
+
 
 class TrainParams(Strict):
     seed: int = 0
@@ -215,13 +257,39 @@ class TrackingParams(Strict):
     experiment: str = "bitune"
 
 
+# What the registry task can re-score the champion on (bitune.evaluation.rescore), and which of those
+# are lower-is-better; `test/f1/<label>` (one class's F1) is re-scored too.
+GATE_METRICS = ("test/macro_f1", "test/accuracy", "test/loss", "test/ece")
+LOWER_IS_BETTER = ("test/loss", "test/ece")
+PER_CLASS_F1 = "test/f1/"
+
+
 class RegistryParams(Strict):
     model_name: str = "bitune-classifier"
-    metric: str = Field("test/macro_f1", description="metric the gate compares")
-    min_delta: float = Field(0.0, description="challenger must beat champion by at least this")
+    metric: str = Field(
+        "test/macro_f1",
+        description="metric the gate compares: test/macro_f1, test/accuracy, test/loss, test/ece or "
+        "test/f1/<label>; loss and ece count lower as better",
+    )
+    min_delta: float = Field(
+        0.0, ge=0, description="challenger must beat champion by at least this; 0: any strict improvement"
+    )
     max_cka_drop: float = Field(
         0.05, ge=0, description="largest allowed fall of CKA to the pretrained encoder vs champion"
     )
+
+    @field_validator("metric")
+    @classmethod
+    def _rescored(cls, value: str) -> str:
+        label = value.removeprefix(PER_CLASS_F1)
+        if value not in GATE_METRICS and not (value.startswith(PER_CLASS_F1) and label.strip()):
+            raise ValueError(f"must be one of {', '.join(GATE_METRICS)} or test/f1/<label>")
+        return value
+
+    @property
+    def mode(self) -> Literal["max", "min"]:
+        """Whether the gate wants `metric` higher or lower: it follows from the metric, never set."""
+        return "min" if self.metric in LOWER_IS_BETTER else "max"
 
 
 class Params(Strict):
@@ -248,9 +316,26 @@ class Params(Strict):
         """The resolved params tree with secrets masked: the params artifact of every run."""
         return _redact_tree(self.model_dump(mode="json"))
 
-    def digest(self, exclude: tuple[str, ...] = ("tracking", "registry")) -> str:
-        """Hash of what changes the trained model: a cache key part."""
-        payload = {k: v for k, v in self.model_dump(mode="json").items() if k not in exclude}
+    def digest(self, exclude: tuple[str, ...] = MODEL_IRRELEVANT) -> str:
+        """Hash of what changes the trained model: with the data version, the pipeline key.
+
+        That key decides whether a run is a no-op and names the phase outputs and resume checkpoints,
+        so a key that is not model-relevant would retrain the same model and orphan checkpoints. Left
+        out (`exclude`, dotted paths): where results are tracked and the promotion rules; where the
+        data came from and is stored (`data.source`, `data.demo_rows`, `data.remote`: the data
+        version already pins the rows); `train.eval_batch_size` (evaluation and feature-encoding
+        batches: padding is masked, so it moves nothing beyond float rounding); `train.torch_threads`
+        (speed only); and where checkpoints and cached features live. `train.processes` and
+        `train.launch_args` stay in: the number of processes changes the batches each optimizer
+        step sees.
+        """
+        payload = self.model_dump(mode="json")
+        for path in exclude:
+            *parents, last = path.split(".")
+            node = payload
+            for part in parents:
+                node = node.get(part, {})
+            node.pop(last, None)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

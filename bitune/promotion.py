@@ -31,7 +31,8 @@ def decide(
     """Promote when there is no champion, or the metric improves by `min_delta` without more forgetting.
 
     `min_delta` 0 asks for a strict improvement (a tie keeps the champion); a positive `min_delta`
-    asks for a gain of at least that much.
+    asks for a gain of at least that much. The gain is signed by `rules.mode`: for loss and ece
+    (lower is better) it is the champion's score minus the challenger's.
     """
     if champion is None:
         return GateDecision(True, ["no champion yet"])
@@ -42,12 +43,15 @@ def decide(
             False, [f"metric {metric} missing on {side}; set registry.metric to a logged test metric"]
         )
     gain = challenger[metric] - champion[metric]
+    if rules.mode == "min":
+        gain = -gain
     if rules.min_delta:
         ok, needs = gain >= rules.min_delta - TOLERANCE, f">= {rules.min_delta:+.4f}"
     else:
         ok, needs = gain > TOLERANCE, "> 0"
     scores = f"{metric} {challenger[metric]:.4f} vs champion {champion[metric]:.4f}"
-    reasons = [f"{scores} (gain {gain:+.4f}, needs {needs})"]
+    lower = "lower is better, " if rules.mode == "min" else ""
+    reasons = [f"{scores} ({lower}gain {gain:+.4f}, needs {needs})"]
     if CKA in challenger and CKA in champion:
         drop = champion[CKA] - challenger[CKA]
         within = drop <= rules.max_cka_drop + TOLERANCE

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.table import Table
@@ -32,6 +32,18 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+def fail_unexpected(exc: Exception, log_file: Path) -> NoReturn:
+    """A bug, not a user error: one line and exit 1 all the same; the traceback goes to the log."""
+    first = (str(exc).strip().splitlines() or [""])[0][:200]
+    wrapped = BituneError(
+        f"unexpected {type(exc).__name__}: {first} — a bug in bitune, not in your input; please report "
+        "it with the log"
+    )
+    wrapped.__cause__ = exc  # the log gets the original traceback
+    fail(wrapped, log_file)
+    raise typer.Exit(1) from None
 
 
 def _summary_table(summary) -> None:  # type: ignore[no-untyped-def]
@@ -69,6 +81,32 @@ def _summary_table(summary) -> None:  # type: ignore[no-untyped-def]
     )
 
 
+def check_prefect_api(timeout_s: float = 5.0) -> None:
+    """With PREFECT_API_URL set, the server must answer before the flow starts: otherwise Prefect
+    retries for minutes and fails with a traceback. Unset, the flow starts its own temporary server."""
+    import urllib.error
+    import urllib.request
+
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        return
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=timeout_s):
+            return
+    except urllib.error.HTTPError:
+        return  # it answered: auth and the rest are Prefect's to report
+    except (OSError, ValueError) as exc:
+        from bitune.params import redact
+
+        why = getattr(exc, "reason", None) or exc
+        raise BituneError(
+            f"PREFECT_API_URL: no Prefect server answers at {redact('url', url)} ({why}); start it "
+            "(`prefect server start`) or unset PREFECT_API_URL to let bitune run its own temporary one"
+        ) from None
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -104,6 +142,10 @@ def run(
     quiet_defaults()
     from flows.retrain import retrain
 
+    try:
+        check_prefect_api()
+    except BituneError as exc:
+        raise fail(exc, log_file) from None
     route_tracebacks(log_file)
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM ends the run like Ctrl-C: runs marked KILLED
     try:
@@ -118,6 +160,8 @@ def run(
             "run again to resume from the last checkpoint"
         )
         raise typer.Exit(130) from None
+    except Exception as exc:  # a bug, not a user error: still one line here, the traceback in the log
+        fail_unexpected(exc, log_file)
     _summary_table(summary)
 
 

@@ -20,9 +20,14 @@ def schedule(
         float | None, typer.Option("--interval", help="run every N seconds instead of a cron line", min=1)
     ] = None,
     timezone: Annotated[str, typer.Option("--timezone", help="IANA time zone of the cron line")] = "UTC",
-    name: Annotated[str, typer.Option("--name", help="deployment name: retrain/<name> on the server")] = (
-        "retrain-nightly"
-    ),
+    name: Annotated[
+        str,
+        typer.Option(
+            "--name",
+            help="deployment name: retrain/<name> on the server (not the worker's retrain-nightly, "
+            "which serving under the same name would replace)",
+        ),
+    ] = "retrain-scheduled",
     params: ParamsOpt = Path("params/default.yaml"),
     set_: SetOpt = None,
     project: ProjectOpt = Path("."),

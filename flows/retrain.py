@@ -18,6 +18,7 @@ from tasks.runs import (
     close_parent_run,
     open_parent_run,
     pipeline_key,
+    preflight,
     previous_success,
     reset_pipeline,
 )
@@ -52,6 +53,7 @@ def retrain(
     params = load_params(root / params_file, overrides or [])
     settings = TrackingSettings.from_params(params.tracking, root)
 
+    preflight(settings, params)  # tracking store and model: before the data step changes anything
     data = version_data(params.data, str(root))
     key = pipeline_key(data.md5, params)
     previous = previous_success(settings, key)
@@ -100,7 +102,7 @@ def retrain(
         phases=[
             {
                 "phase": p.key,
-                **{k: v for k, v in p.best.items() if k.startswith("val_")},
+                **{k: v for k, v in (p.kept or p.best).items() if k.startswith("val_")},
                 "cka": p.cka_to_pretrained,
                 "seconds": p.train_seconds,
             }

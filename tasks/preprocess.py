@@ -8,11 +8,12 @@ from pathlib import Path
 
 from prefect import task
 
-from bitune.data.preprocess import LabelMap, normalise_texts, tokenization_key, tokenize_splits
+from bitune.data.preprocess import LabelMap, tokenization_key, tokenize_splits
 from bitune.data.sources import read_source
-from bitune.data.splits import make_splits
-from bitune.model.classifier import load_tokenizer
-from bitune.params import Params
+from bitune.data.splits import SPLIT_METHOD, make_splits
+from bitune.errors import ModelError
+from bitune.model.classifier import load_tokenizer, resolve_model_source
+from bitune.params import ModelParams, Params
 
 SPLITS = ("train", "validation", "test")
 
@@ -35,15 +36,30 @@ class PreparedData:
         return Path(self.folder) / f"{split}.parquet"
 
 
+def check_model(model: ModelParams) -> None:
+    """`model.name_or_path` loads here: config and tokenizer (a hub id from the cache when offline)
+    and, for a local folder, safetensors weights; otherwise a one-line ModelError with the fix."""
+    load_tokenizer(model)
+    folder = Path(resolve_model_source(model.name_or_path)).expanduser()
+    if folder.is_dir() and not any(folder.glob("*.safetensors")):
+        raise ModelError(
+            f"model.name_or_path: {folder} has no safetensors weights (*.safetensors); save the model "
+            "with save_pretrained(..., safe_serialization=True) or point at another folder"
+        )
+
+
 def preprocess_fn(params: Params, data_md5: str, root: Path) -> PreparedData:
     data = params.data.model_copy(update={"source": "data"})
     raw = read_source(data, root / params.data.dir)
+    # the split files keep the raw text: tokenization normalises it with this model's settings, and
+    # the registry re-scores the champion on it with the champion's own settings
     splits = make_splits(raw.frames, params.data.split)
-    for frame in splits.values():
-        frame["text"] = normalise_texts(frame["text"], params.preprocess)
     label_map = LabelMap.from_frames(splits, params.data.labels)
     key = tokenization_key(
-        f"{data_md5}-{params.data.split.model_dump_json()}", params.model.name_or_path, params.preprocess
+        f"{data_md5}-{params.data.split.model_dump_json()}-{SPLIT_METHOD}",
+        params.model.name_or_path,
+        params.preprocess,
+        revision=params.model.revision,
     )
     folder = root / ".bitune" / "prepared" / key
     folder.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,6 @@ left without a champion or with two.
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -24,16 +23,15 @@ from prefect import task
 import bitune
 from bitune.device import make_accelerator
 from bitune.errors import TrackingError
-from bitune.evaluation.metrics import summary_metrics
+from bitune.evaluation.rescore import label_ids, named_metrics, score_texts
 from bitune.model.classifier import load_classifier
 from bitune.model.layer_groups import resolve_layer_groups
 from bitune.params import Params, RegistryParams
 from bitune.promotion import GateDecision, decide
-from bitune.tuning.phase import PhaseContext, predict_logits
+from bitune.tuning.phase import PhaseContext
 from tasks.evaluate import Evaluation
 from tasks.preprocess import PreparedData
 from tasks.tracking import TrackingSettings, log_metrics
-from tasks.tuning import load_rows
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 MODEL_CODE = Path(__file__).parent / "serving" / "pyfunc_model.py"
@@ -101,11 +99,24 @@ def log_model(settings: TrackingSettings, run_id: str, model_dir: Path, example_
 def champion_metrics(
     settings: TrackingSettings, name: str, params: Params, prepared: PreparedData
 ) -> tuple[str | None, dict[str, float] | None]:
-    """The champion's version and its scores on *this* run's test split (same data version)."""
+    """The champion's version and its scores on *this* run's test split (same data version).
+
+    (None, None) only when the registry says there is no champion; any other failure to read the
+    alias (no permission, server error, locked store) stops the run: promoting on it would replace
+    a champion the gate never saw, with no `bitune.previous_champion` to roll back to.
+    """
+    from tasks.promotion import get_champion
+
     client = settings.client()
     try:
-        champion = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
+        champion = get_champion(client, name)
+    except MlflowException as exc:
+        first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise TrackingError(
+            f"registry: cannot read the champion of {name} from MLflow at {settings.uri} ({first}); "
+            "nothing was registered and the champion is unchanged"
+        ) from None
+    if champion is None:
         return None, None
     champion_version = str(champion.version)
     with tempfile.TemporaryDirectory() as tmp:
@@ -118,23 +129,19 @@ def champion_metrics(
         )
         classifier_dir = next(Path(local).rglob("bitune.json")).parent
         model, tokenizer, meta = load_classifier(classifier_dir)
-        if list(meta.labels) != list(prepared.labels):
-            shutil.rmtree(tmp, ignore_errors=True)
+        if sorted(meta.labels) != sorted(prepared.labels):
             return champion_version, {}
+        # the text, not the challenger's token ids: the champion may use another vocabulary and length
+        test = pd.read_parquet(prepared.split_file("test"))
         accelerator = make_accelerator(params.train)
-        model.to(accelerator.device)
-        rows = load_rows(prepared, "test")
         ctx = PhaseContext(
             accelerator=accelerator,
             groups=resolve_layer_groups(model.backbone),
             pretrained={},  # inference only: nothing is anchored
             eval_batch_size=params.train.eval_batch_size,
         )
-        logits = predict_logits(model, rows, ctx, tokenizer.pad_token_id or 0)
-    scores = {
-        f"test/{k}": v
-        for k, v in summary_metrics(logits, torch.as_tensor([r["labels"] for r in rows])).items()
-    }
+        logits = score_texts(model, tokenizer, meta, test["text"].tolist(), ctx)
+    scores = named_metrics(logits, label_ids(meta, test["label"].tolist()), meta.labels)
     stored = client.get_run(champion.run_id).data.metrics if champion.run_id else {}
     if "test/cka_to_pretrained" in stored:
         scores["test/cka_to_pretrained"] = stored["test/cka_to_pretrained"]

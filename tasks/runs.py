@@ -6,6 +6,7 @@ run's has nothing new to learn.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -13,32 +14,48 @@ from pathlib import Path
 from mlflow.entities import Dataset, DatasetInput, InputTag
 from prefect import task
 
+from bitune.data.splits import SPLIT_METHOD
 from bitune.params import Params
 from tasks import tracking
 from tasks.data import DataVersion
-from tasks.preprocess import PreparedData
+from tasks.preprocess import PreparedData, check_model
 from tasks.tracking import TrackingSettings
-from tasks.tuning import pipeline_dir
+from tasks.tuning import check_strategy_fits_model, pipeline_dir
 
 
 def pipeline_key(data_md5: str, params: Params) -> str:
-    """What a trained model is a function of: the data version and the params that shape training."""
-    return f"{data_md5.removesuffix('.dir')[:12]}-{params.digest()}"
+    """What a trained model is a function of: the data version, the params that shape training
+    (`Params.digest`), and how rows are split (a new split method must not resume phases trained on
+    another split)."""
+    digest = hashlib.sha256(f"{params.digest()}-{SPLIT_METHOD}".encode()).hexdigest()[:16]
+    return f"{data_md5.removesuffix('.dir')[:12]}-{digest}"
+
+
+def preflight_fn(settings: TrackingSettings, params: Params) -> None:
+    """What the run needs besides the data, checked before the data step versions anything.
+
+    A tracking store that is down or a model that cannot load would otherwise fail the run only
+    after data.dvc and the remote had changed (or, for MLflow, after minutes of retries).
+    """
+    check_model(params.model)  # first: it writes nothing, while a first query creates a SQLite store
+    check_strategy_fits_model(params)  # `layers[i:j]` within the model's layers
+    tracking.check_reachable(settings)
 
 
 def previous_success_fn(settings: TrackingSettings, key: str) -> str | None:
     """The run id of the last finished, registered run with this pipeline key, if any."""
-    client = settings.client()
-    exp = client.get_experiment_by_name(settings.experiment)
-    if exp is None:
-        return None
-    runs = client.search_runs(
-        [exp.experiment_id],
-        filter_string=f"attributes.status = 'FINISHED' and tags.`bitune.pipeline_key` = '{key}' "
-        "and tags.`bitune.model_version` != ''",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
+    with tracking.tracking_errors(settings):
+        client = settings.client()
+        exp = client.get_experiment_by_name(settings.experiment)
+        if exp is None:
+            return None
+        runs = client.search_runs(
+            [exp.experiment_id],
+            filter_string=f"attributes.status = 'FINISHED' and tags.`bitune.pipeline_key` = '{key}' "
+            "and tags.`bitune.model_version` != ''",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
     return runs[0].info.run_id if runs else None
 
 
@@ -79,6 +96,11 @@ def open_parent_run_fn(
     data_metrics |= {f"data/{split}/truncation_rate": rate for split, rate in prepared.truncation.items()}
     tracking.log_metrics(settings, run_id, data_metrics)
     return run_id
+
+
+@task(name="preflight", retries=0)
+def preflight(settings: TrackingSettings, params: Params) -> None:
+    preflight_fn(settings, params)
 
 
 @task(name="find-previous-run")

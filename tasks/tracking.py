@@ -8,9 +8,12 @@ flow, from params and environment; nothing happens at import.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,11 +23,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 
-from bitune.errors import TrackingError
-from bitune.params import TrackingParams
+from bitune.errors import BituneError, TrackingError
+from bitune.params import TrackingParams, redact
 
 PIPELINE_TAG = "bitune.pipeline"
 MAX_BATCH = 900
+PREFLIGHT_TIMEOUT_S = 10
 
 
 @dataclass(frozen=True)
@@ -32,39 +36,108 @@ class TrackingSettings:
     uri: str
     experiment: str
     artifact_location: str | None
+    uri_setting: str = "tracking.uri"  # where the uri came from, for error messages
 
     @classmethod
     def from_params(cls, tracking: TrackingParams, root: Path) -> TrackingSettings:
         """Env `MLFLOW_TRACKING_URI` wins; relative SQLite paths and artifact folders anchor at `root`."""
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking.uri
+        from_env = os.environ.get("MLFLOW_TRACKING_URI")
+        uri = from_env or tracking.uri
         if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
             uri = f"sqlite:///{(root / uri.removeprefix('sqlite:///')).resolve()}"
         artifacts = tracking.artifact_location
         if artifacts and "://" not in artifacts and not uri.startswith("http"):
             artifacts = (root / artifacts).resolve().as_uri()
-        return cls(uri=uri, experiment=tracking.experiment, artifact_location=artifacts)
+        setting = "MLFLOW_TRACKING_URI" if from_env else "tracking.uri"
+        return cls(uri=uri, experiment=tracking.experiment, artifact_location=artifacts, uri_setting=setting)
 
     def client(self) -> MlflowClient:
         return MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
 
 
-def experiment_id(settings: TrackingSettings) -> str:
-    client = settings.client()
+@contextmanager
+def tracking_errors(settings: TrackingSettings) -> Iterator[None]:
+    """MLflow failures as one-line TrackingErrors naming the setting and the fix."""
     try:
+        yield
+    except BituneError:
+        raise
+    except MlflowException as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "failed with exception" in first or "Max retries exceeded" in first:  # no HTTP answer at all
+            raise _unreachable(settings, "no answer") from None
+        raise TrackingError(
+            f"{settings.uri_setting}: MLflow at {_shown(settings)} refused: {first[:160]}; check the "
+            "server, its credentials (MLFLOW_TRACKING_USERNAME/PASSWORD) or the URI"
+        ) from None
+    except Exception as exc:  # connection errors come as requests/sqlalchemy types
+        raise _unreachable(settings, type(exc).__name__) from None
+
+
+def _shown(settings: TrackingSettings) -> str:
+    return redact(settings.uri_setting, settings.uri)  # `user:pass@` never reaches the terminal or log
+
+
+def _unreachable(settings: TrackingSettings, why: str) -> TrackingError:
+    fix = (
+        "start the server or point tracking.uri / MLFLOW_TRACKING_URI at a running one"
+        if settings.uri.startswith("http")
+        else "check that its folder exists and is writable, or point tracking.uri / MLFLOW_TRACKING_URI "
+        "elsewhere"
+    )
+    return TrackingError(f"{settings.uri_setting}: cannot reach MLflow at {_shown(settings)} ({why}); {fix}")
+
+
+def check_reachable(settings: TrackingSettings, timeout_s: int = PREFLIGHT_TIMEOUT_S) -> None:
+    """One request without retries: a store that is down fails in seconds, not after MLflow's minutes
+    of retries (7 by default, backing off), and before the data step has versioned anything."""
+    limits = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s)}
+    saved = {name: os.environ.get(name) for name in limits}
+    os.environ.update(limits)
+    try:
+        with tracking_errors(settings):
+            settings.client().search_experiments(max_results=1)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def experiment_id(settings: TrackingSettings) -> str:
+    with tracking_errors(settings):
+        client = settings.client()
         found = client.get_experiment_by_name(settings.experiment)
         if found is not None:
             return found.experiment_id
         location = None if settings.uri.startswith("http") else settings.artifact_location
         return client.create_experiment(settings.experiment, artifact_location=location)
-    except MlflowException as exc:
-        raise TrackingError(
-            f"tracking.uri: MLflow at {settings.uri} refused: {str(exc).splitlines()[0][:160]}"
-        ) from None
-    except Exception as exc:  # connection errors come as requests/sqlalchemy types
-        raise TrackingError(
-            f"tracking.uri: cannot reach MLflow at {settings.uri} ({type(exc).__name__}); start the server "
-            "or set tracking.uri / MLFLOW_TRACKING_URI"
-        ) from None
+
+
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGTERM and SIGINT until an MLflow write has committed, then deliver them.
+
+    A signal handler raises in the middle of whatever runs: inside a SQLite commit it leaves the
+    store locked for the rest of the process, so the run could no longer be marked KILLED. Handlers
+    only run in the main thread, so other threads (MLflow's async logging) need nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {
+        signum: signal.signal(signum, lambda number, _frame: received.append(number))
+        for signum in (signal.SIGTERM, signal.SIGINT)
+    }
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        for number in received:
+            signal.raise_signal(number)  # the original handler runs now, outside the write
 
 
 def start_run(
@@ -79,13 +152,15 @@ def start_run(
 
 def end_run(settings: TrackingSettings, run_id: str, status: str = "FINISHED") -> None:
     mlflow.flush_async_logging()  # step metrics are logged asynchronously; land them first
-    settings.client().set_terminated(run_id, status=status)
+    with signals_held():
+        settings.client().set_terminated(run_id, status=status)
 
 
 def log_params(settings: TrackingSettings, run_id: str, params: Mapping[str, object]) -> None:
     items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-    for i in range(0, len(items), 100):
-        settings.client().log_batch(run_id, params=items[i : i + 100])
+    with signals_held():
+        for i in range(0, len(items), 100):
+            settings.client().log_batch(run_id, params=items[i : i + 100])
 
 
 def log_metrics(
@@ -98,8 +173,9 @@ def log_metrics(
     """One batched call; `synchronous=False` (per-step metrics) queues it so training never waits."""
     now = int(time.time() * 1000)
     items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-    for i in range(0, len(items), MAX_BATCH):
-        settings.client().log_batch(run_id, metrics=items[i : i + MAX_BATCH], synchronous=synchronous)
+    with signals_held():
+        for i in range(0, len(items), MAX_BATCH):
+            settings.client().log_batch(run_id, metrics=items[i : i + MAX_BATCH], synchronous=synchronous)
 
 
 def system_metrics(settings: TrackingSettings, run_id: str, device: str) -> SystemMetricsMonitor | None:
@@ -112,7 +188,8 @@ def system_metrics(settings: TrackingSettings, run_id: str, device: str) -> Syst
 
 
 def set_tags(settings: TrackingSettings, run_id: str, tags: dict[str, str]) -> None:
-    settings.client().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    with signals_held():
+        settings.client().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
 def log_artifacts(

@@ -24,11 +24,13 @@ from bitune.forgetting import encoder_cka, load_probe_texts, weight_drift
 from bitune.model.classifier import (
     BituneClassifier,
     ClassifierMeta,
+    encoder_num_layers,
     load_backbone,
     load_tokenizer,
+    model_identity,
     save_classifier,
 )
-from bitune.model.layer_groups import resolve_layer_groups
+from bitune.model.layer_groups import check_layer_slices, gradual_shortfall, resolve_layer_groups
 from bitune.params import Params, flatten
 from bitune.tuning.checkpoint import PhaseCheckpoints
 from bitune.tuning.phase import PhaseContext, PhaseData, run_phase
@@ -48,8 +50,10 @@ class PhaseOutput:
     name: str
     model_dir: str
     run_id: str | None
-    best: dict[str, float]
+    best: dict[str, float]  # the best epoch seen (by early_stopping.metric)
     cka_to_pretrained: float
+    kept: dict[str, float] = field(default_factory=dict)  # the epoch whose weights were handed on
+    kept_epoch: int = 0
     drift: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
     train_seconds: float = 0.0
@@ -94,6 +98,43 @@ def build_model(
     return model, pretrained
 
 
+def check_strategy_fits_model(params: Params) -> None:
+    """Fail before any training when a phase's `layers[i:j]` reaches past the model's layers.
+
+    Reads the model's config only; the first phase calls it, and a flow may call it right after
+    loading params. A config without a layer count is left to the phase's own check.
+    """
+    num_layers = encoder_num_layers(params.model)
+    if num_layers is not None:
+        check_layer_slices(params.strategy, num_layers)
+
+
+def feature_cache_file(root: Path, params: Params, prepared: PreparedData, precision: str) -> Path | None:
+    """Where the head phase's features on the pretrained encoder live; None when caching is off.
+
+    Keyed by everything the features are a function of: the tokenized data (`prepared.key`: data
+    version, split, tokenizer name, preprocess), the pretrained weights (`model_identity`: id,
+    revision, a local folder's config and weight files), the pooling and the precision.
+    """
+    if params.train.feature_cache_dir is None:
+        return None
+    pooling = params.model.pooling
+    return (
+        root
+        / params.train.feature_cache_dir
+        / f"{prepared.key}-{model_identity(params.model)}-{pooling}-{int(pooling == 'default')}"
+        f"-{precision}.safetensors"
+    )
+
+
+def _phase_field(params: Params, run: PhaseRun) -> str:
+    """The params key of a scheduled phase: 'strategy.prelude.N' or 'strategy.phases.N'."""
+    prelude = len(params.strategy.prelude)
+    if run.index < prelude:
+        return f"strategy.prelude.{run.index}"
+    return f"strategy.phases.{(run.index - prelude) % len(params.strategy.phases)}"
+
+
 def tune_phase_fn(
     params: Params,
     prepared: PreparedData,
@@ -104,6 +145,8 @@ def tune_phase_fn(
     settings: TrackingSettings | None,
     parent_run_id: str | None,
 ) -> PhaseOutput:
+    if phase_index == 0:
+        check_strategy_fits_model(params)
     run: PhaseRun = expand_strategy(params.strategy)[phase_index]
     out_dir = pipeline_dir(root, pipeline_key) / run.key
     if (out_dir / RESULT).exists():
@@ -134,6 +177,9 @@ def tune_phase_fn(
     tokenizer = load_tokenizer(params.model)
     model, pretrained = build_model(params, len(prepared.labels), previous.model_dir if previous else None)
     groups = resolve_layer_groups(model.backbone)
+    shortfall = gradual_shortfall(run.spec, groups, model.uses_pooler, _phase_field(params, run))
+    if shortfall and accelerator.is_main_process:
+        log.warning(shortfall)
     data = PhaseData(
         load_rows(prepared, "train"), load_rows(prepared, "validation"), tokenizer.pad_token_id or 0
     )
@@ -172,13 +218,8 @@ def tune_phase_fn(
             tracking.log_metrics(settings, run_id, step_metrics, step, synchronous=False)  # type: ignore[arg-type]
 
     feature_cache = None
-    if params.train.feature_cache_dir is not None and previous is None:
-        feature_cache = (
-            root
-            / params.train.feature_cache_dir
-            / f"{prepared.key}-{params.model.pooling}-{int(params.model.pooling == 'default')}"
-            f"-{accelerator.mixed_precision}.safetensors"
-        )
+    if previous is None:  # later phases start from trained weights: their features are their own
+        feature_cache = feature_cache_file(root, params, prepared, accelerator.mixed_precision)
     ctx = PhaseContext(
         accelerator=accelerator,
         groups=groups,
@@ -213,19 +254,15 @@ def tune_phase_fn(
         run_id=run_id,
         best=result.best,
         cka_to_pretrained=cka,
+        kept=result.kept,
+        kept_epoch=result.kept_epoch,
         drift=drift,
         history=result.history,
         train_seconds=result.train_seconds,
         samples_per_s=result.samples_per_second,
     )
     if accelerator.is_main_process:
-        meta = ClassifierMeta(
-            list(prepared.labels),
-            params.model.pooling,
-            params.model.dropout,
-            params.preprocess.max_length,
-            params.model.name_or_path,
-        )
+        meta = ClassifierMeta.for_training(list(prepared.labels), params.model, params.preprocess)
         save_classifier(model.cpu(), tokenizer, meta, model_dir)
         if main and settings is not None and run_id is not None:
             summary = {
@@ -233,7 +270,14 @@ def tune_phase_fn(
                 for k, v in result.best.items()
                 if k.startswith("val_")
             }
+            # the weights handed on: the best epoch only with early stopping, else the last (or EMA)
             summary |= {
+                f"{run.spec.name}/val/kept_{k.removeprefix('val_')}": v
+                for k, v in result.kept.items()
+                if k.startswith("val_")
+            }
+            summary |= {
+                f"{run.spec.name}/kept_epoch": float(result.kept_epoch),
                 f"{run.spec.name}/cka_to_pretrained": cka,
                 f"{run.spec.name}/train_seconds": result.train_seconds,
                 f"{run.spec.name}/wall_seconds": wall,

@@ -6,10 +6,8 @@ sharing one Prefect server. Each case asserts: a non-zero exit; stderr holds the
 "(details in ...)" line and nothing else but Prefect's INFO lines; no traceback anywhere; and the
 copy's data.dvc, data/, DVC remote, model registry and top-level files are exactly as they were.
 
-Bad model paths fail in the preprocess task, after the data step: with the data unchanged that step
-rewrites nothing (same md5), so data.dvc and the remote stay byte-identical too. The failed attempt
-does leave a FAILED run in MLflow's tracking store — a record of what happened, not a change to
-the registry, which is what the champion lives in.
+Bad model paths fail in the flow's preflight, before the data step runs at all (tests/test_preflight.py
+also passes new data with them, and checks servers that are down).
 """
 
 from __future__ import annotations
@@ -202,7 +200,7 @@ CASES = [
         ("docs/", "no data file", "notes.txt"),
         {"docs": folder_with_notes},
     ),
-    # model: fails in preprocess, after the data step found the data unchanged
+    # model: fails in the preflight, before the data step
     Case(
         "model-folder-without-config",
         ["--set", "model.name_or_path={in}/empty-model"],
@@ -319,6 +317,7 @@ def snapshot(root: Path) -> dict[str, object]:
     return {
         "data.dvc": (root / "data.dvc").read_bytes(),
         "data": digest(root / "data"),
+        "cache": digest(root / ".dvc" / "cache"),
         "remote": digest(root / ".dvc-storage"),
         "champion": str(champion[0]) if champion else None,
         "model_versions": versions,

@@ -134,3 +134,13 @@ def test_tokenization_key_is_short_stable_and_sensitive_to_each_input() -> None:
         tokenization_key("v1", "tok", PreprocessParams(max_length=8, lowercase=True)),
     }
     assert len(others) == 4 and key not in others
+
+
+def test_tokenization_key_follows_the_model_revision() -> None:
+    """Another revision may ship another tokenizer; no revision keeps the keys made before it counted."""
+    key = tokenization_key("v1", "tok", PRE)
+    assert tokenization_key("v1", "tok", PRE, revision=None) == key
+    assert tokenization_key("v1", "tok", PRE, revision="v2") != key
+    assert tokenization_key("v1", "tok", PRE, revision="v2") != tokenization_key(
+        "v1", "tok", PRE, revision="v3"
+    )

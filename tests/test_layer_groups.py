@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
 from tiny_models import MODEL_TYPES, tiny_backbone
 from torch import nn
 
+from bitune.device import make_accelerator
 from bitune.errors import ModelError, ParamsError
+from bitune.model.classifier import BituneClassifier
 from bitune.model.layer_groups import (
     LayerGroups,
+    check_layer_slices,
+    gradual_shortfall,
     gradual_unfreeze_order,
     layer_depth,
     resolve_layer_groups,
     select_modules,
+    unfreeze_stages,
 )
+from bitune.params import PhaseSpec, TrainParams, load_params
+from bitune.tuning.phase import PhaseContext, _stages
+from bitune.tuning.schedule import PhaseRun
+
+PARAMS = Path(__file__).resolve().parents[1] / "params" / "default.yaml"
 
 NUM_LAYERS = 3
 
@@ -109,8 +122,38 @@ def test_select_modules_rejects_bad_names() -> None:
     groups = resolve_layer_groups(tiny_backbone("bert", num_layers=2))
     with pytest.raises(ParamsError, match="'encoder'"):
         select_modules(groups, ["encoder"])
-    with pytest.raises(ParamsError, match=r"'layers\[4:6\]' selects none of this model's 2 layers"):
-        select_modules(groups, ["layers[4:6]"])
+    with pytest.raises(ParamsError, match=r"'layers\[1:1\]' selects none of this model's 2 layers"):
+        select_modules(groups, ["layers[1:1]"])
+
+
+@pytest.mark.parametrize("name", ["layers[0:4]", "layers[4:6]", "layers[2:]", "layers[-3:]", "layers[:3]"])
+def test_slices_past_the_last_layer_are_errors_not_clipped(name: str) -> None:
+    """Python slicing would make layers[0:4] on 2 layers mean all of them: a silent full fine-tune."""
+    groups = resolve_layer_groups(tiny_backbone("bert", num_layers=2))
+    message = rf"^strategy.phases.1.train: '{re.escape(name)}' reaches past this model's 2 layers .*0\.\.1$"
+    with pytest.raises(ParamsError, match=message):
+        select_modules(groups, [name], "strategy.phases.1.train")
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("layers[0:2]", [0, 1]), ("layers[-2:]", [0, 1]), ("layers[1:]", [1]), ("layers[0:-1]", [0])],
+)
+def test_slices_up_to_the_layer_count_are_fine(name: str, expected: list[int]) -> None:
+    groups = resolve_layer_groups(tiny_backbone("bert", num_layers=2))
+    assert [n for n, _ in select_modules(groups, [name])] == [f"layers.{i}" for i in expected]
+
+
+def test_check_layer_slices_names_the_phase_field() -> None:
+    strategy = load_params(PARAMS).strategy  # bidirectional: the bottom phase trains layers[0:4]
+    assert strategy.phases[1].train[1] == "layers[0:4]"
+    check_layer_slices(strategy, 4)  # the tiny test models have 4 layers: the preset fits them
+    check_layer_slices(strategy, 6)  # all-MiniLM-L6-v2
+    with pytest.raises(ParamsError, match=r"^strategy.phases.1.train: 'layers\[0:4\]' .* 3 layers"):
+        check_layer_slices(strategy, 3)
+    lp_ft = load_params(PARAMS, ["strategy=lp_ft", "strategy.prelude.0.train=[head, 'layers[5:]']"])
+    with pytest.raises(ParamsError, match=r"^strategy.prelude.0.train: 'layers\[5:\]'"):
+        check_layer_slices(lp_ft.strategy, 4)
 
 
 def test_layer_depth_counts_from_the_top() -> None:
@@ -143,6 +186,44 @@ def test_gradual_unfreeze_order_partial_selections() -> None:
     assert gradual_unfreeze_order(groups, ["head"]) == [[]]
     bert = resolve_layer_groups(tiny_backbone("bert", num_layers=2))
     assert gradual_unfreeze_order(bert, ["pooler", "layers[-1:]"]) == [["pooler"], ["layers.1"]]
+
+
+@pytest.mark.parametrize("pooling", ["mean", "default"])
+def test_unfreeze_stages_are_the_phase_stages(pooling: str) -> None:
+    """The count the warning uses is the stages run_phase trains, pooler skipped when unused."""
+    model = BituneClassifier(tiny_backbone("bert", num_layers=3), 2, pooling, 0.0)
+    groups = resolve_layer_groups(model.backbone)
+    spec = PhaseSpec(
+        name="g", train=["head", "pooler", "layers[0:]", "embeddings"], unfreeze="gradual", lr=1e-3
+    )
+    ctx = PhaseContext(make_accelerator(TrainParams(device="cpu")), groups, {})
+    expected = [[name for name, _ in stage] for stage in _stages(PhaseRun(0, 1, spec), model, ctx)]
+    assert unfreeze_stages(groups, spec.train, model.uses_pooler) == expected
+    assert len(expected) == (6 if pooling == "default" else 5)
+
+
+def test_gradual_shortfall_warns_when_epochs_are_fewer_than_stages() -> None:
+    groups = resolve_layer_groups(tiny_backbone("bert", num_layers=3))
+    train = ["head", "layers[0:]", "embeddings"]  # stages: head, +layers.2, +layers.1, +layers.0, +embeddings
+    spec = PhaseSpec(name="g", train=train, unfreeze="gradual", epochs=3, lr=1e-3)
+    message = gradual_shortfall(spec, groups, False, "strategy.phases.0")
+    assert message == (
+        "strategy.phases.0: gradual unfreezing has 5 stages on this 3-layer model but epochs is 3, "
+        "so layers.0, embeddings never train; set strategy.phases.0.epochs to at least 5"
+    )
+    assert gradual_shortfall(spec.model_copy(update={"epochs": 5}), groups, False, "f") is None
+    assert gradual_shortfall(spec.model_copy(update={"unfreeze": "all"}), groups, False, "f") is None
+
+
+def test_gradual_unfreeze_preset_trains_the_extras() -> None:
+    """ModernBERT's final_norm and DeBERTa's rel_embeddings unfreeze with the head-adjacent stage."""
+    (spec,) = load_params(PARAMS, ["strategy=gradual_unfreeze"]).strategy.phases
+    for model_type in ("modernbert", "deberta-v2"):
+        groups = resolve_layer_groups(tiny_backbone(model_type, num_layers=2))
+        assert groups.extras
+        stages = unfreeze_stages(groups, spec.train, uses_pooler=False)
+        assert stages[1] == ["head", "extras"]
+        assert stages[-1] == ["head", "extras", "layers.1", "layers.0", "embeddings"]
 
 
 class _DecoderLike(nn.Module):

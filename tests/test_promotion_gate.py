@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
-from bitune.params import RegistryParams
+import pytest
+import torch
+
+from bitune.errors import ParamsError
+from bitune.evaluation.report import evaluate_predictions
+from bitune.evaluation.rescore import named_metrics
+from bitune.params import GATE_METRICS, RegistryParams, load_params
 from bitune.promotion import decide, decide_on_stored_scores
 
 F1, CKA = "test/macro_f1", "test/cka_to_pretrained"
+DEFAULTS = Path(__file__).resolve().parents[1] / "params" / "default.yaml"
 RULES = RegistryParams()
 
 
@@ -93,3 +100,61 @@ def test_stored_scores_on_the_same_data_version_go_through_the_gate() -> None:
     assert not decide_on_stored_scores(scores(0.1), scores(0.9), RULES, "a.dir", "a.dir").promote
     # no champion: nothing to compare against, whatever its data
     assert decide_on_stored_scores(scores(0.1), None, RULES, "a.dir", None).promote
+
+
+@pytest.mark.parametrize("metric", ["test/loss", "test/ece"])
+def test_lower_is_better_metrics_promote_on_a_fall(metric: str) -> None:
+    rules = RegistryParams(metric=metric)
+    assert rules.mode == "min"
+    decision = decide({metric: 0.30}, {metric: 0.40}, rules)
+    assert decision.promote
+    reason = f"{metric} 0.3000 vs champion 0.4000 (lower is better, gain +0.1000, needs > 0)"
+    assert decision.reasons == [reason]
+    assert not decide({metric: 0.40}, {metric: 0.30}, rules).promote
+    assert not decide({metric: 0.30}, {metric: 0.30}, rules).promote
+
+
+def test_min_delta_applies_in_the_metric_direction() -> None:
+    rules = RegistryParams(metric="test/loss", min_delta=0.05)
+    assert not decide({"test/loss": 0.37}, {"test/loss": 0.40}, rules).promote
+    assert decide({"test/loss": 0.35}, {"test/loss": 0.40}, rules).promote
+    assert not decide({"test/loss": 0.45}, {"test/loss": 0.40}, rules).promote
+
+
+@pytest.mark.parametrize("metric", ["test/macro_f1", "test/accuracy", "test/f1/positive"])
+def test_other_gate_metrics_are_higher_is_better(metric: str) -> None:
+    rules = RegistryParams(metric=metric)
+    assert rules.mode == "max"
+    assert decide({metric: 0.9}, {metric: 0.8}, rules).promote
+    assert not decide({metric: 0.8}, {metric: 0.9}, rules).promote
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "registry.metric=test/cka_to_pretrained",
+            "registry.metric: must be one of test/macro_f1, test/accuracy, test/loss, test/ece "
+            "or test/f1/<label>",
+        ),
+        ("registry.metric=val/accuracy", "registry.metric: must be one of"),
+        ("registry.metric=test/f1/", "registry.metric: must be one of"),
+        ("registry.min_delta=-0.01", "registry.min_delta: Input should be greater than or equal to 0"),
+    ],
+)
+def test_gate_params_the_champion_cannot_be_compared_on_are_refused(override: str, message: str) -> None:
+    with pytest.raises(ParamsError) as raised:
+        load_params(DEFAULTS, [override])
+    assert str(raised.value).startswith(f"{DEFAULTS}: {message}")
+
+
+def test_every_gate_metric_is_what_both_sides_report(tmp_path: Path) -> None:
+    """The champion's re-score and the challenger's evaluation name the gate metrics the same way."""
+    names = ["negative", "positive"]
+    logits = torch.tensor([[2.0, -1.0], [0.5, 0.2], [-1.0, 1.5], [0.3, 0.1]])
+    labels = torch.tensor([0, 1, 1, 1])
+    rescored = named_metrics(logits, labels, names)
+    evaluated, _ = evaluate_predictions(["a", "b", "c", "d"], labels, logits, names, tmp_path)
+    for metric in [*GATE_METRICS, *(f"test/f1/{n}" for n in names)]:
+        RegistryParams(metric=metric)  # accepted as a gate metric
+        assert rescored[metric] == pytest.approx(evaluated[metric]), metric

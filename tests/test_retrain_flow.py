@@ -121,3 +121,27 @@ def test_unchanged_rerun_is_skipped_and_force_registers_version_2(first_run, tin
     client = client_for(root)
     assert str(client.get_model_version_by_alias("bitune-classifier", "challenger").version) == "2"
     assert str(client.get_model_version_by_alias("bitune-classifier", "champion").version) == "1"
+
+
+def test_plain_run_after_real_data_retrains_nothing_and_keeps_that_data(first_run, tiny_bert_dir) -> None:  # type: ignore[no-untyped-def]
+    """`bitune run --data reviews.csv`, then `bitune run`: the default 'demo' must not replace reviews.csv."""
+    from bitune.data.demo import make_demo_frame
+    from flows.retrain import retrain
+
+    root, _ = first_run
+    reviews = root.parent / "reviews.csv"
+    make_demo_frame(120, 11).to_csv(reviews, index=False)  # negative/positive, like real sentiment data
+    real = retrain(
+        params_file="params/default.yaml",
+        overrides=[*tiny_overrides(tiny_bert_dir), f"data.source={reviews}"],
+        project_dir=str(root),
+    )
+    assert not real.skipped and real.model_version is not None
+    dvc_file = (root / "data.dvc").read_bytes()
+    plain = retrain(
+        params_file="params/default.yaml", overrides=tiny_overrides(tiny_bert_dir), project_dir=str(root)
+    )
+    assert plain.data_version == real.data_version and (root / "data.dvc").read_bytes() == dvc_file
+    assert plain.skipped and real.run_id in plain.reason  # same data version, same params: nothing to do
+    assert (root / "data" / "reviews.csv").read_bytes() == reviews.read_bytes()
+    assert not (root / "data" / "demo.csv").exists()

@@ -319,21 +319,52 @@ def test_resume_from_epoch_checkpoint_matches_an_uninterrupted_phase(
 
 
 def test_gradual_unfreeze_adds_one_group_per_epoch_top_down() -> None:
+    """ULMFiT: epoch 1 trains the head, each later epoch adds the next group down (layer 3, 2, 1,
+    0, then the embeddings), and each group steps at lr · decay^(depth from the top)."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
     model = model_for()
-    seen: list[float] = []
     ctx = context(model)
-    ctx.on_epoch = lambda metrics, epoch: seen.append(metrics["trainable_params"])
+    snapshots = [snapshot(model)]
+    seen: list[float] = []
+
+    def on_epoch(metrics: dict[str, float], epoch: int) -> None:
+        seen.append(metrics["trainable_params"])
+        snapshots.append(snapshot(model))
+
+    ctx.on_epoch = on_epoch
+    rates: dict[str, float] = {}
+
+    def record(optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
+        rates.update({g["group"]: g["lr"] for g in optimizer.param_groups})
+
     spec = phase(
         name="gradual",
         train=["head", "layers[0:]", "embeddings"],
         unfreeze="gradual",
         epochs=6,
         layer_lr_decay=0.4,
+        schedule="constant",
     )
-    before = snapshot(model)
-    run_phase(model, PhaseRun(0, 1, spec), DATA, ctx)
+    handle = register_optimizer_step_pre_hook(record)
+    try:
+        run_phase(model, PhaseRun(0, 1, spec), DATA, ctx)
+    finally:
+        handle.remove()
     assert seen == sorted(seen) and len(set(seen)) == 6
-    assert moved(before, model, "backbone.embeddings.")
+    layers = ctx.groups.layers
+    groups = {
+        "head": names_in(model, [model.head]),
+        **{f"layers.{i}": names_in(model, [layers[i]]) for i in range(4)},
+        "embeddings": names_in(model, ctx.groups.embeddings),
+    }
+    top_down = ["head", "layers.3", "layers.2", "layers.1", "layers.0", "embeddings"]
+    for epoch in range(1, 7):
+        now = {n for n, p in snapshots[epoch].items() if not torch.equal(snapshots[epoch - 1][n], p)}
+        training = [g for g in top_down if now & groups[g]]
+        assert training == top_down[:epoch], f"epoch {epoch}: {training}"
+        assert now <= set().union(*(groups[g] for g in top_down[:epoch]))
+    assert rates == {g: pytest.approx(1e-3 * 0.4**depth) for depth, g in enumerate(top_down)}
 
 
 def test_expand_strategy_orders_prelude_then_rounds() -> None:
@@ -345,15 +376,35 @@ def test_expand_strategy_orders_prelude_then_rounds() -> None:
     assert keys == ["probe", "head", "bottom", "head-r2", "bottom-r2"]
 
 
+def names_in(model: torch.nn.Module, modules: list[torch.nn.Module]) -> set[str]:
+    """The qualified names of `modules`' parameters inside `model`."""
+    ids = {id(p) for m in modules for p in m.parameters()}
+    return {n for n, p in model.named_parameters() if id(p) in ids}
+
+
+def changed(before: dict[str, torch.Tensor], model: torch.nn.Module) -> set[str]:
+    return {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
+
+
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_every_supported_architecture_runs_a_bottom_phase(model_type: str) -> None:
+    """On every architecture, the bottom phase moves its embeddings and layer 0 (and the head) and
+    leaves every other backbone weight (upper layers, pooler, final norms) exactly as it was."""
     model = model_for(model_type, layers=3)
     before = snapshot(model)
     spec = phase(train=["embeddings", "layers[0:1]", "head"], epochs=1)
-    result = run_phase(model, PhaseRun(0, 1, spec), PhaseData(rows(32), rows(16, 1), 0), context(model))
-    assert result.history and moved(before, model, "head.")
-    layer_prefix = {n.rsplit(".", 2)[0] for n, _ in model.backbone.named_parameters() if ".0." in n}
-    assert layer_prefix
+    ctx = context(model)
+    result = run_phase(model, PhaseRun(0, 1, spec), PhaseData(rows(32), rows(16, 1), 0), ctx)
+    assert result.history
+    now = changed(before, model)
+    embeddings = names_in(model, ctx.groups.embeddings)
+    layer_0 = names_in(model, [ctx.groups.layers[0]])
+    head = names_in(model, [model.head])
+    assert embeddings and now & embeddings, "the embeddings did not move"
+    assert now & layer_0, "layer 0 did not move"
+    assert now & head, "the head did not move"
+    assert names_in(model, ctx.groups.layers[1:]), "no upper layers found"
+    assert now <= embeddings | layer_0 | head, sorted(now - embeddings - layer_0 - head)
 
 
 def test_anchor_gradient_and_term_equal_autograd_of_the_pretrained_loss() -> None:

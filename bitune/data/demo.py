@@ -10,12 +10,19 @@ says nothing about real-world accuracy.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 from collections.abc import Callable
+from pathlib import Path
 
 import pandas as pd
 
 NEGATIVE, POSITIVE = "negative", "positive"
+DEMO_FILE = "demo.csv"
+# Written next to demo.csv and versioned with it: it is how a later run knows that the data version
+# it would replace is the synthetic demo and not the user's data. Hidden, so readers skip it.
+DEMO_MARKER = ".bitune-demo.json"
 
 ITEMS = (
     "movie", "film", "sequel", "documentary", "thriller", "comedy", "series finale", "soundtrack",
@@ -141,3 +148,35 @@ def make_demo_frame(rows: int, seed: int) -> pd.DataFrame:
     pairs = list(seen.items())
     rng.shuffle(pairs)
     return pd.DataFrame(pairs, columns=["text", "label"])
+
+
+def demo_files(rows: int, seed: int) -> dict[str, bytes]:
+    """The demo as it goes into data/: demo.csv and the marker naming it synthetic (with its hash)."""
+    content = make_demo_frame(rows, seed).to_csv(index=False).encode("utf-8")
+    marker = {
+        "synthetic_demo": True,
+        "generator": "bitune/data/demo.py",
+        "rows": rows,
+        "seed": seed,
+        "sha256": {DEMO_FILE: hashlib.sha256(content).hexdigest()},
+    }
+    return {DEMO_FILE: content, DEMO_MARKER: (json.dumps(marker, indent=2, sort_keys=True) + "\n").encode()}
+
+
+def holds_demo(folder: Path) -> bool:
+    """True when `folder` holds the demo exactly as `demo_files` wrote it: marker and unedited demo.csv.
+
+    A folder whose demo.csv was edited, or that holds any other file besides, is the user's data.
+    """
+    try:
+        marker = json.loads((folder / DEMO_MARKER).read_text(encoding="utf-8"))
+        expected = marker["sha256"][DEMO_FILE]
+        content = (folder / DEMO_FILE).read_bytes()
+        others = {p.name for p in folder.iterdir()} - {DEMO_FILE, DEMO_MARKER, ".gitignore"}
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return (
+        marker.get("synthetic_demo") is True
+        and not others
+        and hashlib.sha256(content).hexdigest() == expected
+    )

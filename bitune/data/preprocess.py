@@ -13,14 +13,18 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import datasets
 import pandas as pd
-from datasets.table import InMemoryTable
 
 from bitune.errors import DataError
 from bitune.params import PreprocessParams
+
+if TYPE_CHECKING:
+    import datasets
+
+# `datasets` is imported where it is used: the served model imports `normalise_texts` from here and
+# ships without it (tasks/registry.py SERVING_REQUIREMENTS).
 
 CACHE_FORMAT = 1  # bump when the columns or their meaning change: old caches then miss
 LABELS_FILE = "label_map.json"
@@ -73,14 +77,22 @@ class LabelMap:
         return cls(tuple(sorted(found)))
 
 
-def tokenization_key(data_version: str, tokenizer_name: str, pre: PreprocessParams) -> str:
-    """Short hash naming the cache folder of one tokenization."""
-    payload = {
+def tokenization_key(
+    data_version: str, tokenizer_name: str, pre: PreprocessParams, revision: str | None = None
+) -> str:
+    """Short hash naming the cache folder of one tokenization.
+
+    `revision` (model.revision) is hashed only when set, so keys made before it was part of them
+    (all without a revision) stay valid.
+    """
+    payload: dict[str, Any] = {
         "format": CACHE_FORMAT,
         "data": data_version,
         "tokenizer": tokenizer_name,
         "preprocess": pre.model_dump(mode="json"),
     }
+    if revision is not None:
+        payload["revision"] = revision
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -96,6 +108,8 @@ def tokenize_splits(
 
     A hit also needs the same label map (it is not part of the key, and data.labels can reorder it).
     """
+    import datasets
+
     target = cache_dir / cache_key if cache_dir is not None else None
     if target is not None and _is_hit(target, label_map):
         return datasets.load_from_disk(str(target))
@@ -111,6 +125,9 @@ def tokenize_splits(
 def _tokenize(
     split: str, frame: pd.DataFrame, tokenizer: Any, pre: PreprocessParams, label_map: LabelMap
 ) -> datasets.Dataset:
+    import datasets
+    from datasets.table import InMemoryTable
+
     table = pd.DataFrame(
         {
             "text": normalise_texts(frame["text"], pre).tolist(),

@@ -1,4 +1,12 @@
-"""Train/validation/test splits: stratified by label, fixed by `data.split.seed`, pre-splits respected.
+"""Train/validation/test splits: stable per text as data grows, stratified, pre-splits respected.
+
+Each row's split follows from a hash of its normalised text and `data.split.seed` alone, not from
+the other rows: when a new data version appends rows, every old row keeps its split, so the
+champion is never re-scored on rows it trained on, and repeated texts always share one split. As
+the hash is uniform, each class is split by the configured fractions up to sampling noise; a class
+left with fewer than MIN_PER_CLASS_PER_SPLIT rows in a part gets them moved in from its largest
+part, choosing rows next to the part's hash band, so even that repair never moves an old train row
+into test as rows are added.
 
 A source that comes split (a folder of split files, most hub datasets) keeps its split, so scores
 stay comparable with published ones; whatever is missing is carved out of train. Validation
@@ -8,17 +16,20 @@ before any split runs.
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections.abc import Sequence
+import unicodedata
+from collections.abc import Iterable, Sequence
 
+import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
 
 from bitune.errors import DataError
 from bitune.params import SplitParams
 
 SPLITS = ("train", "validation", "test")
 MIN_PER_CLASS_PER_SPLIT = 2
+SPLIT_METHOD = "text-hash-v1"  # part of cache keys: prepared splits made another way never match
 
 
 def min_rows_per_class(fractions: Sequence[float]) -> int:
@@ -41,13 +52,28 @@ def carve_plan(keys: Sequence[str], split: SplitParams) -> tuple[str, tuple[floa
     return "train", (1 - sum(carved), *carved)
 
 
-def split_frame(df: pd.DataFrame, split: SplitParams) -> dict[str, pd.DataFrame]:
-    """Stratified train/validation/test of one frame; the same frame and seed give the same split."""
-    rest, test = _carve(
-        df, split.test, split.seed, (1 - split.validation - split.test, split.validation, split.test)
+def split_key(text: object) -> str:
+    """What makes two texts the same for splitting: Unicode form, case and spacing do not count."""
+    return " ".join(unicodedata.normalize("NFKC", str(text)).casefold().split())
+
+
+def key_positions(keys: Iterable[str], seed: int) -> np.ndarray:
+    """A uniform number in [0, 1) per split key, fixed by the key and the seed alone."""
+    prefix = f"bitune-split\0{seed}\0".encode()
+    return np.array(
+        [
+            int.from_bytes(hashlib.blake2b(prefix + key.encode(), digest_size=8).digest(), "big") / 2**64
+            for key in keys
+        ],
+        dtype=np.float64,
     )
-    train, validation = _carve(rest, split.validation / (1 - split.test), split.seed, ())
-    return {"train": _reset(train), "validation": _reset(validation), "test": _reset(test)}
+
+
+def split_frame(df: pd.DataFrame, split: SplitParams) -> dict[str, pd.DataFrame]:
+    """Stratified train/validation/test of one frame; a row's part depends on its text and the seed."""
+    fractions = (1 - split.validation - split.test, split.validation, split.test)
+    parts = _assign(df, {"test": split.test, "validation": split.validation}, split.seed, fractions)
+    return {name: _reset(parts[name]) for name in SPLITS}
 
 
 def make_splits(raw_frames: dict[str, pd.DataFrame], split: SplitParams) -> dict[str, pd.DataFrame]:
@@ -66,37 +92,70 @@ def make_splits(raw_frames: dict[str, pd.DataFrame], split: SplitParams) -> dict
     if keys == {"train"}:
         return split_frame(raw_frames["train"], split)
     plan = carve_plan(sorted(keys), split)
-    fractions = plan[1] if plan else ()
-    train, validation, test = raw_frames["train"], raw_frames.get("validation"), raw_frames.get("test")
-    if test is None:
-        train, test = _carve(train, split.test, split.seed, fractions)
-    if validation is None:
-        train, validation = _carve(train, split.validation, split.seed, fractions)
-    return {"train": _reset(train), "validation": _reset(validation), "test": _reset(test)}
+    if plan is None:
+        return {name: _reset(raw_frames[name]) for name in SPLITS}
+    bands = {name: getattr(split, name) for name in ("test", "validation") if name not in keys}
+    carved = _assign(raw_frames["train"], bands, split.seed, plan[1])
+    return {name: _reset(carved[name] if name in carved else raw_frames[name]) for name in SPLITS}
 
 
-def _carve(
-    df: pd.DataFrame, fraction: float, seed: int, fractions: Sequence[float]
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(rest, carved): `fraction` of the rows, stratified; `fractions` set the per-class minimum checked."""
-    if fractions:
-        need = min_rows_per_class(fractions)
-        counts = df["label"].value_counts()
-        small = counts[counts < need]
-        if len(small):
-            label, count = str(small.index[0]), int(small.iloc[0])
-            raise DataError(
-                f"class {label!r} has {count} rows; a stratified split into "
-                f"{', '.join(f'{f:.0%}' for f in fractions)} needs at least {need} per class — "
-                "add rows, drop the class, or change data.split"
-            )
-    try:
-        rest, carved = train_test_split(df, test_size=fraction, stratify=df["label"], random_state=seed)
-    except ValueError as exc:
+def _assign(
+    df: pd.DataFrame, bands: dict[str, float], seed: int, fractions: Sequence[float]
+) -> dict[str, pd.DataFrame]:
+    """Parts of `df`: `bands` (name: fraction, in hash order from 0) and train for the rest.
+
+    `fractions` (of train and the bands) set the per-class minimum checked before anything is split.
+    """
+    need = min_rows_per_class(fractions)
+    counts = df["label"].value_counts()
+    small = counts[counts < need]
+    if len(small):
+        label, count = str(small.index[0]), int(small.iloc[0])
         raise DataError(
-            f"cannot split {len(df)} rows stratified by label ({exc}); add rows or change data.split"
-        ) from None
-    return rest, carved
+            f"class {label!r} has {count} rows; a stratified split into "
+            f"{', '.join(f'{f:.0%}' for f in fractions)} needs at least {need} per class — "
+            "add rows, drop the class, or change data.split"
+        )
+    keys = np.array([split_key(t) for t in df["text"]], dtype=object)
+    position = key_positions(keys, seed)
+    edges: dict[str, tuple[float, float]] = {}
+    start = 0.0
+    for name, fraction in bands.items():
+        edges[name] = (start, start + fraction)
+        start += fraction
+    edges["train"] = (start, 1.0)
+    part = np.full(len(df), "train", dtype=object)
+    for name, (low, high) in edges.items():
+        part[(position >= low) & (position < high)] = name
+    _ensure_minimum(df["label"].to_numpy(), keys, position, part, edges)
+    return {name: df[part == name] for name in edges}
+
+
+def _ensure_minimum(
+    labels: np.ndarray,
+    keys: np.ndarray,
+    position: np.ndarray,
+    part: np.ndarray,
+    edges: dict[str, tuple[float, float]],
+) -> None:
+    """Top up any part holding fewer than MIN_PER_CLASS_PER_SPLIT rows of a class, in place.
+
+    Rows come from the class's largest part, nearest the short part's hash band first, and a text
+    moves with all its repeats. Only small classes ever need this: with the validated minimum the
+    expected count per part is already above the floor.
+    """
+    for label in pd.unique(labels):
+        of_label = labels == label
+        for short, (low, high) in edges.items():
+            while int(np.sum(of_label & (part == short))) < MIN_PER_CLASS_PER_SPLIT:
+                sizes = {name: int(np.sum(of_label & (part == name))) for name in edges if name != short}
+                donor = max(sizes, key=lambda name: sizes[name])
+                if sizes[donor] <= MIN_PER_CLASS_PER_SPLIT:
+                    break  # the class is below the validated minimum; nothing sensible to move
+                candidates = np.flatnonzero(of_label & (part == donor))
+                distance = np.maximum(low - position[candidates], position[candidates] - high)
+                chosen = candidates[np.argmin(distance)]
+                part[keys == keys[chosen]] = short
 
 
 def _reset(df: pd.DataFrame) -> pd.DataFrame:

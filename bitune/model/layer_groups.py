@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from bitune.errors import ModelError, ParamsError
-from bitune.params import LAYER_SLICE
+from bitune.params import LAYER_SLICE, PhaseSpec, StrategyParams
 
 SUPPORTED = "bitune supports encoder models like BERT, RoBERTa, DistilBERT, DeBERTa-v2, ELECTRA, ModernBERT"
 HEAD_ADJACENT = ("pooler", "extras")
@@ -106,29 +106,41 @@ def _as_module(modules: list[nn.Module]) -> nn.Module:
     return modules[0] if len(modules) == 1 else nn.ModuleList(modules)
 
 
-def _layer_indices(name: str, num_layers: int) -> list[int]:
+def _layer_indices(name: str, num_layers: int, field: str = "train") -> list[int]:
+    """Indices of `layers[i:j]`; an index past the model's layers is an error, never clipped.
+
+    Python slicing would clip `layers[0:4]` on a 2-layer model to all of it: a bottom phase meant
+    for the lower layers would quietly train every layer.
+    """
     match = LAYER_SLICE.match(name)
     if match is None:
         raise ParamsError(
-            f"train group {name!r}: unknown; use head, pooler, embeddings, extras or layers[i:j]"
+            f"{field}: unknown group {name!r}; use head, pooler, embeddings, extras or layers[i:j]"
         )
     start, stop = (int(g) if g else None for g in match.groups())
-    indices = list(range(num_layers))[start:stop]
+    n = num_layers
+    if (start is not None and not -n <= start < n) or (stop is not None and not -n <= stop <= n):
+        raise ParamsError(
+            f"{field}: {name!r} reaches past this model's {n} layers (layers[0:{n}] is all of them); "
+            f"use indices within 0..{n - 1}"
+        )
+    indices = list(range(n))[start:stop]
     if not indices:
         raise ParamsError(
-            f"train group {name!r} selects none of this model's {num_layers} layers; "
-            f"use indices within 0..{num_layers - 1}"
+            f"{field}: {name!r} selects none of this model's {n} layers; use i < j within 0..{n}"
         )
     return indices
 
 
-def select_modules(groups: LayerGroups, names: list[str]) -> list[tuple[str, nn.Module]]:
+def select_modules(
+    groups: LayerGroups, names: list[str], field: str = "train"
+) -> list[tuple[str, nn.Module]]:
     """Resolve a phase's `train` names to (qualified name, module) pairs, each name once.
 
     Qualified names are "embeddings", "pooler", "extras" and "layers.<i>" (i counted from the
     bottom, never negative). "head" is skipped: the classifier owns it. So are "pooler" and "extras"
     when the model has none. A group of several modules (ELECTRA's embeddings + embeddings_project)
-    comes back as one nn.ModuleList sharing their parameters.
+    comes back as one nn.ModuleList sharing their parameters. `field` names the params key in errors.
     """
     selected: dict[str, nn.Module] = {}
     for name in names:
@@ -143,7 +155,7 @@ def select_modules(groups: LayerGroups, names: list[str]) -> list[tuple[str, nn.
             if groups.extras:
                 selected["extras"] = _as_module(groups.extras)
         else:
-            for i in _layer_indices(name, groups.num_layers):
+            for i in _layer_indices(name, groups.num_layers, field):
                 selected[f"layers.{i}"] = groups.layers[i]
     return list(selected.items())
 
@@ -174,3 +186,50 @@ def gradual_unfreeze_order(groups: LayerGroups, names: list[str]) -> list[list[s
     if "embeddings" in selected:
         stages.append(["embeddings"])
     return stages or [[]]
+
+
+def strategy_phases(strategy: StrategyParams) -> list[tuple[str, PhaseSpec]]:
+    """Each phase spec with its params key: ('strategy.prelude.0', spec), ('strategy.phases.0', spec), ..."""
+    return [(f"strategy.prelude.{i}", spec) for i, spec in enumerate(strategy.prelude)] + [
+        (f"strategy.phases.{i}", spec) for i, spec in enumerate(strategy.phases)
+    ]
+
+
+def check_layer_slices(strategy: StrategyParams, num_layers: int) -> None:
+    """Every `layers[i:j]` of every phase within the model's layers, checked before any phase trains.
+
+    Raises ParamsError naming `strategy.phases.N.train`, the model's layer count and the fix.
+    """
+    for field, spec in strategy_phases(strategy):
+        for name in spec.train:
+            if LAYER_SLICE.match(name):
+                _layer_indices(name, num_layers, f"{field}.train")
+
+
+def unfreeze_stages(groups: LayerGroups, names: list[str], uses_pooler: bool) -> list[list[str]]:
+    """Groups that train in each epoch of a gradual phase, as the phase builds them: the head alone,
+    then one more group a stage (`gradual_unfreeze_order`); the pooler only counts when it is used."""
+    order = gradual_unfreeze_order(groups, [n for n in names if n != "head"])
+    active = ["head"] if "head" in names else []
+    stages = [list(active)] if active else []
+    for step in order:
+        added = [n for n in step if (n != "pooler" or uses_pooler) and n not in active]
+        if added:
+            active = active + added
+            stages.append(list(active))
+    return stages or [active]
+
+
+def gradual_shortfall(spec: PhaseSpec, groups: LayerGroups, uses_pooler: bool, field: str) -> str | None:
+    """A warning when a gradual phase has fewer epochs than stages: its last groups would never train."""
+    if spec.unfreeze != "gradual":
+        return None
+    stages = unfreeze_stages(groups, spec.train, uses_pooler)
+    if spec.epochs >= len(stages):
+        return None
+    never = [n for n in stages[-1] if n not in stages[spec.epochs - 1]]
+    return (
+        f"{field}: gradual unfreezing has {len(stages)} stages on this {groups.num_layers}-layer model "
+        f"but epochs is {spec.epochs}, so {', '.join(never)} never train; set {field}.epochs to at "
+        f"least {len(stages)}"
+    )

@@ -25,10 +25,20 @@ STATE = "state.json"
 
 
 def rng_state() -> dict[str, Any]:
+    """Every generator's full state as tensors and plain numbers (loadable with `weights_only`):
+    numpy's position and cached Gaussian and Python's `gauss_next` too, so draws after a resume
+    are the draws an uninterrupted run would have made."""
+    _, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)  # type: ignore[misc]
+    version, internal, gauss_next = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": np.asarray(np.random.get_state(legacy=True)[1]).tolist(),  # type: ignore[index]
-        "python": list(random.getstate()[1]),
+        "numpy": {
+            "keys": np.asarray(keys).tolist(),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "python": {"version": int(version), "internal": list(internal), "gauss_next": gauss_next},
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -37,8 +47,18 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(("MT19937", np.asarray(state["numpy"], dtype=np.uint32), 624, 0, 0.0))
-    random.setstate((3, (*state["python"],), None))
+    numpy = state["numpy"]
+    np.random.set_state(
+        (
+            "MT19937",
+            np.asarray(numpy["keys"], dtype=np.uint32),
+            numpy["pos"],
+            numpy["has_gauss"],
+            numpy["cached_gaussian"],
+        )
+    )
+    python = state["python"]
+    random.setstate((python["version"], tuple(python["internal"]), python["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 

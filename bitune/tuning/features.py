@@ -7,6 +7,8 @@ keyed by model, data version, tokenizer settings and pooling when the backbone i
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -71,8 +73,21 @@ def cached_features(
         for name, rows in splits.items()
     }
     if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(".tmp")
+        save_features(feats, cache_file)
+    return feats
+
+
+def save_features(feats: dict[str, torch.Tensor], cache_file: Path) -> None:
+    """Write to a temp file of this process's own, then rename: safe with several writers.
+
+    Every DDP rank encodes the same features and writes them; with one shared temp name a rank
+    could rename another's half-written file into place, or find its temp file renamed away. Each
+    rename replaces the file whole, so a reader sees one complete copy or another.
+    """
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
         save_file({k: v.contiguous() for k, v in feats.items()}, str(tmp))
         tmp.replace(cache_file)
-    return feats
+    finally:
+        tmp.unlink(missing_ok=True)

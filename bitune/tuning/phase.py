@@ -11,7 +11,7 @@ import contextlib
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,17 +21,23 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from bitune.errors import TrainingError
+from bitune.errors import ParamsError, TrainingError
 from bitune.evaluation.metrics import summary_metrics
 from bitune.model.classifier import BituneClassifier
 from bitune.model.layer_groups import LayerGroups, gradual_unfreeze_order
 from bitune.params import PhaseSpec
 from bitune.tuning.averaging import WeightAverage
-from bitune.tuning.batching import BatchList, length_grouped_batches, pad_batch
+from bitune.tuning.batching import (
+    BatchList,
+    batch_count,
+    length_grouped_batches,
+    pad_batch,
+    shard_batches,
+)
 from bitune.tuning.checkpoint import PhaseCheckpoints, rng_state, set_rng_state
 from bitune.tuning.contrastive import supervised_contrastive_loss
 from bitune.tuning.features import cached_features, encode_rows
-from bitune.tuning.freezing import Selected, freeze_except, set_train_mode, trainable_modules, trainable_names
+from bitune.tuning.freezing import Selected, freeze_except, set_train_mode, trainable_modules
 from bitune.tuning.optim import build_optimizer, build_scheduler
 from bitune.tuning.schedule import PhaseRun
 
@@ -58,17 +64,23 @@ class PhaseContext:
     feature_cache: Path | None = None  # used only while the backbone is still pretrained
     on_step: MetricsHook | None = None  # (metrics, global step), every `log_every` optimizer steps
     on_epoch: MetricsHook | None = None  # (metrics, epoch)
-    log_every: int = 10  # also how often the NaN guard reads the loss back (each read syncs a GPU)
+    log_every: int = 10  # also how often the NaN guard reads the loss and weights back (a GPU sync)
     progress: bool = True  # tqdm bars for training and evaluation (main process only)
     compile: bool = False  # torch.compile the forward pass (dynamic shapes: batches are padded per batch)
 
 
 @dataclass
 class PhaseResult:
+    """What a phase did. `best*` is the best epoch *seen* (by `early_stopping.metric`); the weights
+    handed on are those of `kept_epoch`, evaluated as `kept`: the best epoch only when
+    `early_stopping.patience` is set, else the last epoch (its weight average with `ema`)."""
+
     key: str
     history: list[dict[str, float]] = field(default_factory=list)
-    best_epoch: int = 0
-    best: dict[str, float] = field(default_factory=dict)
+    best_epoch: int = 0  # the epoch with the best watched validation metric seen
+    best: dict[str, float] = field(default_factory=dict)  # that epoch's history entry
+    kept_epoch: int = 0  # the epoch whose (evaluated) weights the phase hands on
+    kept: dict[str, float] = field(default_factory=dict)  # that epoch's history entry
     trainable_params: int = 0
     train_seconds: float = 0.0
     train_samples: int = 0
@@ -206,14 +218,74 @@ def _batch_loss(
     return task_loss, task_loss + spec.contrastive * contrast
 
 
-def _check_finite(loss_sum: torch.Tensor, key: str, epoch: int, step: int, lr: float) -> None:
-    """The NaN/inf guard. Reads the epoch's running loss sum: one sync per call, not per step."""
-    value = loss_sum.item()
-    if not math.isfinite(value):
+def _weights_norm(params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Σ‖θ‖ over `params`, on the device: non-finite iff any weight is.
+
+    A non-finite gradient at any step leaves non-finite weights behind for good (Adam turns an inf
+    into NaN, and NaN stays), so reading this at each guard check catches every bad update,
+    however late in an epoch, for a tenth of the cost of a gradient norm at every step.
+    """
+    if not params:
+        return torch.zeros(())
+    return torch.stack(torch._foreach_norm([p.detach() for p in params])).sum()
+
+
+def _check_finite(
+    loss_sum: torch.Tensor,
+    key: str,
+    epoch: int,
+    step: int,
+    lr: float,
+    params: Sequence[torch.Tensor] = (),
+) -> None:
+    """The NaN/inf guard: the epoch's running loss sum and, when given, the trained weights, read
+    back together (one sync per call, not per step)."""
+    values = torch.stack([loss_sum.float(), _weights_norm(params).float().to(loss_sum.device)])
+    loss, weights = values.tolist()
+    if not math.isfinite(loss):
         raise TrainingError(
-            f"{key}: loss became {value} at epoch {epoch}, by step {step}; lower the phase's lr "
+            f"{key}: loss became {loss} at epoch {epoch}, by step {step}; lower the phase's lr "
             f"(now {lr}) or use train.precision=fp32"
         )
+    if not math.isfinite(weights):
+        raise TrainingError(
+            f"{key}: weights became non-finite at epoch {epoch}, by step {step} (a non-finite "
+            f"gradient); lower the phase's lr (now {lr}) or use train.precision=fp32"
+        )
+
+
+def _check_validation(val: dict[str, float], key: str, epoch: int, lr: float) -> None:
+    """Never checkpoint, keep or hand on weights whose validation loss is not finite."""
+    if not math.isfinite(val["loss"]):
+        raise TrainingError(
+            f"{key}: validation loss became {val['loss']} at epoch {epoch}; lower the phase's lr "
+            f"(now {lr}) or use train.precision=fp32"
+        )
+
+
+def _require_parameters(selected: Selected, run: PhaseRun) -> None:
+    """A phase whose groups hold no parameters (the pooler under mean pooling) cannot train."""
+    if any(p.numel() for _, module in selected for p in module.parameters()):
+        return
+    spec = run.spec
+    raise ParamsError(
+        f"strategy phase {spec.name!r} (key {run.key}): train={spec.train} selects no parameters in "
+        "this model (the pooler trains only with model.pooling=default); add head or a backbone "
+        "group such as layers[-2:] to the phase's train list"
+    )
+
+
+def _with_last(items: Iterable[Any]) -> Iterator[tuple[Any, bool]]:
+    """(item, is it the last one): the end of an epoch as the iteration itself ends, not a count."""
+    iterator = iter(items)
+    try:
+        current = next(iterator)
+    except StopIteration:
+        return
+    for upcoming in iterator:
+        yield current, False
+        current = upcoming
+    yield current, True
 
 
 def _better(metric: str, value: float, best: float | None) -> bool:
@@ -262,8 +334,67 @@ def _stages(run: PhaseRun, model: BituneClassifier, ctx: PhaseContext) -> list[S
     return stages or [everything]
 
 
+class _Wrapped:
+    """The model as the training loop calls it: DDP-wrapped (under several processes) and/or
+    compiled, built once per phase and again only when the trainable set changes (DDP registers
+    the parameters that need gradients when it wraps). Closing undoes what `prepare_model` left
+    behind: its entry in the accelerator's model list (one more per call, never removed by
+    accelerate) and, under mixed precision, the autocast wrapper it puts on the model's forward."""
+
+    def __init__(self, model: BituneClassifier, ctx: PhaseContext) -> None:
+        self.model, self.ctx = model, ctx
+        self.module: torch.nn.Module = model
+        self.trainable: frozenset[str] | None = None
+        self.registered: list[Any] = []  # what prepare_model appended to accelerator._models
+        self.patched_forward = False
+
+    def for_trainable(self) -> torch.nn.Module:
+        names = frozenset(n for n, p in self.model.named_parameters() if p.requires_grad)
+        if names == self.trainable:
+            return self.module
+        self.close()
+        self.trainable = names
+        module: torch.nn.Module = self.model
+        if self.ctx.accelerator.num_processes > 1:
+            models = self.ctx.accelerator._models
+            count, own_forward = len(models), "forward" in vars(self.model)
+            module = self.ctx.accelerator.prepare_model(self.model)
+            self.registered = models[count:]
+            self.patched_forward = not own_forward and "forward" in vars(self.model)
+        if self.ctx.compile:
+            module = torch.compile(module, dynamic=True)  # type: ignore[assignment]
+        self.module = module
+        return module
+
+    def close(self) -> None:
+        models = self.ctx.accelerator._models
+        for added in self.registered:
+            at = max((i for i, m in enumerate(models) if m is added), default=None)
+            if at is not None:
+                del models[at]
+        if self.patched_forward:
+            vars(self.model).pop("forward", None)
+            vars(self.model).pop("_original_forward", None)
+        self.module, self.trainable, self.registered, self.patched_forward = self.model, None, [], False
+
+
+def _check_resumable(recorded: list[str] | None, expected: list[str], run: PhaseRun, folder: Path) -> None:
+    """A checkpoint resumes only the phase it was written for: the same parameters in the optimizer."""
+    if recorded is None or set(recorded) == set(expected):
+        return
+    only_saved = sorted(set(recorded) - set(expected))
+    only_now = sorted(set(expected) - set(recorded))
+    raise TrainingError(
+        f"{run.key}: checkpoint {folder} was written for other trainable parameters "
+        f"(only in checkpoint: {only_saved[:3]}{'…' if len(only_saved) > 3 else ''}, "
+        f"only now: {only_now[:3]}{'…' if len(only_now) > 3 else ''}); restore the params and "
+        "model it was written with, or delete the folder (or run with --force) to train the phase again"
+    )
+
+
 def run_phase(model: BituneClassifier, run: PhaseRun, data: PhaseData, ctx: PhaseContext) -> PhaseResult:
-    """Train one phase in place; with early stopping, the best epoch's weights are restored."""
+    """Train one phase in place; with early stopping (patience), the best epoch's weights are
+    restored, else the last epoch's (or their average) are handed on: see `PhaseResult.kept`."""
     spec = run.spec
     result = PhaseResult(key=run.key)
     device = ctx.accelerator.device
@@ -276,25 +407,34 @@ def run_phase(model: BituneClassifier, run: PhaseRun, data: PhaseData, ctx: Phas
 
     stages = _stages(run, model, ctx)
     all_selected = {name: module for stage in stages for name, module in stage}
+    _require_parameters(list(all_selected.items()), run)
     freeze_except(model, list(all_selected.items()))
     phase_ids = {id(p) for module in all_selected.values() for p in module.parameters()}
+    phase_params = [p for p in model.parameters() if id(p) in phase_ids]
+    phase_names = [n for n, p in model.named_parameters() if id(p) in phase_ids]
 
     def phase_state() -> dict[str, torch.Tensor]:
         """Every parameter this phase may train (any stage): what a checkpoint must hold."""
         return {n: p.detach().clone().cpu() for n, p in model.named_parameters() if id(p) in phase_ids}
 
     optimizer = build_optimizer(list(all_selected.items()), spec, len(ctx.groups.layers))
-    world = ctx.accelerator.num_processes
-    steps_per_epoch = math.ceil(math.ceil(len(data.train) / spec.batch_size) / spec.grad_accum)
+    world, rank = ctx.accelerator.num_processes, ctx.accelerator.process_index
+    if len(data.train) < world:
+        raise TrainingError(
+            f"{run.key}: {len(data.train)} training rows for {world} processes; lower train.processes"
+        )
+    steps_per_epoch = math.ceil(batch_count(len(data.train), spec.batch_size, world) / spec.grad_accum)
     total_steps = spec.max_steps or steps_per_epoch * spec.epochs
     scheduler = build_scheduler(optimizer, spec, total_steps)
     average = _average(model, phase_ids, spec)
     lengths = [len(r["input_ids"]) for r in data.train]
     val_labels = _labels(data.validation)
 
-    start_epoch, best_value, best_state, step = 1, None, None, 0
+    start_epoch, best_value, best_state, step, stopped = 1, None, None, 0, False
     resumed = ctx.checkpoints.load() if ctx.checkpoints else None
     if resumed is not None:
+        assert ctx.checkpoints is not None
+        _check_resumable(resumed.info.get("trainable"), phase_names, run, ctx.checkpoints.folder)
         _load_partial(model, resumed.weights)
         optimizer.load_state_dict(resumed.training_state["optimizer"])
         scheduler.load_state_dict(resumed.training_state["scheduler"])
@@ -304,130 +444,143 @@ def run_phase(model: BituneClassifier, run: PhaseRun, data: PhaseData, ctx: Phas
         result.history = resumed.info["history"]
         result.best_epoch, best_value = resumed.info["best_epoch"], resumed.info["best_value"]
         step, start_epoch = resumed.info["step"], resumed.epoch + 1
+        stopped = bool(resumed.info.get("stopped", False))  # early stop or max_steps: train no more
         best_state = resumed.best
         result.resumed_from_epoch = resumed.epoch
+        if result.history:
+            result.trainable_params = int(result.history[-1]["trainable_params"])
 
     anchor_weight = effective_anchor(spec, len(data.train))
-    stopped_early = False
-    for epoch in range(start_epoch, spec.epochs + 1):
-        selected = stages[min(epoch - 1, len(stages) - 1)]
-        result.trainable_params = freeze_except(model, selected)
-        anchor = _Anchor.build(model, ctx.pretrained, anchor_weight)
-        set_train_mode(model, selected)
-        wrapped: torch.nn.Module = ctx.accelerator.prepare_model(model) if world > 1 else model
-        if ctx.compile:
-            wrapped = torch.compile(wrapped, dynamic=True)  # type: ignore[assignment]
-        batches = length_grouped_batches(lengths, spec.batch_size, ctx.seed * 1000 + run.index * 100 + epoch)
-        loader: torch.utils.data.DataLoader = torch.utils.data.DataLoader(
-            data.train,  # type: ignore[arg-type]
-            batch_sampler=BatchList(batches),
-            collate_fn=lambda rows: pad_batch(rows, data.pad_token_id),
-            pin_memory=device.type == "cuda",  # so the copies below need not wait for the GPU
-        )
-        if world > 1:
-            loader = ctx.accelerator.prepare_data_loader(loader)
-        # the loss sum stays on the device: reading it back every step would stall a GPU's queue
-        t0, seen, running = time.perf_counter(), 0, torch.zeros((), device=device)
-        optimizer.zero_grad(set_to_none=True)
-        bar = tqdm(loader, desc=f"{run.key} epoch {epoch}/{spec.epochs}", leave=False, disable=_quiet(ctx))
-        for micro, batch in enumerate(bar, start=1):
-            sync = micro % spec.grad_accum == 0 or micro == len(loader)
-            no_sync = (
-                ctx.accelerator.no_sync(wrapped) if (world > 1 and not sync) else contextlib.nullcontext()
-            )
-            with no_sync:
-                with _autocast(ctx.accelerator):
-                    inputs = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                    task_loss, loss = _batch_loss(wrapped, inputs, spec)
-                ctx.accelerator.backward(loss / spec.grad_accum)
-            seen += len(batch["labels"])
-            running += task_loss.detach()
-            if not sync:
-                continue
-            decoupled = spec.anchor_mode == "decoupled"
-            if anchor.params and not decoupled:
-                anchor.add_gradient(anchor_weight)
-            optimizer.step()
-            if anchor.params and decoupled:
-                anchor.pull(anchor_weight, optimizer)  # at this step's lr, before the scheduler moves it
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            if average is not None:
-                average.update()
-            step += 1
-            if step % ctx.log_every == 0:
-                _check_finite(running, run.key, epoch, step, spec.lr)
-            if ctx.on_step and step % ctx.log_every == 0:  # after the guard: never log a NaN as a metric
-                ctx.on_step(
-                    {
-                        "train_loss": task_loss.item(),
-                        "anchor": anchor.term(),
-                        "lr": float(scheduler.get_last_lr()[0]),
-                    },
-                    step,
-                )
-            if spec.max_steps and step >= spec.max_steps:
+    with contextlib.closing(_Wrapped(model, ctx)) as wrapper:  # released however the loop ends
+        for epoch in range(start_epoch, spec.epochs + 1):
+            if stopped:
                 break
-        _check_finite(running, run.key, epoch, step, spec.lr)  # also waits for the device's queue
-        epoch_seconds = time.perf_counter() - t0  # the training loop only, not the validation pass below
-        result.train_seconds += epoch_seconds
-        result.train_samples += seen * world  # split batches: each process saw its slice
-        with _averaged(average):
-            logits = predict_logits(model, data.validation, ctx, data.pad_token_id)
-        val = summary_metrics(logits, val_labels)
-        metrics = {f"val_{k}": v for k, v in val.items()} | {
-            "train_loss": running.item() / max(1, micro),
-            "anchor": anchor.term(),
-            "anchor_weight": anchor_weight,
-            "trainable_params": float(result.trainable_params),
-            "train_samples_per_s": seen * world / max(1e-9, epoch_seconds),
-        }
-        result.history.append({"epoch": float(epoch), **metrics})
-        watched = val[spec.early_stopping.metric]
-        if _better(spec.early_stopping.metric, watched, best_value):
-            best_value, result.best_epoch = watched, epoch
-            with _averaged(average):
-                best_state = phase_state() if spec.early_stopping.patience else None
-        patience = spec.early_stopping.patience
-        stopped_early = bool(patience and epoch - result.best_epoch >= patience)
-        if ctx.checkpoints and ctx.accelerator.is_main_process:
-            ctx.checkpoints.save(
-                epoch,
-                {
-                    "history": result.history,
-                    "best_epoch": result.best_epoch,
-                    "best_value": best_value,
-                    "step": step,
-                    "trainable": trainable_names(model),
-                },
-                phase_state(),
-                best_state,
-                {
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "rng": rng_state(),
-                }
-                | ({"average": average.state_dict()} if average is not None else {}),
+            selected = stages[min(epoch - 1, len(stages) - 1)]
+            result.trainable_params = freeze_except(model, selected)
+            anchor = _Anchor.build(model, ctx.pretrained, anchor_weight)
+            set_train_mode(model, selected)
+            wrapped = wrapper.for_trainable()
+            batches = length_grouped_batches(
+                lengths, spec.batch_size, ctx.seed * 1000 + run.index * 100 + epoch, min_rows=world
             )
-        ctx.accelerator.wait_for_everyone()
-        if ctx.on_epoch:
-            ctx.on_epoch(metrics, epoch)
-        if stopped_early or (spec.max_steps and step >= spec.max_steps):
-            break
+            plan = shard_batches(batches, spec.grad_accum, world, rank)
+            loader: torch.utils.data.DataLoader = torch.utils.data.DataLoader(
+                data.train,  # type: ignore[arg-type]
+                batch_sampler=BatchList([micro_batch.rows for micro_batch in plan]),
+                collate_fn=lambda rows: pad_batch(rows, data.pad_token_id),
+                pin_memory=device.type == "cuda",  # so the copies below need not wait for the GPU
+            )
+            # the loss sum stays on the device: reading it back every step would stall a GPU's queue
+            t0, seen, micro, running = time.perf_counter(), 0, 0, torch.zeros((), device=device)
+            optimizer.zero_grad(set_to_none=True)
+            bar = tqdm(
+                loader, desc=f"{run.key} epoch {epoch}/{spec.epochs}", leave=False, disable=_quiet(ctx)
+            )
+            for batch, last in _with_last(bar):
+                share = plan[micro]
+                micro += 1
+                sync = micro % spec.grad_accum == 0 or last
+                no_sync = (
+                    ctx.accelerator.no_sync(wrapped) if (world > 1 and not sync) else contextlib.nullcontext()
+                )
+                with no_sync:
+                    with _autocast(ctx.accelerator):
+                        inputs = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                        task_loss, loss = _batch_loss(wrapped, inputs, spec)
+                    # the window's mean gradient over its rows, however many rows and batches it has
+                    ctx.accelerator.backward(loss * share.weight)
+                seen += share.batch_rows
+                running += task_loss.detach()
+                if not sync:
+                    continue
+                decoupled = spec.anchor_mode == "decoupled"
+                if anchor.params and not decoupled:
+                    anchor.add_gradient(anchor_weight)
+                optimizer.step()
+                if anchor.params and decoupled:
+                    anchor.pull(anchor_weight, optimizer)  # at this step's lr, before the scheduler moves it
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                if average is not None:
+                    average.update()
+                step += 1
+                if step % ctx.log_every == 0:
+                    _check_finite(running, run.key, epoch, step, spec.lr, phase_params)
+                if ctx.on_step and step % ctx.log_every == 0:  # after the guard: never log a NaN as a metric
+                    ctx.on_step(
+                        {
+                            "train_loss": task_loss.item(),
+                            "anchor": anchor.term(),
+                            "lr": float(scheduler.get_last_lr()[0]),
+                        },
+                        step,
+                    )
+                if spec.max_steps and step >= spec.max_steps:
+                    break
+            # also waits for the device's queue; checks the weights so no NaN is validated or saved
+            _check_finite(running, run.key, epoch, step, spec.lr, phase_params)
+            epoch_seconds = time.perf_counter() - t0  # the training loop only, not the validation pass below
+            result.train_seconds += epoch_seconds
+            result.train_samples += seen  # rows of the whole batches: every process took its slice
+            with _averaged(average):
+                logits = predict_logits(model, data.validation, ctx, data.pad_token_id)
+            val = summary_metrics(logits, val_labels)
+            _check_validation(val, run.key, epoch, spec.lr)
+            metrics = {f"val_{k}": v for k, v in val.items()} | {
+                "train_loss": running.item() / max(1, micro),
+                "anchor": anchor.term(),
+                "anchor_weight": anchor_weight,
+                "trainable_params": float(result.trainable_params),
+                "train_samples_per_s": seen / max(1e-9, epoch_seconds),
+            }
+            result.history.append({"epoch": float(epoch), **metrics})
+            watched = val[spec.early_stopping.metric]
+            if _better(spec.early_stopping.metric, watched, best_value):
+                best_value, result.best_epoch = watched, epoch
+                with _averaged(average):
+                    best_state = phase_state() if spec.early_stopping.patience else None
+            patience = spec.early_stopping.patience
+            stopped = bool(patience and epoch - result.best_epoch >= patience) or bool(
+                spec.max_steps and step >= spec.max_steps
+            )
+            if ctx.checkpoints and ctx.accelerator.is_main_process:
+                ctx.checkpoints.save(
+                    epoch,
+                    {
+                        "history": result.history,
+                        "best_epoch": result.best_epoch,
+                        "best_value": best_value,
+                        "step": step,
+                        "stopped": stopped,
+                        "trainable": phase_names,
+                    },
+                    phase_state(),
+                    best_state,
+                    {
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "rng": rng_state(),
+                    }
+                    | ({"average": average.state_dict()} if average is not None else {}),
+                )
+            ctx.accelerator.wait_for_everyone()
+            if ctx.on_epoch:
+                ctx.on_epoch(metrics, epoch)
+    result.kept_epoch = len(result.history)
     if best_state is not None and result.best_epoch != len(result.history):
         _load_partial(model, best_state)
+        result.kept_epoch = result.best_epoch
     elif average is not None:
         average.copy_to_model()
-    result.best = _best_entry(result)
+    result.best = _entry(result, result.best_epoch)
+    result.kept = _entry(result, result.kept_epoch)
     model.requires_grad_(False)
     model.eval()
     return result
 
 
-def _best_entry(result: PhaseResult) -> dict[str, float]:
-    if not result.history:
-        return {}
-    return next(h for h in result.history if int(h["epoch"]) == result.best_epoch)
+def _entry(result: PhaseResult, epoch: int) -> dict[str, float]:
+    return next((h for h in result.history if int(h["epoch"]) == epoch), {})
 
 
 def _run_on_features(
@@ -437,7 +590,9 @@ def _run_on_features(
     spec = run.spec
     device = ctx.accelerator.device
     selected = trainable_modules(model, spec.train, ctx.groups)
+    _require_parameters(selected, run)
     result.trainable_params = freeze_except(model, selected)
+    trained = [p for _, module in selected for p in module.parameters()]
     result.used_feature_cache = True
     cache = ctx.feature_cache
     if cache is not None and spec.max_train_rows is not None and spec.max_train_rows == len(data.train):
@@ -481,10 +636,11 @@ def _run_on_features(
                 average.update()
             total += loss.detach() * len(idx)
             step += 1
-        _check_finite(total, run.key, epoch, step, spec.lr)
+        _check_finite(total, run.key, epoch, step, spec.lr, trained)
         model.eval()
         with _averaged(average), torch.inference_mode():
             val = summary_metrics(model.top(val_x).float().cpu(), val_y)
+        _check_validation(val, run.key, epoch, spec.lr)
         metrics = {f"val_{k}": v for k, v in val.items()} | {"train_loss": total.item() / len(train_x)}
         result.history.append({"epoch": float(epoch), **metrics})
         if ctx.on_epoch:
@@ -499,13 +655,16 @@ def _run_on_features(
             spec.max_steps and step >= spec.max_steps
         ):
             break
+    result.kept_epoch = len(result.history)
     if spec.early_stopping.patience and best_state is not None:
         _load_partial(model, best_state)
+        result.kept_epoch = result.best_epoch
     elif average is not None:
         average.copy_to_model()
     result.train_seconds = time.perf_counter() - train_t0 + encode_seconds
     result.train_samples = len(train_x) * len(result.history)
-    result.best = _best_entry(result)
+    result.best = _entry(result, result.best_epoch)
+    result.kept = _entry(result, result.kept_epoch)
     model.requires_grad_(False)
     model.eval()
     return result

@@ -24,14 +24,19 @@ class BituneTextClassifier(PythonModel):
 
         self.model, self.tokenizer, self.meta = load_classifier(Path(context.artifacts["classifier"]))
         self.model.eval()
+        self.preprocess = self.meta.preprocess()
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:  # type: ignore[no-untyped-def]
+        from bitune.data.preprocess import normalise_texts
+
         if isinstance(model_input, pd.DataFrame):
             texts = (
                 model_input["text" if "text" in model_input else model_input.columns[0]].astype(str).tolist()
             )
         else:
             texts = [str(t) for t in model_input]
+        # normalised as the training texts were (lowercase, strip, whitespace), from the saved meta
+        texts = normalise_texts(pd.Series(texts, dtype=object), self.preprocess).tolist()
         probs = []
         with torch.inference_mode():
             for i in range(0, len(texts), BATCH):

@@ -1,0 +1,109 @@
+"""The default source 'demo' never replaces the user's data: real DVC repos, `version_data_fn`.
+
+The demo writes data/ only while there is no data version yet or the current one is itself the demo;
+after `--data reviews.csv`, a plain run versions nothing new and retrains on reviews.csv's version.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import make_project
+
+from bitune.data.demo import DEMO_FILE, DEMO_MARKER, demo_files, holds_demo, make_demo_frame
+from bitune.errors import DataError
+from bitune.params import DataParams
+from tasks import dvc_store
+from tasks.data import dir_md5, version_data_fn
+
+pytestmark = pytest.mark.slow
+
+DEMO = DataParams(demo_rows=60)  # the default source, 'demo', at a size that validates quickly
+
+
+def state(root: Path) -> dict[str, object]:
+    """data.dvc, data/ and every object in the cache and the remote."""
+
+    def files(folder: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    return {
+        "data.dvc": (root / "data.dvc").read_bytes(),
+        "data": files(root / "data"),
+        "cache": sorted(files(dvc_store.cache_dir(root))),
+        "remote": sorted(files(root / ".dvc-storage")),
+    }
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    return make_project(tmp_path / "project", Path())
+
+
+def test_first_demo_is_versioned_with_its_marker_and_the_md5_dvc_records(project: Path) -> None:
+    version = version_data_fn(DEMO, project)
+    assert sorted(p.name for p in (project / "data").iterdir()) == [DEMO_MARKER, DEMO_FILE]
+    assert holds_demo(project / "data")
+    # dir_md5 is how a run recognises the demo without data/ (a fresh clone): it must agree with DVC
+    assert version.md5 == dir_md5(demo_files(60, 0)) == dvc_store.data_version(project)
+
+
+def test_plain_run_after_real_data_keeps_that_version(project: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    version_data_fn(DEMO, project)
+    reviews = project.parent / "reviews.csv"
+    make_demo_frame(80, 9).to_csv(reviews, index=False)  # demo-like labels: the audit's worst case
+    real = version_data_fn(DataParams(source=str(reviews)), project)
+    before = state(project)
+    with caplog.at_level(logging.WARNING, logger="bitune"):
+        again = version_data_fn(DEMO, project)  # `bitune run` with the default params
+        forced_demo_size = version_data_fn(DataParams(demo_rows=90), project)
+    assert again.md5 == forced_demo_size.md5 == real.md5 and not again.changed
+    assert state(project) == before  # data.dvc, data/, cache and remote exactly as they were
+    assert (project / "data" / "reviews.csv").read_bytes() == reviews.read_bytes()
+    assert "is not the demo: retraining on it" in caplog.text and real.md5 in caplog.text
+
+
+def test_a_demo_version_is_regenerated_when_the_demo_params_change(project: Path) -> None:
+    first = version_data_fn(DEMO, project)
+    bigger = version_data_fn(DataParams(demo_rows=80), project)
+    assert bigger.changed and bigger.md5 != first.md5 and bigger.md5 == dir_md5(demo_files(80, 0))
+
+
+def test_an_edited_demo_is_the_users_data(project: Path) -> None:
+    version_data_fn(DEMO, project)
+    edited = project / "data" / DEMO_FILE
+    edited.write_bytes(edited.read_bytes() + b"A row the user added by hand.,positive\n")
+    version = version_data_fn(DEMO, project)
+    assert version.changed and b"by hand" in edited.read_bytes()  # versioned as is, not regenerated
+
+
+def test_real_version_without_data_dir_is_refused_and_left_alone(project: Path) -> None:
+    reviews = project.parent / "reviews.csv"
+    make_demo_frame(80, 9).to_csv(reviews, index=False)
+    real = version_data_fn(DataParams(source=str(reviews)), project)
+    shutil.rmtree(project / "data")  # a fresh clone of a project whose data.dvc names real data
+    dvc_file = (project / "data.dvc").read_bytes()
+    with pytest.raises(DataError, match=rf"records data version {real.md5}, not the demo.*dvc pull.*--data"):
+        version_data_fn(DEMO, project)
+    assert (project / "data.dvc").read_bytes() == dvc_file and not (project / "data").exists()
+
+
+@pytest.mark.parametrize(
+    ("marker", "checked_out"),
+    [(True, False), (False, False), (False, True)],
+    ids=["fresh-clone", "fresh-clone-of-a-demo-before-markers", "demo-before-markers"],
+)
+def test_a_demo_version_from_before_or_elsewhere_gets_the_demo(
+    project: Path, marker: bool, checked_out: bool
+) -> None:
+    """data.dvc names the demo these params write (as the repo ships it); data/ unpulled or unmarked."""
+    files = demo_files(60, 0) if marker else {DEMO_FILE: demo_files(60, 0)[DEMO_FILE]}
+    (project / "data.dvc").write_text(f"outs:\n- md5: {dir_md5(files)}\n  hash: md5\n  path: data\n")
+    if checked_out:
+        (project / "data").mkdir()
+        (project / "data" / DEMO_FILE).write_bytes(files[DEMO_FILE])
+    version = version_data_fn(DEMO, project)
+    assert holds_demo(project / "data") and version.md5 == dir_md5(demo_files(60, 0))

@@ -1,0 +1,79 @@
+"""Keys derived from params: each phase's key is unique, and the digest hashes only what shapes the model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bitune.errors import ParamsError
+from bitune.params import load_params
+from bitune.tuning.schedule import expand_strategy
+
+PARAMS = Path(__file__).resolve().parents[1] / "params" / "default.yaml"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["strategy.phases.1.name=head"],
+            "strategy: strategy.phases.1.name: phase key 'head' is also strategy.phases.0.name's",
+        ),
+        (  # the prelude runs under its bare name, as round 1 of the repeated phases does
+            ["strategy=lp_ft", "strategy.prelude.0.name=full"],
+            "strategy.phases.0.name: phase key 'full' is also strategy.prelude.0.name's",
+        ),
+        (  # round 2 of 'bottom' is 'bottom-r2'
+            ["strategy.rounds=2", "strategy.phases.0.name=bottom-r2"],
+            "strategy.phases.1.name: phase key 'bottom-r2' is also strategy.phases.0.name's",
+        ),
+    ],
+)
+def test_phases_with_the_same_key_are_a_params_error(overrides: list[str], message: str) -> None:
+    with pytest.raises(ParamsError, match="give each phase a unique name$") as raised:
+        load_params(PARAMS, overrides)
+    assert message in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_every_preset_has_unique_keys_over_rounds() -> None:
+    for preset in ("bidirectional", "full", "gradual_unfreeze", "head_only", "lp_ft"):
+        strategy = load_params(PARAMS, [f"strategy={preset}", "strategy.rounds=3"]).strategy
+        keys = [run.key for run in expand_strategy(strategy)]
+        assert len(keys) == len(set(keys)), preset
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "train.eval_batch_size=7",
+        "train.torch_threads=3",
+        "train.checkpoint_dir=elsewhere/ckpt",
+        "train.feature_cache_dir=null",
+        "data.source=reviews.csv",
+        "data.demo_rows=900",
+        "data.remote=s3://bucket/prefix",
+        "tracking.experiment=other",
+        "registry.min_delta=0.5",
+    ],
+)
+def test_digest_ignores_what_does_not_change_the_model(override: str) -> None:
+    assert load_params(PARAMS, [override]).digest() == load_params(PARAMS).digest()
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "train.processes=2",  # DDP: each optimizer step sees the batches of every process
+        "train.seed=1",
+        "train.precision=bf16",
+        "strategy.phases.1.lr=0.001",
+        "preprocess.lowercase=true",
+        "model.revision=v2",
+        "data.labels=[negative, positive]",
+        "data.split.seed=3",
+        "forgetting.probe_rows=64",  # the CKA stored with each phase's result
+    ],
+)
+def test_digest_follows_what_changes_the_model(override: str) -> None:
+    assert load_params(PARAMS, [override]).digest() != load_params(PARAMS).digest()
