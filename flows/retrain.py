@@ -8,7 +8,8 @@ from pathlib import Path
 from prefect import flow
 from prefect.exceptions import TerminationSignal
 
-from bitune.params import load_params
+from bitune.params import Params, load_params
+from bitune.project_lock import hold_project
 from bitune.tuning.schedule import expand_strategy
 from tasks.data import version_data
 from tasks.evaluate import evaluate
@@ -51,6 +52,12 @@ def retrain(
 ) -> RetrainSummary:
     root = Path(project_dir).resolve()
     params = load_params(root / params_file, overrides or [])
+    with hold_project(root):  # a manual run and a scheduled one must not share data/ and checkpoints
+        return run_pipeline(root, params, force)
+
+
+def run_pipeline(root: Path, params: Params, force: bool) -> RetrainSummary:
+    """The stages in order, for a project this process holds."""
     settings = TrackingSettings.from_params(params.tracking, root)
 
     preflight(settings, params)  # tracking store and model: before the data step changes anything

@@ -162,3 +162,31 @@ def test_tracking_lookups_fail_as_one_line_errors_and_the_check_restores_mlflow_
         check_reachable(settings)
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "7"
     assert "MLFLOW_HTTP_REQUEST_TIMEOUT" not in os.environ
+
+
+def test_a_run_while_another_holds_the_project_fails_in_one_line_and_changes_nothing(  # type: ignore[no-untyped-def]
+    versioned: Path,
+    tiny_bert_dir: Path,
+    prefect_env,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A manual run while a scheduled one trains would close its live runs and share its checkpoints."""
+    from test_project_lock import start_holder
+
+    project = tmp_path / "project"
+    shutil.copytree(versioned, project)
+    (tmp_path / "new.csv").write_bytes(csv(make_demo_frame(60, 5)))
+    before = state(project)
+    holder = start_holder(project)
+    try:
+        args = [*tiny_args(tiny_bert_dir), "--data", str(tmp_path / "new.csv")]
+        proc = bitune_run(project, args, prefect_env)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and not PREFECT_INFO.match(line)]
+    assert len(lines) == 2 and "another retrain of this project is running" in lines[0], lines
+    assert f"pid {holder.pid}" in lines[0]
+    assert state(project) == before
+    assert not (project / "mlflow.db").exists()
