@@ -38,7 +38,7 @@ from rich.table import Table
 
 from bitune.device import make_accelerator, reset_accelerator
 from bitune.evaluation.metrics import summary_metrics
-from bitune.forgetting import encoder_cka, load_probe_texts
+from bitune.forgetting import encoder_cka, load_probe_texts, probe_batches
 from bitune.model.classifier import BituneClassifier, load_backbone, load_tokenizer, resolve_model_source
 from bitune.model.layer_groups import resolve_layer_groups
 from bitune.params import Params, load_params
@@ -88,22 +88,6 @@ def tokenize(tokenizer, frame: pd.DataFrame, max_length: int) -> Rows:  # type: 
         {"input_ids": ids, "attention_mask": mask, "labels": int(label)}
         for ids, mask, label in zip(enc["input_ids"], enc["attention_mask"], frame["label"], strict=True)
     ]
-
-
-def probe_batches(
-    tokenizer, texts: list[str], max_length: int, batch_size: int = 32
-) -> list[dict[str, torch.Tensor]]:  # type: ignore[no-untyped-def]
-    out = []
-    for i in range(0, len(texts), batch_size):
-        enc = tokenizer(
-            texts[i : i + batch_size],
-            truncation=True,
-            max_length=max_length,
-            padding=True,
-            return_tensors="pt",
-        )
-        out.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
-    return out
 
 
 def reference_device(device: str) -> str:

@@ -38,14 +38,13 @@ from strategies import (
     bitune_params,
     carve,
     environment,
-    probe_batches,
     read_sst2,
     reference_device,
     run_bitune,
     tokenize,
 )
 
-from bitune.forgetting import load_probe_texts
+from bitune.forgetting import load_probe_texts, probe_batches
 from bitune.model.classifier import load_backbone, load_tokenizer
 from bitune.params import load_params
 

@@ -13,12 +13,16 @@ import re
 from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from bitune.errors import DataError, ModelError
 from bitune.model.layer_groups import LayerGroups
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 BUNDLED_PROBE = "general_english.txt"
 MIN_PROBE_CHARS = 40
@@ -179,6 +183,23 @@ def load_probe_texts(path: str | None, rows: int) -> list[str]:
             f"{where}: no line of {MIN_PROBE_CHARS}+ characters; point forgetting.probe_file at English prose"
         )
     return texts
+
+
+def probe_batches(
+    tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int, batch_size: int = 32
+) -> list[dict[str, torch.Tensor]]:
+    """The probe texts as padded batches for `encoder_cka`, cut at the length the model trains on."""
+    batches = []
+    for i in range(0, len(texts), batch_size):
+        enc = tokenizer(
+            texts[i : i + batch_size],
+            truncation=True,
+            max_length=max_length,
+            padding=True,
+            return_tensors="pt",
+        )
+        batches.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
+    return batches
 
 
 def _x_order(name: str) -> tuple[int, int, str]:

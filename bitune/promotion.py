@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bitune.params import RegistryParams
+from bitune.params import PER_CLASS_F1, RegistryParams
 
 CKA = "test/cka_to_pretrained"
 # Scores travel through MLflow as floats and tags; a gain equal to `min_delta` must not fail on rounding.
@@ -39,6 +39,15 @@ def decide(
     metric = rules.metric
     if metric not in challenger or metric not in champion:
         side = "challenger" if metric not in challenger else "champion"
+        label = metric.removeprefix(PER_CLASS_F1)
+        if metric.startswith(PER_CLASS_F1) and challenger.get(f"test/support/{label}") == 0:
+            return GateDecision(
+                False,
+                [
+                    f"{metric}: label {label!r} has no rows in the test split, so it has no F1; "
+                    "gate on test/macro_f1 or add test rows of that label"
+                ],
+            )
         return GateDecision(
             False, [f"metric {metric} missing on {side}; set registry.metric to a logged test metric"]
         )

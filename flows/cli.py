@@ -129,6 +129,7 @@ def run(
     project: ProjectOpt = Path("."),
 ) -> None:
     """Run the retrain flow: version data, preprocess, head phase, bottom phase, evaluate, register."""
+    from bitune.data.versioning import check_new_source
     from bitune.params import load_params
 
     root = project.resolve()
@@ -136,7 +137,8 @@ def run(
     overrides = list(set_ or []) + ([f"data.source={data}"] if data else [])
     params_file = params if params.is_absolute() else root / params
     try:
-        load_params(params_file, overrides)  # bad params fail here, before any work starts
+        loaded = load_params(params_file, overrides)  # bad params fail here, before any work starts
+        check_new_source(loaded.data, root)  # and a bad data file, before any server starts
     except BituneError as exc:
         raise fail(exc, log_file) from None
     quiet_defaults()

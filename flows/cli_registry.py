@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -37,6 +39,16 @@ def load_settings(project: Path, params: Path) -> tuple[Params, TrackingSettings
     return loaded, TrackingSettings.from_params(loaded.tracking, root)
 
 
+@contextmanager
+def one_line_errors(project: Path) -> Iterator[None]:
+    """Quiet defaults for the command; a BituneError in it is one line on the terminal and exit status 2."""
+    quiet_defaults()
+    try:
+        yield
+    except BituneError as exc:
+        raise fail(exc, project.resolve() / LOG_FILE) from None
+
+
 def ui_command(settings: TrackingSettings, host: str, port: int) -> list[str]:
     """`mlflow ui` on the project's store; new experiments made in the UI keep artifacts in the project."""
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", settings.uri]
@@ -54,14 +66,11 @@ def promote(
     params: ParamsOpt = DEFAULT_PARAMS,
 ) -> None:
     """Make VERSION the champion if the promotion gate agrees; the old champion is kept for rollback."""
-    quiet_defaults()
-    try:
+    with one_line_errors(project):
         from tasks.promotion import promote as promote_version
 
         loaded, settings = load_settings(project, params)
         done = promote_version(settings, loaded.registry, version, force=force)
-    except BituneError as exc:
-        raise fail(exc, project.resolve() / LOG_FILE) from None
     if not done.changed:
         console.print(f"Version {done.version} of {done.name} is already the champion; nothing changed.")
         return
@@ -75,14 +84,11 @@ def promote(
 
 def rollback(project: ProjectOpt = Path("."), params: ParamsOpt = DEFAULT_PARAMS) -> None:
     """Give the champion alias back to the version the current champion replaced."""
-    quiet_defaults()
-    try:
+    with one_line_errors(project):
         from tasks.promotion import rollback as rollback_champion
 
         loaded, settings = load_settings(project, params)
         done = rollback_champion(settings, loaded.registry.model_name)
-    except BituneError as exc:
-        raise fail(exc, project.resolve() / LOG_FILE) from None
     console.print(
         f"[green]Rolled back:[/] champion of {done.name} is version {done.version} again "
         f"(version {done.replaced} keeps its other aliases)."
@@ -124,16 +130,13 @@ def compare(
     params: ParamsOpt = DEFAULT_PARAMS,
 ) -> None:
     """Table of retrain runs: strategy, data version, test scores, duration, model version and aliases."""
-    quiet_defaults()
-    try:
+    with one_line_errors(project):
         from tasks.promotion import compare_runs, plot_comparison
 
         loaded, settings = load_settings(project, params)
         if experiment:
             settings = dataclasses.replace(settings, experiment=experiment)
         rows = compare_runs(settings, loaded.registry.model_name)
-    except BituneError as exc:
-        raise fail(exc, project.resolve() / LOG_FILE) from None
     if not rows:
         console.print(
             f"No bitune runs in experiment {settings.experiment!r} yet; start one with `bitune run`."
@@ -153,14 +156,11 @@ def ui(
     params: ParamsOpt = DEFAULT_PARAMS,
 ) -> None:
     """Open the MLflow UI on this project's tracking store (runs `mlflow ui`)."""
-    quiet_defaults()
-    try:
+    with one_line_errors(project):
         from tasks.promotion import ensure_store
 
         _, settings = load_settings(project, params)
         ensure_store(settings)
-    except BituneError as exc:
-        raise fail(exc, project.resolve() / LOG_FILE) from None
     if settings.uri.startswith(("http://", "https://")):
         console.print(
             f"Tracking goes to the MLflow server at {settings.uri}: open that address in a browser."

@@ -1,9 +1,10 @@
 """Stage 6, registration: log the model, register a version, alias it `challenger`, run the gate.
 
 The champion is scored again on the challenger's test split before the gate compares them, so the
-comparison is always on the same data version. Aliases move one at a time and the previous
-champion is recorded on the new one, so `bitune rollback` can restore it; the registry is never
-left without a champion or with two.
+comparison is always on the same data version, and only on the rows the champion has not trained on
+(its model folder records them); when some are left out the challenger is scored again on the rest.
+Aliases move one at a time and the previous champion is recorded on the new one, so `bitune rollback`
+can restore it; the registry is never left without a champion or with two.
 """
 
 from __future__ import annotations
@@ -19,15 +20,18 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from prefect import task
+from transformers import PreTrainedTokenizerBase
 
 import bitune
 from bitune.device import make_accelerator
 from bitune.errors import TrackingError
-from bitune.evaluation.rescore import label_ids, named_metrics, score_texts
-from bitune.model.classifier import load_classifier
+from bitune.evaluation.metrics import named_metrics
+from bitune.evaluation.rescore import label_ids, score_texts
+from bitune.evaluation.unseen import GateRows, gate_rows
+from bitune.model.classifier import BituneClassifier, ClassifierMeta, load_classifier, load_seen_text_keys
 from bitune.model.layer_groups import resolve_layer_groups
 from bitune.params import Params, RegistryParams
-from bitune.promotion import GateDecision, decide
+from bitune.promotion import CKA, GateDecision, decide
 from bitune.tuning.phase import PhaseContext
 from tasks.evaluate import Evaluation
 from tasks.preprocess import PreparedData
@@ -96,12 +100,39 @@ def log_model(settings: TrackingSettings, run_id: str, model_dir: Path, example_
     return f"runs:/{run_id}/model"
 
 
+@dataclass(frozen=True)
+class ChampionOnTest:
+    """The champion as the gate sees it on this run's test split."""
+
+    version: str | None = None  # None: the registry has no champion yet
+    scores: dict[str, float] | None = None  # None: not scored (other labels, or no unseen rows to score)
+    rows: GateRows | None = None  # which test rows it is compared on; None when labels differ
+
+
+def score_test_rows(
+    loaded: tuple[BituneClassifier, PreTrainedTokenizerBase, ClassifierMeta],
+    test: pd.DataFrame,
+    params: Params,
+) -> dict[str, float]:
+    """A saved model's test scores on `test`'s text, encoded with its own settings: the one code path
+    for both sides of the gate whenever it compares on a subset of the rows."""
+    model, tokenizer, meta = loaded
+    ctx = PhaseContext(
+        accelerator=make_accelerator(params.train),
+        groups=resolve_layer_groups(model.backbone),
+        pretrained={},  # inference only: nothing is anchored
+        eval_batch_size=params.train.eval_batch_size,
+    )
+    logits = score_texts(model, tokenizer, meta, test["text"].tolist(), ctx)
+    return named_metrics(logits, label_ids(meta, test["label"].tolist()), meta.labels)
+
+
 def champion_metrics(
     settings: TrackingSettings, name: str, params: Params, prepared: PreparedData
-) -> tuple[str | None, dict[str, float] | None]:
-    """The champion's version and its scores on *this* run's test split (same data version).
+) -> ChampionOnTest:
+    """The champion's version and its scores on the rows of *this* run's test split it has not seen.
 
-    (None, None) only when the registry says there is no champion; any other failure to read the
+    No version only when the registry says there is no champion; any other failure to read the
     alias (no permission, server error, locked store) stops the run: promoting on it would replace
     a champion the gate never saw, with no `bitune.previous_champion` to roll back to.
     """
@@ -117,7 +148,7 @@ def champion_metrics(
             "nothing was registered and the champion is unchanged"
         ) from None
     if champion is None:
-        return None, None
+        return ChampionOnTest()
     champion_version = str(champion.version)
     with tempfile.TemporaryDirectory() as tmp:
         # not `models:/name@champion`: MLflow resolves that through the global registry URI (by default
@@ -128,24 +159,54 @@ def champion_metrics(
             tracking_uri=settings.uri,
         )
         classifier_dir = next(Path(local).rglob("bitune.json")).parent
-        model, tokenizer, meta = load_classifier(classifier_dir)
-        if sorted(meta.labels) != sorted(prepared.labels):
-            return champion_version, {}
+        loaded = load_classifier(classifier_dir)
+        if sorted(loaded[2].labels) != sorted(prepared.labels):
+            return ChampionOnTest(champion_version)
         # the text, not the challenger's token ids: the champion may use another vocabulary and length
         test = pd.read_parquet(prepared.split_file("test"))
-        accelerator = make_accelerator(params.train)
-        ctx = PhaseContext(
-            accelerator=accelerator,
-            groups=resolve_layer_groups(model.backbone),
-            pretrained={},  # inference only: nothing is anchored
-            eval_batch_size=params.train.eval_batch_size,
-        )
-        logits = score_texts(model, tokenizer, meta, test["text"].tolist(), ctx)
-    scores = named_metrics(logits, label_ids(meta, test["label"].tolist()), meta.labels)
+        rows = gate_rows(test["text"].tolist(), test["label"].tolist(), load_seen_text_keys(classifier_dir))
+        if rows.blocker(params.registry.metric) is not None:
+            return ChampionOnTest(champion_version, None, rows)
+        scores = score_test_rows(loaded, test[rows.keep], params)
     stored = client.get_run(champion.run_id).data.metrics if champion.run_id else {}
-    if "test/cka_to_pretrained" in stored:
-        scores["test/cka_to_pretrained"] = stored["test/cka_to_pretrained"]
-    return champion_version, scores
+    if CKA in stored:
+        scores[CKA] = stored[CKA]
+    return ChampionOnTest(champion_version, scores, rows)
+
+
+def challenger_metrics(
+    evaluation: Evaluation, model_dir: Path, params: Params, prepared: PreparedData, rows: GateRows
+) -> dict[str, float]:
+    """The challenger's scores on the rows the champion is compared on: its evaluation when that is
+    all of them, else a re-score of the same rows through the champion's code path."""
+    if not rows.excluded:
+        return evaluation.metrics
+    test = pd.read_parquet(prepared.split_file("test"))
+    scores = score_test_rows(load_classifier(model_dir), test[rows.keep], params)
+    if CKA in evaluation.metrics:  # measured on the probe texts, not the test rows
+        scores[CKA] = evaluation.metrics[CKA]
+    return scores
+
+
+def gate(
+    evaluation: Evaluation,
+    model_dir: Path,
+    params: Params,
+    prepared: PreparedData,
+    champion: ChampionOnTest,
+    challenger_version: str,
+) -> GateDecision:
+    """The gate's decision, with both models scored on the same rows, none of them seen by the champion."""
+    rules = params.registry
+    if champion.version is None:
+        return decide(evaluation.metrics, None, rules)
+    if champion.rows is None:
+        return GateDecision(False, ["champion has a different label set; promote manually with --force"])
+    problem = champion.rows.problem(rules.metric, challenger_version)
+    if problem is not None or champion.scores is None:
+        return GateDecision(False, [problem or "the champion could not be scored"])
+    challenger = challenger_metrics(evaluation, model_dir, params, prepared, champion.rows)
+    return champion.rows.annotate(decide(challenger, champion.scores, rules))
 
 
 def set_champion(
@@ -179,7 +240,7 @@ def register_fn(
             client.create_registered_model(rules.model_name, description="Text classifier trained by bitune")
         except MlflowException:
             pass  # already registered
-        champion_version, champion_scores = champion_metrics(settings, rules.model_name, params, prepared)
+        champion = champion_metrics(settings, rules.model_name, params, prepared)
         mv = client.create_model_version(
             rules.model_name,
             source=f"{client.get_run(parent_run_id).info.artifact_uri}/model",
@@ -192,18 +253,15 @@ def register_fn(
             },
         )
         client.set_registered_model_alias(rules.model_name, CHALLENGER, mv.version)
-        if champion_scores == {}:
-            decision = GateDecision(
-                False, ["champion has a different label set; promote manually with --force"]
-            )
-        else:
-            decision = decide(evaluation.metrics, champion_scores, rules)
+        decision = gate(evaluation, Path(model_dir), params, prepared, champion, str(mv.version))
         for key, value in evaluation.metrics.items():
-            if key in (rules.metric, "test/accuracy", "test/macro_f1", "test/cka_to_pretrained"):
+            if key in (rules.metric, "test/accuracy", "test/macro_f1", CKA):
                 client.set_model_version_tag(rules.model_name, mv.version, key, f"{value:.6f}")
+        for key, tag in (champion.rows.tags() if champion.rows else {}).items():
+            client.set_model_version_tag(rules.model_name, mv.version, key, tag)
         client.set_model_version_tag(rules.model_name, mv.version, "bitune.gate", decision.summary()[:5000])
         if decision.promote:
-            set_champion(settings, rules.model_name, mv.version, champion_version, decision.summary())
+            set_champion(settings, rules.model_name, mv.version, champion.version, decision.summary())
         client.set_tag(parent_run_id, "bitune.model_version", mv.version)
         client.set_tag(parent_run_id, "bitune.gate", decision.summary()[:5000])
     except MlflowException as exc:
@@ -216,18 +274,9 @@ def register_fn(
         version,
         decision.promote,
         decision.reasons,
-        version if decision.promote else champion_version,
+        version if decision.promote else champion.version,
     )
 
 
-@task(name="register-model")
-def register(
-    params: Params,
-    prepared: PreparedData,
-    evaluation: Evaluation,
-    model_dir: str,
-    data_md5: str,
-    settings: TrackingSettings,
-    parent_run_id: str,
-) -> Registration:
-    return register_fn(params, prepared, evaluation, model_dir, data_md5, settings, parent_run_id)
+# the task is the plain function as is: references in, references out, nothing to convert
+register = task(name="register-model")(register_fn)

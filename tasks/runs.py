@@ -15,12 +15,13 @@ from mlflow.entities import Dataset, DatasetInput, InputTag
 from prefect import task
 
 from bitune.data.splits import SPLIT_METHOD
+from bitune.model.pretrained import check_strategy_fits_model
 from bitune.params import Params
 from tasks import tracking
 from tasks.data import DataVersion
 from tasks.preprocess import PreparedData, check_model
 from tasks.tracking import TrackingSettings
-from tasks.tuning import check_strategy_fits_model, pipeline_dir
+from tasks.tuning import pipeline_dir
 
 
 def pipeline_key(data_md5: str, params: Params) -> str:

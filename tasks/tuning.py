@@ -17,23 +17,18 @@ from pathlib import Path
 import datasets
 import torch
 from prefect import task
-from safetensors.torch import load_model
 
+from bitune.data.seen import texts_in
 from bitune.device import launched_distributed, make_accelerator
-from bitune.forgetting import encoder_cka, load_probe_texts, weight_drift
-from bitune.model.classifier import (
-    BituneClassifier,
-    ClassifierMeta,
-    encoder_num_layers,
-    load_backbone,
-    load_tokenizer,
-    model_identity,
-    save_classifier,
-)
-from bitune.model.layer_groups import check_layer_slices, gradual_shortfall, resolve_layer_groups
+from bitune.forgetting import encoder_cka, load_probe_texts, probe_batches, weight_drift
+from bitune.model.classifier import ClassifierMeta, load_backbone, load_tokenizer, save_classifier
+from bitune.model.layer_groups import gradual_shortfall, resolve_layer_groups
+from bitune.model.pretrained import build_model, check_strategy_fits_model
 from bitune.params import Params, flatten
 from bitune.tuning.checkpoint import PhaseCheckpoints
+from bitune.tuning.features import feature_cache_file
 from bitune.tuning.phase import PhaseContext, PhaseData, run_phase
+from bitune.tuning.phase_names import epoch_metrics, phase_field, phase_summary, step_metrics
 from bitune.tuning.schedule import PhaseRun, expand_strategy
 from tasks import tracking
 from tasks.phase_launch import run_distributed
@@ -66,73 +61,9 @@ def pipeline_dir(root: Path, pipeline_key: str) -> Path:
     return root / ".bitune" / "runs" / pipeline_key
 
 
-def probe_batches(params: Params, tokenizer, batch_size: int = 32) -> list[dict[str, torch.Tensor]]:  # type: ignore[no-untyped-def]
-    texts = load_probe_texts(params.forgetting.probe_file, params.forgetting.probe_rows)
-    batches = []
-    for i in range(0, len(texts), batch_size):
-        enc = tokenizer(
-            texts[i : i + batch_size],
-            truncation=True,
-            max_length=params.preprocess.max_length,
-            padding=True,
-            return_tensors="pt",
-        )
-        batches.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
-    return batches
-
-
 def load_rows(prepared: PreparedData, split: str) -> list[dict]:
     dataset = datasets.load_from_disk(str(prepared.tokenized))[split]
     return dataset.select_columns(["input_ids", "attention_mask", "labels"]).to_list()
-
-
-def build_model(
-    params: Params, num_labels: int, weights: str | None
-) -> tuple[BituneClassifier, dict[str, torch.Tensor]]:
-    """The classifier on the pretrained encoder, plus a snapshot of the pretrained encoder weights."""
-    backbone = load_backbone(params.model)
-    pretrained = {n: p.detach().clone() for n, p in backbone.named_parameters()}
-    model = BituneClassifier(backbone, num_labels, params.model.pooling, params.model.dropout)
-    if weights:
-        load_model(model, str(Path(weights) / "model.safetensors"))
-    return model, pretrained
-
-
-def check_strategy_fits_model(params: Params) -> None:
-    """Fail before any training when a phase's `layers[i:j]` reaches past the model's layers.
-
-    Reads the model's config only; the first phase calls it, and a flow may call it right after
-    loading params. A config without a layer count is left to the phase's own check.
-    """
-    num_layers = encoder_num_layers(params.model)
-    if num_layers is not None:
-        check_layer_slices(params.strategy, num_layers)
-
-
-def feature_cache_file(root: Path, params: Params, prepared: PreparedData, precision: str) -> Path | None:
-    """Where the head phase's features on the pretrained encoder live; None when caching is off.
-
-    Keyed by everything the features are a function of: the tokenized data (`prepared.key`: data
-    version, split, tokenizer name, preprocess), the pretrained weights (`model_identity`: id,
-    revision, a local folder's config and weight files), the pooling and the precision.
-    """
-    if params.train.feature_cache_dir is None:
-        return None
-    pooling = params.model.pooling
-    return (
-        root
-        / params.train.feature_cache_dir
-        / f"{prepared.key}-{model_identity(params.model)}-{pooling}-{int(pooling == 'default')}"
-        f"-{precision}.safetensors"
-    )
-
-
-def _phase_field(params: Params, run: PhaseRun) -> str:
-    """The params key of a scheduled phase: 'strategy.prelude.N' or 'strategy.phases.N'."""
-    prelude = len(params.strategy.prelude)
-    if run.index < prelude:
-        return f"strategy.prelude.{run.index}"
-    return f"strategy.phases.{(run.index - prelude) % len(params.strategy.phases)}"
 
 
 def tune_phase_fn(
@@ -177,7 +108,7 @@ def tune_phase_fn(
     tokenizer = load_tokenizer(params.model)
     model, pretrained = build_model(params, len(prepared.labels), previous.model_dir if previous else None)
     groups = resolve_layer_groups(model.backbone)
-    shortfall = gradual_shortfall(run.spec, groups, model.uses_pooler, _phase_field(params, run))
+    shortfall = gradual_shortfall(run.spec, groups, model.uses_pooler, phase_field(params.strategy, run))
     if shortfall and accelerator.is_main_process:
         log.warning(shortfall)
     data = PhaseData(
@@ -210,16 +141,16 @@ def tune_phase_fn(
 
     def on_epoch(metrics: dict[str, float], epoch: int) -> None:
         if main:
-            tracking.log_metrics(settings, run_id, _phase_metrics(run.spec.name, metrics), step=epoch)  # type: ignore[arg-type]
+            tracking.log_metrics(settings, run_id, epoch_metrics(run.spec.name, metrics), step=epoch)  # type: ignore[arg-type]
 
     def on_step(metrics: dict[str, float], step: int) -> None:
         if main:
-            step_metrics = {f"{run.spec.name}/train/step_{k}": v for k, v in metrics.items()}
-            tracking.log_metrics(settings, run_id, step_metrics, step, synchronous=False)  # type: ignore[arg-type]
+            named = step_metrics(run.spec.name, metrics)
+            tracking.log_metrics(settings, run_id, named, step, synchronous=False)  # type: ignore[arg-type]
 
     feature_cache = None
     if previous is None:  # later phases start from trained weights: their features are their own
-        feature_cache = feature_cache_file(root, params, prepared, accelerator.mixed_precision)
+        feature_cache = feature_cache_file(root, params, prepared.key, accelerator.mixed_precision)
     ctx = PhaseContext(
         accelerator=accelerator,
         groups=groups,
@@ -242,7 +173,10 @@ def tune_phase_fn(
     wall = time.perf_counter() - t0
 
     reference = load_backbone(params.model).to(accelerator.device)
-    cka = encoder_cka(model.backbone, reference, probe_batches(params, tokenizer))
+    probe = load_probe_texts(params.forgetting.probe_file, params.forgetting.probe_rows)
+    cka = encoder_cka(
+        model.backbone, reference, probe_batches(tokenizer, probe, params.preprocess.max_length)
+    )
     drift = weight_drift(pretrained, model.backbone, groups)
     del reference
 
@@ -263,28 +197,11 @@ def tune_phase_fn(
     )
     if accelerator.is_main_process:
         meta = ClassifierMeta.for_training(list(prepared.labels), params.model, params.preprocess)
-        save_classifier(model.cpu(), tokenizer, meta, model_dir)
+        # train and validation (which chose the epoch) are what the gate must not re-score it on
+        seen = texts_in([prepared.split_file("train"), prepared.split_file("validation")])
+        save_classifier(model.cpu(), tokenizer, meta, model_dir, seen_texts=seen)
         if main and settings is not None and run_id is not None:
-            summary = {
-                f"{run.spec.name}/val/best_{k.removeprefix('val_')}": v
-                for k, v in result.best.items()
-                if k.startswith("val_")
-            }
-            # the weights handed on: the best epoch only with early stopping, else the last (or EMA)
-            summary |= {
-                f"{run.spec.name}/val/kept_{k.removeprefix('val_')}": v
-                for k, v in result.kept.items()
-                if k.startswith("val_")
-            }
-            summary |= {
-                f"{run.spec.name}/kept_epoch": float(result.kept_epoch),
-                f"{run.spec.name}/cka_to_pretrained": cka,
-                f"{run.spec.name}/train_seconds": result.train_seconds,
-                f"{run.spec.name}/wall_seconds": wall,
-                f"{run.spec.name}/train_samples_per_s": result.samples_per_second,
-                f"{run.spec.name}/trainable_params": float(result.trainable_params),
-                f"{run.spec.name}/best_epoch": float(result.best_epoch),
-            } | {f"{run.spec.name}/drift/{group}": value for group, value in drift.items()}
+            summary = phase_summary(run.spec.name, result, cka, drift, wall)
             tracking.log_metrics(settings, run_id, summary)
             tracking.set_tags(
                 settings,
@@ -298,15 +215,6 @@ def tune_phase_fn(
         (out_dir / RESULT).write_text(json.dumps(asdict(output), indent=2))
         ctx.checkpoints.clear()  # type: ignore[union-attr]
     return output
-
-
-def _phase_metrics(phase: str, metrics: dict[str, float]) -> dict[str, float]:
-    """'val_accuracy' -> 'bottom/val/accuracy', 'train_loss' -> 'bottom/train/loss' (phase/split/metric)."""
-    out = {}
-    for key, value in metrics.items():
-        split, _, name = key.partition("_")
-        out[f"{phase}/{split}/{name}" if split in ("val", "train") else f"{phase}/{key}"] = value
-    return out
 
 
 @task(name="tune-phase")

@@ -12,30 +12,18 @@ from pathlib import Path
 
 import pytest
 from conftest import make_project
+from project_state import data_state
 
 from bitune.data.demo import DEMO_FILE, DEMO_MARKER, demo_files, holds_demo, make_demo_frame
+from bitune.data.versioning import dir_md5
 from bitune.errors import DataError
 from bitune.params import DataParams
 from tasks import dvc_store
-from tasks.data import dir_md5, version_data_fn
+from tasks.data import version_data_fn
 
 pytestmark = pytest.mark.slow
 
 DEMO = DataParams(demo_rows=60)  # the default source, 'demo', at a size that validates quickly
-
-
-def state(root: Path) -> dict[str, object]:
-    """data.dvc, data/ and every object in the cache and the remote."""
-
-    def files(folder: Path) -> dict[str, bytes]:
-        return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-    return {
-        "data.dvc": (root / "data.dvc").read_bytes(),
-        "data": files(root / "data"),
-        "cache": sorted(files(dvc_store.cache_dir(root))),
-        "remote": sorted(files(root / ".dvc-storage")),
-    }
 
 
 @pytest.fixture
@@ -56,12 +44,12 @@ def test_plain_run_after_real_data_keeps_that_version(project: Path, caplog) -> 
     reviews = project.parent / "reviews.csv"
     make_demo_frame(80, 9).to_csv(reviews, index=False)  # demo-like labels: the audit's worst case
     real = version_data_fn(DataParams(source=str(reviews)), project)
-    before = state(project)
+    before = data_state(project)
     with caplog.at_level(logging.WARNING, logger="bitune"):
         again = version_data_fn(DEMO, project)  # `bitune run` with the default params
         forced_demo_size = version_data_fn(DataParams(demo_rows=90), project)
     assert again.md5 == forced_demo_size.md5 == real.md5 and not again.changed
-    assert state(project) == before  # data.dvc, data/, cache and remote exactly as they were
+    assert data_state(project) == before  # data.dvc, data/, cache and remote exactly as they were
     assert (project / "data" / "reviews.csv").read_bytes() == reviews.read_bytes()
     assert "is not the demo: retraining on it" in caplog.text and real.md5 in caplog.text
 

@@ -12,17 +12,17 @@ from safetensors.torch import load_file
 from tiny_models import save_tiny_bert
 
 from bitune.errors import ParamsError
+from bitune.model.pretrained import check_strategy_fits_model
 from bitune.params import load_params
-from tasks.preprocess import PreparedData
-from tasks.tuning import check_strategy_fits_model, feature_cache_file
+from bitune.tuning.features import feature_cache_file
 
 PARAMS = Path(__file__).resolve().parents[1] / "params" / "default.yaml"
-PREPARED = PreparedData(folder="unused", labels=["negative", "positive"], sizes={}, key="0123456789abcdef")
+DATA_KEY = "0123456789abcdef"  # a prepared data key: data version, split, tokenizer, preprocess
 
 
 def cache_name(model_dir: Path, *overrides: str) -> str:
     params = load_params(PARAMS, [f"model.name_or_path={model_dir}", *overrides])
-    path = feature_cache_file(Path("/project"), params, PREPARED, "no")
+    path = feature_cache_file(Path("/project"), params, DATA_KEY, "no")
     assert path is not None
     return path.name
 
@@ -47,9 +47,18 @@ def test_feature_cache_key_follows_the_pretrained_weights(tmp_path: Path) -> Non
     assert cache_name(model_dir) != after
 
 
+def test_feature_cache_key_follows_the_data_and_precision(tmp_path: Path) -> None:
+    params = load_params(PARAMS, [f"model.name_or_path={save_tiny_bert(tmp_path / 'model')}"])
+    names = {
+        feature_cache_file(tmp_path, params, key, precision)
+        for key, precision in [(DATA_KEY, "no"), ("fedcba9876543210", "no"), (DATA_KEY, "bf16")]
+    }
+    assert len(names) == 3
+
+
 def test_no_feature_cache_when_it_is_off(tmp_path: Path) -> None:
     params = load_params(PARAMS, ["train.feature_cache_dir=null"])
-    assert feature_cache_file(tmp_path, params, PREPARED, "no") is None
+    assert feature_cache_file(tmp_path, params, DATA_KEY, "no") is None
 
 
 WRITER = """

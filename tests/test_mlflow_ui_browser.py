@@ -7,18 +7,13 @@ comes from the system (`make system-deps`); Playwright's Python package drives i
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import make_project, tiny_overrides
+from loopback_server import free_port, server_in_own_group, venv_first_path, wait_until_up
 from mlflow.tracking import MlflowClient
 
 from flows.cli_registry import load_settings, ui_command
@@ -38,41 +33,6 @@ READY_WITHIN_S = 120
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until_up(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + READY_WITHIN_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"mlflow ui exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.5)
-    pytest.fail(f"no answer on {url} within {READY_WITHIN_S} s:\n{log.read_text()[-3000:]}")
-
-
-def stop_group(proc: subprocess.Popen[bytes]) -> None:
-    """Stop the server and the workers it started (its own process group), then reap it."""
-    for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=wait_s)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    proc.poll()
-
-
 @pytest.fixture(scope="module")
 def ui(tmp_path_factory, tiny_bert_dir, request) -> Iterator[tuple[str, MlflowClient, object]]:  # type: ignore[no-untyped-def]
     """A project with one flow run, and `bitune ui`'s server on it; yields (url, client, summary)."""
@@ -86,27 +46,17 @@ def ui(tmp_path_factory, tiny_bert_dir, request) -> Iterator[tuple[str, MlflowCl
     _, settings = load_settings(root, Path("params/default.yaml"))
     port = free_port()
     log = root / "mlflow-ui.log"
-    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            ui_command(settings, "127.0.0.1", port),
-            cwd=root,
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    env = os.environ | {"PATH": venv_first_path()}
     url = f"http://127.0.0.1:{port}"
-    try:
+    with server_in_own_group(ui_command(settings, "127.0.0.1", port), cwd=root, env=env, log=log) as proc:
         request.getfixturevalue("prefect_db")  # Prefect's test server starts while MLflow's boots
         # the server has made the store's schema once it answers a query: only then may the flow write to it
-        wait_until_up(f"{url}/ajax-api/2.0/mlflow/experiments/search?max_results=1", proc, log)
+        ready = f"{url}/ajax-api/2.0/mlflow/experiments/search?max_results=1"
+        wait_until_up(ready, proc, log, "mlflow ui", READY_WITHIN_S)
         summary = retrain(
             params_file="params/default.yaml", overrides=tiny_overrides(tiny_bert_dir), project_dir=str(root)
         )
         yield url, settings.client(), summary
-    finally:
-        stop_group(proc)
 
 
 def child_runs(body: str) -> set[str]:

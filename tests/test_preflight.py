@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import make_project
+from project_state import data_state
 from test_bad_inputs import PREFECT_INFO, bitune_run, csv, free_port, prefect_env, tiny_args  # noqa: F401
 
 from bitune.data.demo import make_demo_frame
@@ -80,21 +81,6 @@ CASES = [
 ]
 
 
-def state(root: Path) -> dict[str, object]:
-    """What a failed run must leave alone: data.dvc, data/, and the objects in the cache and the remote."""
-
-    def files(folder: Path) -> dict[str, bytes]:
-        return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-    return {
-        "data.dvc": (root / "data.dvc").read_bytes(),
-        "data": files(root / "data"),
-        "cache": sorted(files(root / ".dvc" / "cache")),
-        "remote": sorted(files(root / ".dvc-storage")),
-        "top_level": sorted(p.name for p in root.iterdir() if p.name != ".bitune"),
-    }
-
-
 @pytest.fixture(scope="module")
 def versioned(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A project with one data version (the demo) in the cache and the remote; no run yet."""
@@ -119,7 +105,7 @@ def test_preflight_fails_fast_in_one_line_before_the_data_step(  # type: ignore[
     (inputs / "new.csv").write_bytes(csv(make_demo_frame(60, 5)))  # would be a new data version
     if case.make:
         case.make(tiny_bert_dir, inputs)
-    before = state(project)
+    before = data_state(project)
     args = [
         *tiny_args(tiny_bert_dir),
         "--data",
@@ -138,7 +124,7 @@ def test_preflight_fails_fast_in_one_line_before_the_data_step(  # type: ignore[
     assert error.startswith("error: ") and details.startswith("(details in "), lines
     for part in case.expect:
         assert part in error, (part, error)
-    assert state(project) == before  # data.dvc, data/, no new cache or remote objects
+    assert data_state(project) == before  # data.dvc, data/, no new cache or remote objects
     assert not (project / "mlflow.db").exists()  # no run, not even an empty store
     # MLflow's own retries (7, backing off) would take minutes: the preflight asks once
     assert seconds < 120, seconds
@@ -176,7 +162,7 @@ def test_a_run_while_another_holds_the_project_fails_in_one_line_and_changes_not
     project = tmp_path / "project"
     shutil.copytree(versioned, project)
     (tmp_path / "new.csv").write_bytes(csv(make_demo_frame(60, 5)))
-    before = state(project)
+    before = data_state(project)
     holder = start_holder(project)
     try:
         args = [*tiny_args(tiny_bert_dir), "--data", str(tmp_path / "new.csv")]
@@ -188,5 +174,5 @@ def test_a_run_while_another_holds_the_project_fails_in_one_line_and_changes_not
     lines = [line for line in proc.stderr.splitlines() if line.strip() and not PREFECT_INFO.match(line)]
     assert len(lines) == 2 and "another retrain of this project is running" in lines[0], lines
     assert f"pid {holder.pid}" in lines[0]
-    assert state(project) == before
+    assert data_state(project) == before
     assert not (project / "mlflow.db").exists()

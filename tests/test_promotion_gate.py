@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from bitune.errors import ParamsError
+from bitune.evaluation.metrics import named_metrics
 from bitune.evaluation.report import evaluate_predictions
-from bitune.evaluation.rescore import named_metrics
 from bitune.params import GATE_METRICS, RegistryParams, load_params
 from bitune.promotion import decide, decide_on_stored_scores
 

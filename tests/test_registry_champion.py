@@ -13,7 +13,7 @@ import socket
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -27,13 +27,13 @@ from bitune.data.demo import make_demo_frame
 from bitune.errors import TrackingError
 from bitune.evaluation.metrics import summary_metrics
 from bitune.model.classifier import ClassifierMeta, load_classifier, load_tokenizer, save_classifier
+from bitune.model.pretrained import build_model
 from bitune.params import Params, load_params
 from tasks import tracking
 from tasks.evaluate import Evaluation
 from tasks.preprocess import PreparedData, preprocess_fn
 from tasks.registry import champion_metrics, register_fn
 from tasks.tracking import TrackingSettings
-from tasks.tuning import build_model
 
 NAME = "bitune-classifier"
 LETTERS = [chr(c) for c in range(ord("a"), ord("z") + 1)]
@@ -75,7 +75,9 @@ def letters_bert(folder: Path) -> Path:
     return folder
 
 
-def saved_classifier(params: Params, prepared: PreparedData, folder: Path, seed: int) -> Path:
+def saved_classifier(
+    params: Params, prepared: PreparedData, folder: Path, seed: int, seen_texts: list[str] | None = None
+) -> Path:
     """An untrained classifier with a large random head, so its loss moves with every input token."""
     model, _ = build_model(params, len(prepared.labels), None)
     with torch.random.fork_rng(devices=[]), torch.no_grad():
@@ -83,13 +85,14 @@ def saved_classifier(params: Params, prepared: PreparedData, folder: Path, seed:
         for p in model.head.parameters():
             p.copy_(torch.randn_like(p) * 3)
     meta = ClassifierMeta.for_training(prepared.labels, params.model, params.preprocess)
-    return save_classifier(model, load_tokenizer(params.model), meta, folder)
+    return save_classifier(model, load_tokenizer(params.model), meta, folder, seen_texts=seen_texts)
 
 
-def direct_scores(model_dir: Path, prepared: PreparedData) -> dict[str, float]:
-    """The model on the test split's text, normalised, tokenized and cut as it was trained."""
+def direct_scores(model_dir: Path, prepared: PreparedData, skip: int = 0) -> dict[str, float]:
+    """The model on the test split's text (less its first `skip` rows), normalised, tokenized and cut
+    as it was trained."""
     model, tokenizer, meta = load_classifier(model_dir)
-    test = pd.read_parquet(prepared.split_file("test"))
+    test = pd.read_parquet(prepared.split_file("test")).iloc[skip:]
     texts = test["text"].str.lower() if meta.lowercase else test["text"]
     enc = tokenizer(
         texts.tolist(),
@@ -158,8 +161,9 @@ def test_champion_is_rescored_with_its_own_tokenizer_and_length(store: Store) ->
     assert max(max(ids) for ids in challenger_ids) >= champion_vocab
     assert any(text != text.lower() for text in texts)  # the challenger's split keeps capitals
 
-    version, scores = champion_metrics(store.settings, NAME, store.params_b, store.prepared_b)
-    assert version == "1" and scores
+    champion = champion_metrics(store.settings, NAME, store.params_b, store.prepared_b)
+    assert champion.version == "1" and champion.scores
+    scores = champion.scores
     expected = direct_scores(store.champion_dir, store.prepared_b)
     for key in ("test/loss", "test/accuracy", "test/macro_f1", "test/ece"):
         assert scores[key] == pytest.approx(expected[key], abs=1e-5), key
@@ -168,8 +172,73 @@ def test_champion_is_rescored_with_its_own_tokenizer_and_length(store: Store) ->
 
     # and the whole registration goes through the gate with it
     register(store, store.params_b, store.prepared_b, store.challenger_dir)
-    gate = store.client().get_model_version(NAME, "2").tags["bitune.gate"]
-    assert f"vs champion {expected['test/macro_f1']:.4f}" in gate
+    tags = store.client().get_model_version(NAME, "2").tags
+    assert f"vs champion {expected['test/macro_f1']:.4f}" in tags["bitune.gate"]
+    # a champion saved without a record of its training rows is compared on all of them, and it says so
+    assert f"compared on all {len(texts)} test rows: the champion has no record" in tags["bitune.gate"]
+    assert (tags["bitune.gate_test_rows"], tags["bitune.gate_excluded_rows"]) == (str(len(texts)), "unknown")
+
+
+def own_registry(store: Store, tmp_path: Path) -> Store:
+    """The store's data and models with an empty registry of its own."""
+    settings = TrackingSettings(
+        uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        experiment="bitune",
+        artifact_location=(tmp_path / "mlartifacts").as_uri(),
+    )
+    return replace(store, settings=settings)
+
+
+def test_champion_is_compared_only_on_test_rows_it_has_not_trained_on(store: Store, tmp_path: Path) -> None:
+    """After a re-split, some of today's test rows were the champion's training rows: both models are
+    scored on the rest, through the same code path, and the tags and the reason say so."""
+    own = own_registry(store, tmp_path)
+    # gate on the loss: it moves with every row, so a score on all rows cannot pass for one on the rest
+    params = store.params_b.model_copy(
+        update={"registry": store.params_b.registry.model_copy(update={"metric": "test/loss"})}
+    )
+    prepared = store.prepared_b
+    test = pd.read_parquet(prepared.split_file("test"))
+    moved = 5  # the first test rows were in the champion's train split under the old data.split
+    seen = [
+        *pd.read_parquet(prepared.split_file("train"))["text"],
+        *pd.read_parquet(prepared.split_file("validation"))["text"],
+        *test["text"].iloc[:moved].str.upper(),  # the same rows by split key, whatever the case
+    ]
+    champion_dir = saved_classifier(params, prepared, tmp_path / "champion", seed=3, seen_texts=seen)
+    register(own, params, prepared, champion_dir)  # no champion yet: promoted
+    register(own, params, prepared, store.challenger_dir)
+
+    tags = own.client().get_model_version(NAME, "2").tags
+    kept = len(test) - moved
+    assert (tags["bitune.gate_test_rows"], tags["bitune.gate_excluded_rows"]) == (str(kept), str(moved))
+    gate = tags["bitune.gate"]
+    assert (
+        f"compared on {kept} of {len(test)} test rows: {moved} were in the champion's training data" in gate
+    )
+    champion_unseen = direct_scores(champion_dir, prepared, skip=moved)["test/loss"]
+    challenger_unseen = direct_scores(store.challenger_dir, prepared, skip=moved)["test/loss"]
+    # on all rows both scores would read otherwise
+    assert f"{direct_scores(champion_dir, prepared)['test/loss']:.4f}" != f"{champion_unseen:.4f}"
+    assert f"{direct_scores(store.challenger_dir, prepared)['test/loss']:.4f}" != f"{challenger_unseen:.4f}"
+    assert f"test/loss {challenger_unseen:.4f} vs champion {champion_unseen:.4f}" in gate
+
+
+def test_a_champion_that_trained_on_every_test_row_is_kept_with_the_fix(store: Store, tmp_path: Path) -> None:
+    own = own_registry(store, tmp_path)
+    test = pd.read_parquet(store.prepared_b.split_file("test"))
+    champion_dir = saved_classifier(
+        store.params_b, store.prepared_b, tmp_path / "champion", seed=3, seen_texts=test["text"].tolist()
+    )
+    register(own, store.params_b, store.prepared_b, champion_dir)
+    register(own, store.params_b, store.prepared_b, store.challenger_dir)
+
+    client = own.client()
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
+    tags = client.get_model_version(NAME, "2").tags
+    assert (tags["bitune.gate_test_rows"], tags["bitune.gate_excluded_rows"]) == ("0", str(len(test)))
+    assert tags["bitune.gate"].startswith(f"keep champion: all {len(test)} test rows were in the champion's")
+    assert tags["bitune.gate"].endswith("or promote manually with `bitune promote 2 --force`")
 
 
 @contextmanager

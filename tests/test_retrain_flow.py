@@ -145,3 +145,25 @@ def test_plain_run_after_real_data_retrains_nothing_and_keeps_that_data(first_ru
     assert plain.skipped and real.run_id in plain.reason  # same data version, same params: nothing to do
     assert (root / "data" / "reviews.csv").read_bytes() == reviews.read_bytes()
     assert not (root / "data" / "demo.csv").exists()
+
+
+def test_a_bad_file_fails_in_the_flows_own_data_step(first_run, tiny_bert_dir) -> None:  # type: ignore[no-untyped-def]
+    """A deployment calls the flow without the CLI's early check: the data step must refuse on its own."""
+    from project_state import data_state
+
+    from bitune.errors import DataError
+    from flows.retrain import retrain
+
+    root, _ = first_run
+    broken = root.parent / "broken.csv"
+    broken.write_text("text,label\nfine,positive\ntoo,many,fields,here\n")
+    champion = client_for(root).get_model_version_by_alias("bitune-classifier", "champion").version
+    before = data_state(root)
+    with pytest.raises(DataError, match="broken.csv: cannot parse as CSV"):
+        retrain(
+            params_file="params/default.yaml",
+            overrides=[*tiny_overrides(tiny_bert_dir), f"data.source={broken}"],
+            project_dir=str(root),
+        )
+    assert data_state(root) == before
+    assert client_for(root).get_model_version_by_alias("bitune-classifier", "champion").version == champion

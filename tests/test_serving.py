@@ -8,18 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pandas as pd
 import pytest
 from conftest import make_project, tiny_overrides
+from loopback_server import free_port, server_in_own_group, venv_first_path, wait_until_up
 
 pytestmark = pytest.mark.slow
 
@@ -75,26 +70,6 @@ def test_champion_loads_as_pyfunc_and_predicts_labels_and_scores(project, in_pro
     assert (predicted == test["label"]).mean() == pytest.approx(summary.test_metrics["test/accuracy"])
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_ping(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + READY_WITHIN_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"mlflow models serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.5)
-    pytest.fail(f"no answer on {url} within {READY_WITHIN_S} s:\n{log.read_text()[-3000:]}")
-
-
 def test_mlflow_models_serve_answers_invocations(project, in_process, tmp_path) -> None:  # type: ignore[no-untyped-def]
     _, uri, _ = project
     expected = in_process.predict(pd.DataFrame({"text": TEXTS}))
@@ -103,8 +78,7 @@ def test_mlflow_models_serve_answers_invocations(project, in_process, tmp_path) 
         "MLFLOW_TRACKING_URI": uri,
         "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
         "HF_HUB_OFFLINE": "1",
-        # MLflow starts `uvicorn` through the shell: the environment's scripts must come first on PATH
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PATH": venv_first_path(),  # MLflow starts `uvicorn` through the shell
     }
     log = tmp_path / "serve.log"
     command = [
@@ -122,37 +96,16 @@ def test_mlflow_models_serve_answers_invocations(project, in_process, tmp_path) 
         "--port",
         str(port),
     ]
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            command, cwd=tmp_path, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        wait_for_ping(f"http://127.0.0.1:{port}/ping", proc, log)
+    with server_in_own_group(command, cwd=tmp_path, env=env, log=log) as proc:
+        wait_until_up(f"http://127.0.0.1:{port}/ping", proc, log, "mlflow models serve", READY_WITHIN_S)
         body = json.dumps({"dataframe_records": [{"text": t} for t in TEXTS]}).encode()
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"}
         )
         with urllib.request.urlopen(request, timeout=60) as response:
             payload = json.loads(response.read())
-        served = pd.DataFrame(payload["predictions"])
-        check_predictions(served)
-        # the server and the in-process model are the same champion: same answers
-        assert served["label"].tolist() == expected["label"].tolist()
-        assert served["score"].tolist() == pytest.approx(expected["score"].tolist(), abs=1e-5)
-    finally:
-        stop_group(proc)
-
-
-def stop_group(proc: subprocess.Popen[bytes]) -> None:
-    """Stop the server and the workers it started (its own process group), then reap it."""
-    for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=wait_s)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    proc.poll()
+    served = pd.DataFrame(payload["predictions"])
+    check_predictions(served)
+    # the server and the in-process model are the same champion: same answers
+    assert served["label"].tolist() == expected["label"].tolist()
+    assert served["score"].tolist() == pytest.approx(expected["score"].tolist(), abs=1e-5)

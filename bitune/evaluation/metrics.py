@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,6 +55,23 @@ def per_class_report(logits: torch.Tensor, labels: torch.Tensor, names: list[str
         ClassReport(n, float(a), float(b), float(c), int(d))
         for n, a, b, c, d in zip(names, p, r, f, s, strict=True)
     ]
+
+
+def named_metrics(logits: torch.Tensor, labels: torch.Tensor, names: Sequence[str]) -> dict[str, float]:
+    """The test scores as logged and compared: `test/<summary metric>`, `test/support/<label>` and
+    `test/f1/<label>`. The evaluation and the champion's re-score both call this, so the gate always
+    finds the same names on both sides.
+
+    A label with no rows in the split has no F1: sklearn would report 0.0, which reads as a model that
+    never gets the label right. Its `test/f1/<label>` is left out and `test/support/<label>` is 0, so a
+    gate on that label finds the metric missing instead of comparing two made-up zeros.
+    """
+    metrics = {f"test/{k}": v for k, v in summary_metrics(logits, labels).items()}
+    for c in per_class_report(logits, labels, list(names)):
+        metrics[f"test/support/{c.label}"] = float(c.support)
+        if c.support:
+            metrics[f"test/f1/{c.label}"] = c.f1
+    return metrics
 
 
 def confusion(logits: torch.Tensor, labels: torch.Tensor, num_labels: int) -> np.ndarray:

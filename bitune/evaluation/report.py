@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bitune.evaluation.metrics import confusion, per_class_report, summary_metrics
+from bitune.evaluation.metrics import ClassReport, confusion, named_metrics, per_class_report
 
 WORST = 10
 
@@ -65,15 +65,20 @@ def _cell(text: str) -> str:
     return text[:200].replace("|", "/").replace("\n", " ")
 
 
+def _class_row(c: ClassReport) -> str:
+    """One table row; recall and F1 of a label with no test rows are undefined, not 0."""
+    if not c.support:
+        return f"| {c.label} | {c.precision:.3f} | n/a | n/a | 0 |"
+    return f"| {c.label} | {c.precision:.3f} | {c.recall:.3f} | {c.f1:.3f} | {c.support} |"
+
+
 def evaluate_predictions(
     texts: list[str], labels: torch.Tensor, logits: torch.Tensor, names: list[str], out_dir: Path
 ) -> tuple[dict[str, float], list[Path]]:
-    """Metrics named `test/<metric>` (and `test/f1/<label>`), plus the report files in `out_dir`."""
+    """`named_metrics` (the names the champion's re-score uses too), plus the report files in `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = summary_metrics(logits, labels)
+    metrics = named_metrics(logits, labels, names)
     classes = per_class_report(logits, labels, names)
-    metrics = {f"test/{k}": v for k, v in summary.items()}
-    metrics |= {f"test/f1/{c.label}": c.f1 for c in classes}
     probs = torch.softmax(logits.float(), -1).numpy()
     y = labels.numpy()
     pred = probs.argmax(1)
@@ -83,12 +88,13 @@ def evaluate_predictions(
     lines = [
         "# Evaluation report (test split)",
         "",
-        f"Rows: {len(y)} · accuracy {summary['accuracy']:.4f} · macro-F1 {summary['macro_f1']:.4f} · "
-        f"ECE {summary['ece']:.4f} · loss {summary['loss']:.4f}",
+        f"Rows: {len(y)} · accuracy {metrics['test/accuracy']:.4f} · "
+        f"macro-F1 {metrics['test/macro_f1']:.4f} · "
+        f"ECE {metrics['test/ece']:.4f} · loss {metrics['test/loss']:.4f}",
         "",
         "| label | precision | recall | F1 | support |",
         "|---|---|---|---|---|",
-        *(f"| {c.label} | {c.precision:.3f} | {c.recall:.3f} | {c.f1:.3f} | {c.support} |" for c in classes),
+        *(_class_row(c) for c in classes),
         "",
         f"## Most confident mistakes (up to {WORST})",
         "",

