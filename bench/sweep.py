@@ -253,6 +253,26 @@ def batch_grid() -> dict[str, list[str]]:
     }
 
 
+def lr_shape_grid() -> dict[str, list[str]]:
+    """How the bottom phase's lr is spread: layer-wise decay (lr × decay^depth from the top, so the
+    lower layers and embeddings move least; a higher base lr keeps the top trained layers' rate),
+    a cosine schedule, and a deeper reach protected by decay. The preset of 2026-11-26 afternoon."""
+    preset = AFTERNOON_BOTTOM
+    return {
+        "preset": preset,
+        "llrd 0.9 lr 2e-4": [*preset, f"{BOTTOM}.layer_lr_decay=0.9", f"{BOTTOM}.lr=2e-4"],
+        "llrd 0.85 lr 3e-4": [*preset, f"{BOTTOM}.layer_lr_decay=0.85", f"{BOTTOM}.lr=3e-4"],
+        "llrd 0.8 lr 4e-4": [*preset, f"{BOTTOM}.layer_lr_decay=0.8", f"{BOTTOM}.lr=4e-4"],
+        "cosine": [*preset, f"{BOTTOM}.schedule=cosine"],
+        "l0-6 llrd 0.8 lr 2.5e-4": [
+            *preset,
+            f"{BOTTOM}.train=[embeddings, 'layers[0:6]', head, pooler]",
+            f"{BOTTOM}.layer_lr_decay=0.8",
+            f"{BOTTOM}.lr=2.5e-4",
+        ],
+    }
+
+
 GRIDS = {
     "anchor": anchor_grid,
     "averaging": averaging_grid,
@@ -266,6 +286,7 @@ GRIDS = {
     "label-smoothing": label_smoothing_grid,
     "selection-check": selection_check_grid,
     "batch": batch_grid,
+    "lr-shape": lr_shape_grid,
 }
 
 
