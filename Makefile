@@ -27,7 +27,7 @@ run: install  ## the main job: the retrain flow on params/default.yaml
 	$(VENV)/bin/bitune run
 
 test: install system-deps  ## the whole test suite
-	HF_HUB_OFFLINE=1 $(PY) -m pytest
+	HF_HUB_OFFLINE=1 $(PY) -m pytest --durations=30
 
 test-fast: install  ## unit tests only (no servers, no browser)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow and not production and not browser"

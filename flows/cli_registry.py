@@ -22,8 +22,8 @@ from bitune.errors import BituneError
 from flows.cli_common import LOG_FILE, ParamsOpt, ProjectOpt, console, fail, quiet_defaults
 
 if TYPE_CHECKING:
+    from bitune.evaluation.run_comparison import RunRow
     from bitune.params import Params
-    from tasks.promotion import RunRow
     from tasks.tracking import TrackingSettings
 
 DEFAULT_PARAMS = Path("params/default.yaml")
@@ -131,7 +131,8 @@ def compare(
 ) -> None:
     """Table of retrain runs: strategy, data version, test scores, duration, model version and aliases."""
     with one_line_errors(project):
-        from tasks.promotion import compare_runs, plot_comparison
+        from bitune.evaluation.run_comparison import plot_comparison
+        from tasks.promotion import compare_runs
 
         loaded, settings = load_settings(project, params)
         if experiment:
