@@ -102,6 +102,7 @@ CASES = [
     Case("bad-set-syntax", ["--set", "train.seed"], ("'train.seed'", "expected key=value")),
     # data files: rejected by the data step, before data/, data.dvc or the remote are touched
     Case("missing-file", ["--data", "{in}/nope.csv"], ("nope.csv", "file not found")),
+    Case("unreadable-file", ["--data", "/proc/self/mem"], ("/proc/self/mem: cannot read it", "readable")),
     Case(
         "empty-file",
         ["--data", "{in}/empty.csv"],

@@ -283,3 +283,9 @@ def test_materialise_refuses_paths_outside_data_dir(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="plain relative file name"):
         materialise(RawData({}, {"../escape.csv": b"x"}), tmp_path / "data")
     assert not (tmp_path / "escape.csv").exists()
+
+
+def test_an_unreadable_file_is_a_one_line_data_error(tmp_path: Path) -> None:
+    """An I/O error while reading (here /proc/self/mem, EIO at offset 0) names the file, not a traceback."""
+    with pytest.raises(DataError, match=r"/proc/self/mem: cannot read it \(.+\); check that it exists"):
+        read_source(params("/proc/self/mem"), tmp_path)

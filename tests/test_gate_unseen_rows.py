@@ -66,7 +66,7 @@ def test_the_annotated_decision_leads_with_the_rows() -> None:
     rows = gate_rows(TEXTS, LABELS, seen_text_keys(["dull"]))
     decision = rows.annotate(decide({"test/macro_f1": 0.4}, {"test/macro_f1": 0.5}, RegistryParams()))
     assert not decision.promote
-    assert decision.summary().startswith("keep champion: compared on 5 of 6 test rows: 1 were in")
+    assert decision.summary().startswith("keep champion: compared on 5 of 6 test rows: 1 was in")
     assert "test/macro_f1 0.4000 vs champion 0.5000" in decision.summary()
 
 

@@ -45,6 +45,17 @@ class RawData:
     files: dict[str, bytes]
 
 
+def read_file(path: Path) -> bytes:
+    """A data file's bytes; an unreadable file (permissions, I/O) is a one-line DataError, not a traceback."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise DataError(
+            f"{path}: cannot read it ({exc.strerror or exc}); check that it exists and is readable "
+            "by this user"
+        ) from None
+
+
 def read_source(data: DataParams, data_dir: Path) -> RawData:
     """Read `data.source`: 'demo', a file, a folder of split files, 'hf:<id>[:<config>]' or 'data'."""
     if data.text_column == data.label_column:
@@ -73,7 +84,7 @@ def read_source(data: DataParams, data_dir: Path) -> RawData:
             f"data.source {source!r}: file not found (looked at {path.resolve()}); give an "
             "existing file or folder, 'demo', 'hf:<dataset id>' or 'data'"
         )
-    raw = path.read_bytes()
+    raw = read_file(path)
     return RawData({"all": _parse(path.name, raw, data)}, {path.name: raw})
 
 
@@ -135,7 +146,7 @@ def _read_folder(folder: Path, data: DataParams) -> RawData:
             "data.source at a file"
         )
     if len(files) == 1:  # a lone train.* too: a single file is split like any other
-        raw = files[0].read_bytes()
+        raw = read_file(files[0])
         return RawData({"all": _parse(files[0].name, raw, data)}, {files[0].name: raw})
     by_split: dict[str, Path] = {}
     for path in files:
@@ -155,7 +166,7 @@ def _read_folder(folder: Path, data: DataParams) -> RawData:
             f"{folder}/: split files {', '.join(p.name for p in files)} but no train.*; "
             "add train.csv (or .tsv/.parquet/.jsonl)"
         )
-    raws = {split: path.read_bytes() for split, path in by_split.items()}
+    raws = {split: read_file(path) for split, path in by_split.items()}
     return RawData(
         {split: _parse(by_split[split].name, raw, data) for split, raw in raws.items()},
         {by_split[split].name: raw for split, raw in raws.items()},

@@ -81,7 +81,7 @@ class GateRows:
         if self.excluded:
             return (
                 f"compared on {self.kept} of {self.total} test rows: "
-                f"{self.excluded} were in the champion's training data"
+                f"{self.excluded} {'was' if self.excluded == 1 else 'were'} in the champion's training data"
             )
         return None
 
