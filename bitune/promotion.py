@@ -2,7 +2,7 @@
 
 Pure: metrics in, decision and reasons out. The registry task feeds it the challenger's and the
 champion's scores on the same test data and records the decision as tags on the model version;
-`bitune promote` feeds it the scores each version logged, which only compare on the same data version.
+`bitune promote` feeds it the scores each version logged, which only compare on the same test rows.
 """
 
 from __future__ import annotations
@@ -70,24 +70,60 @@ def decide(
     return GateDecision(ok, reasons)
 
 
+@dataclass(frozen=True)
+class StoredScores:
+    """What a model version logged when it was trained: its test scores and which rows they are on."""
+
+    version: str
+    scores: dict[str, float]
+    data_version: str | None = None
+    test_split: str | None = (
+        None  # `split_digest` of its test rows; None for versions from before it was kept
+    )
+
+
 def decide_on_stored_scores(
-    challenger: dict[str, float],
-    champion: dict[str, float] | None,
-    rules: RegistryParams,
-    challenger_data: str | None,
-    champion_data: str | None,
+    challenger: StoredScores, champion: StoredScores | None, rules: RegistryParams
 ) -> GateDecision:
     """The gate for a manual promotion, which reuses the scores each version logged at training time.
 
-    Those scores come from each version's own test split, so they are compared only when both
-    versions were trained on the same data version; otherwise the gate refuses and says so.
+    Those scores come from each version's own test split. They compare when both splits hold the same
+    rows: then neither model trained on them. Versions that recorded their test rows are compared on
+    that; older ones only when trained on the same data version, with a note that the split is assumed.
     """
-    if champion is not None and challenger_data and champion_data and challenger_data != champion_data:
+    if champion is None:
+        return decide(challenger.scores, None, rules)
+    if challenger.test_split and champion.test_split:
+        if challenger.test_split != champion.test_split:
+            return GateDecision(
+                False,
+                [
+                    f"scored on different test rows (version {challenger.version} on split "
+                    f"{challenger.test_split}, champion version {champion.version} on {champion.test_split}: "
+                    "the data or data.split changed), so the scores do not compare and either may have "
+                    "trained on the other's test rows; let the flow's gate decide (`bitune run` re-scores "
+                    "the champion on the rows it has not seen) or promote with --force"
+                ],
+            )
+        return decide(challenger.scores, champion.scores, rules)
+    if challenger.data_version and champion.data_version and challenger.data_version != champion.data_version:
         return GateDecision(
             False,
             [
-                f"scored on different data versions ({challenger_data[:8]} vs champion {champion_data[:8]}), "
-                "so the scores do not compare; retrain on the champion's data or promote with --force"
+                f"scored on different data versions ({challenger.data_version[:8]} vs champion "
+                f"{champion.data_version[:8]}), so the scores do not compare; retrain on the champion's "
+                "data or promote with --force"
             ],
         )
-    return decide(challenger, champion, rules)
+    unrecorded = [mv.version for mv in (challenger, champion) if not mv.test_split]
+    which = (
+        f"versions {' and '.join(unrecorded)} kept no record of their"
+        if len(unrecorded) > 1
+        else f"version {unrecorded[0]} kept no record of its"
+    )
+    note = (
+        f"{which} test rows (trained by an older bitune), "
+        "so both are assumed scored on the same split of the same data"
+    )
+    decision = decide(challenger.scores, champion.scores, rules)
+    return GateDecision(decision.promote, [note, *decision.reasons])

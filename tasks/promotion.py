@@ -2,10 +2,10 @@
 
 Plain functions over an MlflowClient, no Prefect. A manual promotion runs the same gate as the flow
 on the scores each version's run logged on its test split (`test/*`), not a re-score: re-scoring
-would need that data version's prepared splits on this machine. Those scores only compare on the
-same data version, which the gate checks. The `champion` alias moves in one write and the version
-it replaced is recorded on the new champion, so the registry never holds two champions or none and
-`rollback` can walk back the chain.
+would need that data version's prepared splits on this machine. Those scores only compare when both
+test splits hold the same rows (tag `bitune.test_split`), which the gate checks. The `champion`
+alias moves in one write and the version it replaced is recorded on the new champion, so the
+registry never holds two champions or none and `rollback` can walk back the chain.
 """
 
 from __future__ import annotations
@@ -24,13 +24,15 @@ from mlflow.tracking import MlflowClient
 from bitune.errors import BituneError, TrackingError
 from bitune.evaluation.run_comparison import COMPARED, RunRow
 from bitune.params import RegistryParams
-from bitune.promotion import GateDecision, decide_on_stored_scores
+from bitune.promotion import GateDecision, StoredScores, decide_on_stored_scores
 from tasks.tracking import PIPELINE_TAG, TrackingSettings
 
 # tasks.registry (alias names, set_champion) is imported inside the functions that move aliases:
 # it pulls in torch and prefect, seconds that `bitune compare` and every error path need not pay.
 
 PREVIOUS = "bitune.previous_champion"
+DATA_VERSION = "bitune.data_version"
+TEST_SPLIT = "bitune.test_split"  # `bitune.data.seen.split_digest` of the rows its test scores are on
 MANUAL_GATE = "bitune.manual_gate"
 
 
@@ -123,6 +125,16 @@ def version_scores(client: MlflowClient, mv: ModelVersion) -> dict[str, float]:
     return scores
 
 
+def stored_scores(client: MlflowClient, mv: ModelVersion) -> StoredScores:
+    """A version's logged test scores with the data version and test rows they were measured on."""
+    return StoredScores(
+        str(mv.version),
+        version_scores(client, mv),
+        mv.tags.get(DATA_VERSION),
+        mv.tags.get(TEST_SPLIT),
+    )
+
+
 def promote(
     settings: TrackingSettings, rules: RegistryParams, version: str, force: bool = False
 ) -> Promotion:
@@ -142,11 +154,7 @@ def promote(
             decision = GateDecision(True, ["forced with --force, gate not checked"])
         else:
             decision = decide_on_stored_scores(
-                version_scores(client, target),
-                version_scores(client, current) if current else None,
-                rules,
-                target.tags.get("bitune.data_version"),
-                current.tags.get("bitune.data_version") if current else None,
+                stored_scores(client, target), stored_scores(client, current) if current else None, rules
             )
         client.set_model_version_tag(name, version, MANUAL_GATE, decision.summary()[:5000])
         if not decision.promote:

@@ -23,6 +23,7 @@ from prefect import task
 from transformers import PreTrainedTokenizerBase
 
 import bitune
+from bitune.data.seen import split_digest
 from bitune.device import make_accelerator
 from bitune.errors import TrackingError
 from bitune.evaluation.metrics import named_metrics
@@ -35,6 +36,7 @@ from bitune.promotion import CKA, GateDecision, decide
 from bitune.tuning.phase import PhaseContext
 from tasks.evaluate import Evaluation
 from tasks.preprocess import PreparedData
+from tasks.promotion import DATA_VERSION, TEST_SPLIT, get_champion
 from tasks.tracking import TrackingSettings, log_metrics
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -136,8 +138,6 @@ def champion_metrics(
     alias (no permission, server error, locked store) stops the run: promoting on it would replace
     a champion the gate never saw, with no `bitune.previous_champion` to roll back to.
     """
-    from tasks.promotion import get_champion
-
     client = settings.client()
     try:
         champion = get_champion(client, name)
@@ -231,7 +231,8 @@ def register_fn(
 ) -> Registration:
     rules: RegistryParams = params.registry
     client = settings.client()
-    texts = pd.read_parquet(prepared.split_file("test"))["text"].tolist()
+    test = pd.read_parquet(prepared.split_file("test"))
+    texts = test["text"].tolist()
     try:
         # the parent run carries the test scores too, for MLflow's compare view and `bitune compare`
         log_metrics(settings, parent_run_id, evaluation.metrics)
@@ -246,7 +247,8 @@ def register_fn(
             source=f"{client.get_run(parent_run_id).info.artifact_uri}/model",
             run_id=parent_run_id,
             tags={
-                "bitune.data_version": data_md5,
+                DATA_VERSION: data_md5,
+                TEST_SPLIT: split_digest(texts, test["label"].tolist()),
                 "bitune.strategy": params.strategy.name,
                 "bitune.params_digest": params.digest(),
                 "bitune.source": source,

@@ -13,7 +13,7 @@ import pytest
 from tiny_models import save_tiny_bert
 from transformers import AutoModel, AutoTokenizer
 
-from bitune.data.seen import seen_text_keys, text_key_fingerprints
+from bitune.data.seen import seen_text_keys, split_digest, text_key_fingerprints
 from bitune.errors import ModelError
 from bitune.evaluation.unseen import gate_rows
 from bitune.model.classifier import (
@@ -128,3 +128,15 @@ def test_an_unreadable_record_is_a_one_line_model_error(tmp_path: Path) -> None:
     (tmp_path / SEEN_FILE).write_bytes(b"not safetensors")
     with pytest.raises(ModelError, match=rf"{SEEN_FILE}: unreadable .*; delete it or save the model again$"):
         load_seen_text_keys(tmp_path)
+
+
+def test_split_digest_is_the_rows_not_their_order() -> None:
+    texts, labels = ["A good film.", "a bad film", "fine"], ["pos", "neg", "pos"]
+    digest = split_digest(texts, labels)
+    assert len(digest) == 16
+    assert split_digest(texts[::-1], labels[::-1]) == digest
+    assert split_digest(["a  GOOD film.", "A bad film", "fine "], labels) == digest  # the split's own key
+    assert split_digest(texts, ["pos", "neg", "neg"]) != digest  # a relabelled row
+    assert split_digest(texts[:2], labels[:2]) != digest  # a row gone
+    with pytest.raises(ValueError, match="3 texts but 2 labels"):
+        split_digest(texts, labels[:2])

@@ -11,7 +11,7 @@ from bitune.errors import ParamsError
 from bitune.evaluation.metrics import named_metrics
 from bitune.evaluation.report import evaluate_predictions
 from bitune.params import GATE_METRICS, RegistryParams, load_params
-from bitune.promotion import decide, decide_on_stored_scores
+from bitune.promotion import StoredScores, decide, decide_on_stored_scores
 
 F1, CKA = "test/macro_f1", "test/cka_to_pretrained"
 DEFAULTS = Path(__file__).resolve().parents[1] / "params" / "default.yaml"
@@ -88,18 +88,50 @@ def test_gate_compares_the_configured_metric() -> None:
     assert decide(challenger, {"test/accuracy": 0.8, F1: 0.9}, rules).promote
 
 
+def stored(version: str, f1: float, data: str | None, split: str | None) -> StoredScores:
+    return StoredScores(version, scores(f1), data, split)
+
+
 def test_stored_scores_on_different_data_versions_do_not_compare() -> None:
-    decision = decide_on_stored_scores(scores(0.9), scores(0.1), RULES, "aaaaaaaa11.dir", "bbbbbbbb22.dir")
+    decision = decide_on_stored_scores(
+        stored("2", 0.9, "aaaaaaaa11.dir", None), stored("1", 0.1, "bbbbbbbb22.dir", None), RULES
+    )
     assert not decision.promote
     assert "different data versions (aaaaaaaa vs champion bbbbbbbb)" in decision.reasons[0]
     assert "--force" in decision.reasons[0]
 
 
-def test_stored_scores_on_the_same_data_version_go_through_the_gate() -> None:
-    assert decide_on_stored_scores(scores(0.9), scores(0.1), RULES, "a.dir", "a.dir").promote
-    assert not decide_on_stored_scores(scores(0.1), scores(0.9), RULES, "a.dir", "a.dir").promote
+def test_stored_scores_on_the_same_data_version_go_through_the_gate_with_a_note() -> None:
+    better = decide_on_stored_scores(stored("2", 0.9, "a.dir", None), stored("1", 0.1, "a.dir", "s1"), RULES)
+    assert better.promote
+    assert better.reasons[0].startswith("version 2 kept no record of its test rows")
+    worse = decide_on_stored_scores(stored("2", 0.1, "a.dir", None), stored("1", 0.9, "a.dir", None), RULES)
+    assert not worse.promote and worse.reasons[0].startswith("versions 2 and 1 kept no record of their")
     # no champion: nothing to compare against, whatever its data
-    assert decide_on_stored_scores(scores(0.1), None, RULES, "a.dir", None).promote
+    assert decide_on_stored_scores(stored("2", 0.1, "a.dir", None), None, RULES).promote
+
+
+def test_stored_scores_on_the_same_test_rows_compare_across_data_versions() -> None:
+    """Rows added to training only: the test rows, and so the comparison, are the same."""
+    decision = decide_on_stored_scores(
+        stored("2", 0.9, "new.dir", "s1"), stored("1", 0.1, "old.dir", "s1"), RULES
+    )
+    assert decision.promote and decision.reasons[0].startswith(f"{F1} 0.9000 vs champion 0.1000")
+    assert not decide_on_stored_scores(
+        stored("2", 0.1, "a.dir", "s1"), stored("1", 0.9, "a.dir", "s1"), RULES
+    ).promote
+
+
+def test_stored_scores_on_different_test_rows_do_not_compare_even_on_the_same_data() -> None:
+    """A change of data.split: each version may have trained on the other's test rows."""
+    decision = decide_on_stored_scores(
+        stored("2", 0.9, "a.dir", "s2"), stored("1", 0.1, "a.dir", "s1"), RULES
+    )
+    assert not decision.promote
+    assert decision.reasons[0].startswith(
+        "scored on different test rows (version 2 on split s2, champion version 1 on s1"
+    )
+    assert "--force" in decision.reasons[0]
 
 
 @pytest.mark.parametrize("metric", ["test/loss", "test/ece"])

@@ -162,6 +162,29 @@ def test_promote_through_the_gate_moves_the_champion_and_records_why(project, cl
     assert champion(client) == "2"
 
 
+def test_promote_refuses_scores_on_different_test_rows(project, client) -> None:  # type: ignore[no-untyped-def]
+    root = project[0]
+    split = client.get_model_version(NAME, "1").tags["bitune.test_split"]
+    # same data, same data.split: both versions record the same test rows
+    assert len(split) == 16 and client.get_model_version(NAME, "2").tags["bitune.test_split"] == split
+    client.set_registered_model_alias(NAME, "champion", "2")
+    client.set_model_version_tag(NAME, "2", "bitune.test_split", "0123456789abcdef")  # as after a re-split
+    try:
+        line = one_line_error(bitune(root, "promote", "1"))
+        assert "scored on different test rows (version 1 on split " + split in line
+        assert "champion version 2 on 0123456789abcdef" in line and "--force" in line
+        assert champion(client) == "2"
+        # a version from before the tag: compared as before, on the same data version, and the reason says so
+        client.delete_model_version_tag(NAME, "2", "bitune.test_split")
+        result = bitune(root, "promote", "1")
+        assert result.exit_code == 0, result.output
+        assert champion(client) == "1"
+        gate = client.get_model_version(NAME, "1").tags["bitune.manual_gate"]
+        assert gate.startswith("promote: version 2 kept no record of its test rows")
+    finally:
+        client.set_model_version_tag(NAME, "2", "bitune.test_split", split)
+
+
 def test_promote_of_the_champion_or_an_unknown_version(project, client) -> None:  # type: ignore[no-untyped-def]
     root = project[0]
     result = bitune(root, "promote", "1")

@@ -41,6 +41,18 @@ def seen_text_keys(texts: Iterable[object]) -> np.ndarray:
     return np.unique(text_key_fingerprints(texts))
 
 
+def split_digest(texts: Sequence[object], labels: Sequence[object]) -> str:
+    """A short, order-free digest of a split's rows (text key and label): two models whose test
+    splits share it were scored on the same rows, and neither trained on them."""
+    if len(texts) != len(labels):
+        raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
+    rows = sorted(zip(text_key_fingerprints(texts).tolist(), map(str, labels), strict=True))
+    digest = blake2b(b"bitune-split\0", digest_size=8)
+    for key, label in rows:
+        digest.update(f"{key}\t{label}\n".encode())
+    return digest.hexdigest()
+
+
 def texts_in(files: Sequence[Path]) -> list[str]:
     """The `text` column of prepared split parquets, in order (they keep the raw text)."""
     return [str(t) for f in files for t in pd.read_parquet(f, columns=["text"])["text"]]
