@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -88,3 +90,13 @@ def fail(exc: BaseException, log_file: Path) -> typer.Exit:
     errors.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True, highlight=False, markup=True)
     errors.print(f"[dim](details in {escape(str(log_file))})[/]", soft_wrap=True, highlight=False)
     return typer.Exit(EXIT_USER_ERROR)
+
+
+@contextmanager
+def one_line_errors(project: Path) -> Iterator[None]:
+    """Quiet defaults for the command; a BituneError in it is one line on the terminal and exit status 2."""
+    quiet_defaults()
+    try:
+        yield
+    except BituneError as exc:
+        raise fail(exc, project.resolve() / LOG_FILE) from None

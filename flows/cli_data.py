@@ -12,8 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from bitune.errors import BituneError
-from flows.cli_common import LOG_FILE, ParamsOpt, ProjectOpt, SetOpt, console, errors, fail
+from flows.cli_common import ParamsOpt, ProjectOpt, SetOpt, console, errors, one_line_errors
 from tasks import dvc_store
 
 if TYPE_CHECKING:
@@ -38,11 +37,9 @@ def versions(
 ) -> None:
     """List the data versions git, the DVC remote and MLflow runs know of, oldest first."""
     root = project.resolve()
-    try:
+    with one_line_errors(root):
         loaded = _params(root, params, set_)
         known = dvc_store.known_versions(root, loaded.data.remote, _mlflow_sightings(root, loaded))
-    except BituneError as exc:
-        raise fail(exc, root / LOG_FILE) from None
     if as_json:
         console.print_json(json.dumps([_as_dict(v) for v in known]))
         return
@@ -82,15 +79,13 @@ def checkout(
 ) -> None:
     """Restore data/ and data.dvc to VERSION from the DVC remote; on failure both stay as they were."""
     root = project.resolve()
-    try:
+    with one_line_errors(root):
         loaded = _params(root, params, set_)
         dvc_store.ensure_repo(root, loaded.data.remote)
         known = dvc_store.known_versions(root, loaded.data.remote, _mlflow_sightings(root, loaded))
         full = dvc_store.checkout(
             root, dvc_store.resolve_version(version, known), str(loaded.data.dir), force
         )
-    except BituneError as exc:
-        raise fail(exc, root / LOG_FILE) from None
     console.print(escape(f"{loaded.data.dir}/ and data.dvc are at data version {full}."))
     console.print("Train on it with [bold]bitune run --set data.source=data[/]; commit data.dvc to keep it.")
 

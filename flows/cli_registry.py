@@ -10,16 +10,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from bitune.errors import BituneError
-from flows.cli_common import LOG_FILE, ParamsOpt, ProjectOpt, console, fail, quiet_defaults
+from flows.cli_common import ParamsOpt, ProjectOpt, console, one_line_errors
 
 if TYPE_CHECKING:
     from bitune.evaluation.run_comparison import RunRow
@@ -37,16 +34,6 @@ def load_settings(project: Path, params: Path) -> tuple[Params, TrackingSettings
     root = project.resolve()
     loaded = load_params(params if params.is_absolute() else root / params)
     return loaded, TrackingSettings.from_params(loaded.tracking, root)
-
-
-@contextmanager
-def one_line_errors(project: Path) -> Iterator[None]:
-    """Quiet defaults for the command; a BituneError in it is one line on the terminal and exit status 2."""
-    quiet_defaults()
-    try:
-        yield
-    except BituneError as exc:
-        raise fail(exc, project.resolve() / LOG_FILE) from None
 
 
 def ui_command(settings: TrackingSettings, host: str, port: int) -> list[str]:

@@ -7,8 +7,7 @@ from typing import Annotated
 
 import typer
 
-from bitune.errors import BituneError
-from flows.cli_common import LOG_FILE, ParamsOpt, ProjectOpt, SetOpt, console, fail, quiet_defaults
+from flows.cli_common import ParamsOpt, ProjectOpt, SetOpt, console, one_line_errors
 
 
 def schedule(
@@ -36,18 +35,14 @@ def schedule(
     from bitune.params import load_params
 
     root = project.resolve()
-    log_file = root / LOG_FILE
     overrides = list(set_ or [])
-    quiet_defaults()
-    try:
+    with one_line_errors(root):
         load_params(params if params.is_absolute() else root / params, overrides)  # fail before serving
         from flows.schedule import deployment_parameters, make_schedule, require_api_server, serve_retrain
 
         when = make_schedule(cron, interval, timezone)
         api_url = require_api_server()
         parameters = deployment_parameters(params, overrides, root)
-    except BituneError as exc:
-        raise fail(exc, log_file) from None
     console.print(
         f"Serving [bold]retrain/{name}[/] from {api_url}: {when.describe()}, "
         f"params {parameters['params_file']} in {parameters['project_dir']}.\n"
