@@ -106,15 +106,7 @@ def run_pipeline(root: Path, params: Params, force: bool) -> RetrainSummary:
         data_version=data.md5,
         tracking_uri=settings.uri,
         run_id=run_id,
-        phases=[
-            {
-                "phase": p.key,
-                **{k: v for k, v in (p.kept or p.best).items() if k.startswith("val_")},
-                "cka": p.cka_to_pretrained,
-                "seconds": p.train_seconds,
-            }
-            for p in phases
-        ],
+        phases=[p.summary_row() for p in phases],
         test_metrics=evaluation.metrics,
         model_name=registration.name,
         model_version=registration.version,

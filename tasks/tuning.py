@@ -55,6 +55,11 @@ class PhaseOutput:
     samples_per_s: float = 0.0
     resumed: bool = False
 
+    def summary_row(self) -> dict[str, object]:
+        """What the run's summary shows of this phase: the handed-on epoch's validation scores."""
+        scores = {k: v for k, v in (self.kept or self.best).items() if k.startswith("val_")}
+        return {"phase": self.key, **scores, "cka": self.cka_to_pretrained, "seconds": self.train_seconds}
+
 
 def pipeline_dir(root: Path, pipeline_key: str) -> Path:
     """Where one pipeline's phase outputs live; the key is data version + params digest."""
