@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from bitune.params import PER_CLASS_F1, RegistryParams
 
 CKA = "test/cka_to_pretrained"
+SUPPORT = "test/support/"
 # Scores travel through MLflow as floats and tags; a gain equal to `min_delta` must not fail on rounding.
 TOLERANCE = 1e-9
 
@@ -23,6 +24,13 @@ class GateDecision:
 
     def summary(self) -> str:
         return ("promote: " if self.promote else "keep champion: ") + "; ".join(self.reasons)
+
+
+def cka_change(drop: float) -> str:
+    """The CKA move in words: a rise is not a negative fall, and rounding noise is no change."""
+    if abs(drop) < 5e-5:
+        return "CKA to pretrained unchanged"
+    return f"CKA to pretrained {'fell' if drop > 0 else 'rose'} by {abs(drop):.4f}"
 
 
 def decide(
@@ -65,7 +73,7 @@ def decide(
         drop = champion[CKA] - challenger[CKA]
         within = drop <= rules.max_cka_drop + TOLERANCE
         verdict = "" if within else ", more forgetting than allowed"
-        reasons.append(f"CKA to pretrained fell by {drop:+.4f} (allowed {rules.max_cka_drop:.4f}{verdict})")
+        reasons.append(f"{cka_change(drop)} (allowed drop {rules.max_cka_drop:.4f}{verdict})")
         ok = ok and within
     return GateDecision(ok, reasons)
 
@@ -77,9 +85,11 @@ class StoredScores:
     version: str
     scores: dict[str, float]
     data_version: str | None = None
-    test_split: str | None = (
-        None  # `split_digest` of its test rows; None for versions from before it was kept
-    )
+    test_split: str | None = None  # `split_digest` of its test rows; None on versions before the tag
+
+    def labels(self) -> set[str]:
+        """The labels it was scored on (`test/support/<label>`, logged for every label); empty if older."""
+        return {key.removeprefix(SUPPORT) for key in self.scores if key.startswith(SUPPORT)}
 
 
 def decide_on_stored_scores(
@@ -93,6 +103,16 @@ def decide_on_stored_scores(
     """
     if champion is None:
         return decide(challenger.scores, None, rules)
+    ours, theirs = challenger.labels(), champion.labels()
+    if ours and theirs and ours != theirs:
+        return GateDecision(
+            False,
+            [
+                f"different label sets (version {challenger.version}: {', '.join(sorted(ours))}; champion "
+                f"version {champion.version}: {', '.join(sorted(theirs))}), so no score compares; "
+                "promote with --force if the new labels are meant"
+            ],
+        )
     if challenger.test_split and champion.test_split:
         if challenger.test_split != champion.test_split:
             return GateDecision(

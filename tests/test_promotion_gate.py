@@ -52,13 +52,24 @@ def test_gain_within_min_delta_keeps_champion_and_gain_of_min_delta_promotes() -
 def test_cka_regression_blocks_a_better_score() -> None:
     decision = decide(scores(0.9, cka=0.80), scores(0.7, cka=0.95), RULES)
     assert not decision.promote
-    assert "CKA to pretrained fell by +0.1500" in decision.reasons[1]
+    assert decision.reasons[1].startswith("CKA to pretrained fell by 0.1500 (allowed drop 0.0500")
     assert "more forgetting than allowed" in decision.reasons[1]
 
 
 def test_cka_drop_within_allowance_promotes() -> None:
     decision = decide(scores(0.9, cka=0.93), scores(0.7, cka=0.95), RULES)
-    assert decision.promote and "allowed 0.0500)" in decision.reasons[1]
+    assert (
+        decision.promote and decision.reasons[1] == "CKA to pretrained fell by 0.0200 (allowed drop 0.0500)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("challenger", "words"),
+    [(0.99, "CKA to pretrained rose by 0.0400"), (0.95 + 1e-6, "CKA to pretrained unchanged")],
+)
+def test_cka_rise_or_no_change_is_said_as_such(challenger: float, words: str) -> None:
+    decision = decide(scores(0.9, cka=challenger), scores(0.7, cka=0.95), RULES)
+    assert decision.promote and decision.reasons[1] == f"{words} (allowed drop 0.0500)"
 
 
 def test_cka_is_ignored_when_one_side_lacks_it() -> None:
@@ -190,3 +201,19 @@ def test_every_gate_metric_is_what_both_sides_report(tmp_path: Path) -> None:
     for metric in [*GATE_METRICS, *(f"test/f1/{n}" for n in names)]:
         RegistryParams(metric=metric)  # accepted as a gate metric
         assert rescored[metric] == pytest.approx(evaluated[metric]), metric
+
+
+def test_stored_scores_on_different_label_sets_do_not_compare() -> None:
+    """A new label: the flow's gate sends the user to --force, and so does the manual gate."""
+    new = StoredScores(
+        "3", scores(0.9) | {"test/support/neg": 5, "test/support/pos": 5, "test/support/meh": 2}
+    )
+    old = StoredScores("1", scores(0.1) | {"test/support/neg": 5, "test/support/pos": 5})
+    decision = decide_on_stored_scores(new, old, RULES)
+    assert not decision.promote
+    assert decision.reasons == [
+        "different label sets (version 3: meh, neg, pos; champion version 1: neg, pos), so no score "
+        "compares; promote with --force if the new labels are meant"
+    ]
+    same = StoredScores("3", scores(0.9) | {"test/support/neg": 4, "test/support/pos": 6})
+    assert decide_on_stored_scores(same, old, RULES).promote
