@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bitune.errors import ParamsError
+from bitune.params_errors import ParamsOrigins, explain
 
 URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<user>[^/@\s:]*):(?P<secret>[^/@\s]+)@")
 SECRET_KEY = re.compile(r"(password|secret|token|access_key|api_key)", re.IGNORECASE)
@@ -61,9 +62,18 @@ class DataParams(Strict):
         "or folder of split files, 'hf:<dataset id>[:<config>]' (needs network), or 'data' (files "
         "already in data/)",
     )
-    text_column: str = "text"
-    label_column: str = "label"
+    text_column: str = Field(
+        "text",
+        description="the source's text column; data/ stores it as 'text', so after --data a plain run "
+        "needs no column params",
+    )
+    label_column: str = Field("label", description="the source's label column; data/ stores it as 'label'")
     labels: list[str] | None = Field(None, description="allowed labels; None: the labels found")
+    label_conflicts: Literal["error", "drop"] = Field(
+        "error",
+        description="a text found with more than one label: 'error' stops the run; 'drop' drops every "
+        "row of such texts before splitting, with a warning (the data version keeps them)",
+    )
     demo_rows: int = Field(600, ge=60, le=1_000_000, description="rows of the synthetic demo dataset")
     dir: Path = Field(Path("data"), description="folder tracked by data.dvc")
     remote: str = Field(".dvc-storage", description="DVC remote: a local folder or s3://bucket/prefix")
@@ -420,38 +430,48 @@ def strategies_dir(params_file: Path) -> Path:
 
 def compose(params_file: Path, overrides: list[str] = ()) -> dict[str, Any]:  # type: ignore[assignment]
     """Read the params file, compose the strategy preset in, apply overrides: a plain mapping."""
+    return _compose(params_file, list(overrides))[0]
+
+
+def _compose(params_file: Path, overrides: list[str]) -> tuple[dict[str, Any], Path | None]:
+    """The composed mapping, and the strategy preset file composed into it (None: strategy inline)."""
     tree = _read_yaml(params_file)
     parsed = [parse_override(o) for o in overrides]
+    chosen_by = f"{params_file}: strategy"
     for path, value in parsed:
         if path == ["strategy"]:
-            tree["strategy"] = value
+            tree["strategy"], chosen_by = value, "--set strategy"
     strategy = tree.get("strategy", "bidirectional")
+    preset = None
     if isinstance(strategy, str):
         preset = strategies_dir(params_file) / f"{strategy}.yaml"
         if not preset.exists():
             known = sorted(p.stem for p in strategies_dir(params_file).glob("*.yaml"))
-            raise ParamsError(f"strategy: unknown preset {strategy!r}; choose one of {', '.join(known)}")
+            raise ParamsError(f"{chosen_by}: unknown preset {strategy!r}; choose one of {', '.join(known)}")
         tree["strategy"] = {"name": strategy, **_read_yaml(preset)}
     for path, value in parsed:
         if path != ["strategy"]:
             _set(tree, path, value)
-    return tree
+    return tree, preset
 
 
-def validate(tree: dict[str, Any], source: str = "params") -> Params:
+def validate(
+    tree: dict[str, Any],
+    source: str = "params",
+    overrides: list[str] = (),  # type: ignore[assignment]
+    strategy_file: Path | None = None,
+) -> Params:
+    """Params from a composed mapping; an error names its source: the file, the preset or the `--set`."""
     try:
         return Params.model_validate(tree)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        key = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        message = first["msg"].removeprefix("Value error, ")
-        if first["type"] == "extra_forbidden":
-            message = "unknown key; check the spelling against params/default.yaml"
-        more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise ParamsError(f"{source}: {key}: {message}{more}") from None
+        typed = {tuple(parse_override(o)[0]): o.partition("=")[0].strip() for o in overrides}
+        origins = ParamsOrigins(source, typed, strategy_file)
+        raise ParamsError(explain(exc, Params, origins)) from None
 
 
 def load_params(params_file: Path | str = Path("params/default.yaml"), overrides: list[str] = ()) -> Params:  # type: ignore[assignment]
     """The one way params enter the program."""
     params_file = Path(params_file)
-    return validate(compose(params_file, list(overrides)), source=str(params_file))
+    tree, preset = _compose(params_file, list(overrides))
+    return validate(tree, str(params_file), list(overrides), preset)

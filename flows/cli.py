@@ -23,6 +23,7 @@ from flows.cli_common import (
     console,
     errors,
     fail,
+    project_root,
     quiet_defaults,
     route_tracebacks,
 )
@@ -131,13 +132,15 @@ def run(
     """Run the retrain flow: version data, preprocess, head phase, bottom phase, evaluate, register."""
     from bitune.data.versioning import check_new_source
     from bitune.params import load_params
+    from bitune.project_lock import check_project_free
 
-    root = project.resolve()
+    root = project_root(project)
     log_file = root / LOG_FILE
     overrides = list(set_ or []) + ([f"data.source={data}"] if data else [])
     params_file = params if params.is_absolute() else root / params
     try:
         loaded = load_params(params_file, overrides)  # bad params fail here, before any work starts
+        check_project_free(root)  # a busy project, before Prefect's temporary server takes seconds
         check_new_source(loaded.data, root)  # and a bad data file, before any server starts
     except BituneError as exc:
         raise fail(exc, log_file) from None

@@ -81,22 +81,45 @@ def route_tracebacks(log_file: Path) -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def fail(exc: BaseException, log_file: Path) -> typer.Exit:
-    """One line on the terminal; the traceback appended to the log file."""
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with log_file.open("a", encoding="utf-8") as fh:
-        fh.write(f"{datetime.now().isoformat()} bitune failed\n{''.join(traceback.format_exception(exc))}\n")
+def fail(exc: BaseException, log_file: Path | None) -> typer.Exit:
+    """One line on the terminal; the traceback appended to the log file (none: no log, nothing written)."""
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        with log_file.open("a", encoding="utf-8") as fh:
+            fh.write(
+                f"{datetime.now().isoformat()} bitune failed\n{''.join(traceback.format_exception(exc))}\n"
+            )
     # escaped: messages quote values like `layers[0:2]`, which rich would take for markup and drop
     errors.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True, highlight=False, markup=True)
-    errors.print(f"[dim](details in {escape(str(log_file))})[/]", soft_wrap=True, highlight=False)
+    if log_file is not None:
+        errors.print(f"[dim](details in {escape(str(log_file))})[/]", soft_wrap=True, highlight=False)
     return typer.Exit(EXIT_USER_ERROR)
+
+
+def project_root(project: Path) -> Path:
+    """The project folder, resolved. A missing one is a one-line error that writes nothing: the log
+    file lives in the project, and creating `<project>/.bitune/` for a mistyped path would leave a
+    folder behind for bad input."""
+    root = project.resolve()
+    if not root.is_dir():
+        what = "not a folder" if root.exists() else "no such folder"
+        error = BituneError(
+            f"--project {project}: {what}; pass the project folder (the one holding params/ and data.dvc)"
+        )
+        raise fail(error, log_file=None)
+    return root
 
 
 @contextmanager
 def one_line_errors(project: Path) -> Iterator[None]:
-    """Quiet defaults for the command; a BituneError in it is one line on the terminal and exit status 2."""
+    """Quiet defaults for the command; a BituneError in it is one line on the terminal and exit status 2.
+
+    The project folder is checked first, so every command that takes `--project` refuses a missing
+    one the same way, before it reads or writes anything.
+    """
+    root = project_root(project)
     quiet_defaults()
     try:
         yield
     except BituneError as exc:
-        raise fail(exc, project.resolve() / LOG_FILE) from None
+        raise fail(exc, root / LOG_FILE) from None

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich import box
 from rich.table import Table
 
 from flows.cli_common import ParamsOpt, ProjectOpt, console, one_line_errors
@@ -85,24 +86,39 @@ def rollback(project: ProjectOpt = Path("."), params: ParamsOpt = DEFAULT_PARAMS
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
-    return f"{seconds:.1f} s" if seconds < 120 else f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
+    if seconds < 100:
+        return f"{seconds:.1f}s"
+    minutes = int(seconds // 60)
+    return f"{minutes}m{int(seconds % 60):02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+def _result(row: RunRow) -> str:
+    """The version a run registered and its aliases; a run that registered none, its status."""
+    if not row.model_version:
+        return row.status
+    return " ".join([f"v{row.model_version}", ", ".join(row.aliases)]).strip()
 
 
 def _table(rows: list[RunRow], experiment: str) -> Table:
-    table = Table(title=f"bitune runs in experiment {experiment!r}")
-    for column in ("run", "strategy", "data", "accuracy", "macro-F1", "CKA", "duration", "status", "model"):
-        table.add_column(
-            column, justify="right" if column in ("accuracy", "macro-F1", "CKA", "duration") else "left"
-        )
+    """Fits 80 columns: short headers, no column rules, ids and scores never cut; only the last column
+    (a version's aliases) wraps, at its spaces."""
+    table = Table(
+        title=f"bitune runs in experiment {experiment!r}",
+        caption="acc, F1: test accuracy, macro-F1; CKA: similarity to the pretrained encoder",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        padding=0,
+    )
+    for column in ("run", "strategy", "data", "acc", "F1", "CKA", "time", "result"):
+        numeric = column in ("acc", "F1", "CKA", "time")
+        table.add_column(column, justify="right" if numeric else "left", no_wrap=column != "result")
     for r in rows:
         score = [
             f"{r.metrics[k]:.4f}" if k in r.metrics else "-"
             for k in ("test/accuracy", "test/macro_f1", "test/cka_to_pretrained")
         ]
-        model = f"v{r.model_version}" if r.model_version else "-"
-        if r.aliases:
-            model += f" ({', '.join(r.aliases)})"
-        table.add_row(r.name, r.strategy, r.data_version, *score, _duration(r.seconds), r.status, model)
+        table.add_row(r.short_id, r.strategy, r.data_version, *score, _duration(r.seconds), _result(r))
     return table
 
 
@@ -116,7 +132,7 @@ def compare(
     project: ProjectOpt = Path("."),
     params: ParamsOpt = DEFAULT_PARAMS,
 ) -> None:
-    """Table of retrain runs: strategy, data version, test scores, duration, model version and aliases."""
+    """Table of retrain runs: id, strategy, data version, test scores, duration, model version and aliases."""
     with one_line_errors(project):
         from bitune.evaluation.run_comparison import plot_comparison
         from tasks.promotion import compare_runs

@@ -161,11 +161,7 @@ def checkout(root: Path, version: str, data_dir: str = "data", force: bool = Fal
         # cache has it: the version's manifest in the cache is what says whether to go on
         proc = _dvc(root, "fetch", "-q", "-r", REMOTE_NAME, DVC_FILE, check=False)
         if not _object_path(cache_dir(root), version).is_file():
-            detail = f" ({_last_line(proc)})" if proc.returncode != 0 else ""
-            raise DataError(
-                f"data version {version}: not in the DVC remote or the local cache{detail}; "
-                "list the versions there with `bitune data versions`"
-            )
+            raise DataError(_not_restorable(root, version, proc))
         _dvc(root, "checkout", "-q", "--force", DVC_FILE)
         (root / DVC_FILE).unlink()  # written afresh, data.dvc reads as the ingest of `version` wrote it
         _dvc(root, "add", "-q", data_dir)
@@ -174,6 +170,25 @@ def checkout(root: Path, version: str, data_dir: str = "data", force: bool = Fal
                 f"checked out {version} but {data_dir}/ hashes to {data_version(root)}; run `dvc doctor`"
             )
     return version
+
+
+def _not_restorable(root: Path, version: str, fetch: subprocess.CompletedProcess[str]) -> str:
+    """Why `version` cannot be checked out here, and what can be done: a version git records (data.dvc
+    history) was versioned elsewhere and never pushed, so only the machine that has it can help."""
+    remote = _dvc(root, "config", "--local", f"remote.{REMOTE_NAME}.url", check=False).stdout.strip()
+    where = f"the DVC remote {remote}" if remote else "the DVC remote"
+    detail = f" ({_last_line(fetch)})" if fetch.returncode != 0 else ""
+    if any(seen.md5.removesuffix(".dir") == version.removesuffix(".dir") for seen in _git_sightings(root)):
+        return (
+            f"data version {version} is recorded in git ({DVC_FILE} history) but its files were never "
+            f"pushed to {where} and are not in the local cache{detail}, so it cannot be restored here; "
+            "run `dvc push` on a machine that has it, or pick a version in the remote "
+            "(`bitune data versions`)"
+        )
+    return (
+        f"data version {version}: not in {where} or the local cache{detail}; pick a version in "
+        "the remote from `bitune data versions`"
+    )
 
 
 def cache_dir(root: Path) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,11 +12,14 @@ from prefect import task
 from bitune.data.preprocess import LabelMap, tokenization_key, tokenize_splits
 from bitune.data.sources import read_source
 from bitune.data.splits import SPLIT_METHOD, make_splits
+from bitune.data.validation import drop_label_conflicts
 from bitune.errors import ModelError
 from bitune.model.classifier import load_tokenizer, resolve_model_source
 from bitune.params import ModelParams, Params
 
 SPLITS = ("train", "validation", "test")
+
+log = logging.getLogger("bitune")
 
 
 @dataclass(frozen=True)
@@ -50,13 +54,19 @@ def check_model(model: ModelParams) -> None:
 
 def preprocess_fn(params: Params, data_md5: str, root: Path) -> PreparedData:
     data = params.data.model_copy(update={"source": "data"})
-    raw = read_source(data, root / params.data.dir)
+    frames = read_source(data, root / params.data.dir).frames
+    rows = f"{data_md5}-{params.data.split.model_dump_json()}-{SPLIT_METHOD}"
+    if params.data.label_conflicts == "drop":  # in the key only then: keys made before it stay valid
+        frames, warning = drop_label_conflicts(frames)
+        if warning:
+            log.warning("data: %s", warning)
+        rows += "-label-conflicts-dropped"
     # the split files keep the raw text: tokenization normalises it with this model's settings, and
     # the registry re-scores the champion on it with the champion's own settings
-    splits = make_splits(raw.frames, params.data.split)
+    splits = make_splits(frames, params.data.split)
     label_map = LabelMap.from_frames(splits, params.data.labels)
     key = tokenization_key(
-        f"{data_md5}-{params.data.split.model_dump_json()}-{SPLIT_METHOD}",
+        rows,
         params.model.name_or_path,
         params.preprocess,
         revision=params.model.revision,

@@ -88,6 +88,17 @@ def ensure_store(settings: TrackingSettings) -> None:
             ) from None
 
 
+def version_number(text: str) -> str:
+    """A model version as typed (`3`, or `v3` as `bitune compare` shows it) as the registry's number;
+    anything else is the user's slip, said before MLflow is asked (it would answer as a server fault)."""
+    number = text.strip().removeprefix("v")
+    if not number.isdecimal() or not number.isascii():
+        raise BituneError(
+            f"promote: version {text!r} is not a version number; `bitune compare` lists the versions"
+        )
+    return str(int(number))
+
+
 def get_version(client: MlflowClient, name: str, version: str) -> ModelVersion:
     try:
         return client.get_model_version(name, version)
@@ -139,6 +150,7 @@ def promote(
     settings: TrackingSettings, rules: RegistryParams, version: str, force: bool = False
 ) -> Promotion:
     """Make `version` the champion if the gate agrees (or `force`); tag the decision on the version."""
+    version = version_number(version)
     client = settings.client()
     name = rules.model_name
     with registry_errors(settings):

@@ -25,6 +25,7 @@ from bitune.model.classifier import ClassifierMeta, load_backbone, load_tokenize
 from bitune.model.layer_groups import gradual_shortfall, resolve_layer_groups
 from bitune.model.pretrained import build_model, check_strategy_fits_model
 from bitune.params import Params, flatten
+from bitune.tuning.checkpoint import STATE as CHECKPOINT_STATE
 from bitune.tuning.checkpoint import PhaseCheckpoints
 from bitune.tuning.features import feature_cache_file
 from bitune.tuning.phase import PhaseContext, PhaseData, run_phase
@@ -71,6 +72,21 @@ def load_rows(prepared: PreparedData, split: str) -> list[dict]:
     return dataset.select_columns(["input_ids", "attention_mask", "labels"]).to_list()
 
 
+def say_if_resuming(checkpoints: PhaseCheckpoints, run: PhaseRun) -> None:
+    """A rerun after a crash continues from the phase's last epoch checkpoint: tell the user so."""
+    try:
+        epoch = int(json.loads((checkpoints.folder / CHECKPOINT_STATE).read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no checkpoint (or an unreadable one, which run_phase reports): a fresh start
+    log.info(
+        "%s: resuming from the checkpoint after epoch %d of %d (%s)",
+        run.key,
+        epoch,
+        run.spec.epochs,
+        checkpoints.folder,
+    )
+
+
 def tune_phase_fn(
     params: Params,
     prepared: PreparedData,
@@ -86,7 +102,7 @@ def tune_phase_fn(
     run: PhaseRun = expand_strategy(params.strategy)[phase_index]
     out_dir = pipeline_dir(root, pipeline_key) / run.key
     if (out_dir / RESULT).exists():
-        log.info("phase %s: already trained for this data and params; reusing %s", run.key, out_dir)
+        log.info("%s: already trained for this data and params; reusing it whole (%s)", run.key, out_dir)
         return PhaseOutput(**{**json.loads((out_dir / RESULT).read_text()), "resumed": True})
     if params.train.processes > 1 and not launched_distributed():
         job = {
@@ -156,18 +172,21 @@ def tune_phase_fn(
     feature_cache = None
     if previous is None:  # later phases start from trained weights: their features are their own
         feature_cache = feature_cache_file(root, params, prepared.key, accelerator.mixed_precision)
+    checkpoints = PhaseCheckpoints(root / params.train.checkpoint_dir / pipeline_key / run.key)
     ctx = PhaseContext(
         accelerator=accelerator,
         groups=groups,
         pretrained=pretrained,
         seed=params.train.seed,
         eval_batch_size=params.train.eval_batch_size,
-        checkpoints=PhaseCheckpoints(root / params.train.checkpoint_dir / pipeline_key / run.key),
+        checkpoints=checkpoints,
         feature_cache=feature_cache,
         on_epoch=on_epoch,
         on_step=on_step,
         compile=params.train.compile,
     )
+    if accelerator.is_main_process:
+        say_if_resuming(checkpoints, run)
     monitor = tracking.system_metrics(settings, run_id, str(accelerator.device)) if main and run_id else None  # type: ignore[arg-type]
     t0 = time.perf_counter()
     try:
@@ -218,7 +237,7 @@ def tune_phase_fn(
             )
             tracking.end_run(settings, run_id)
         (out_dir / RESULT).write_text(json.dumps(asdict(output), indent=2))
-        ctx.checkpoints.clear()  # type: ignore[union-attr]
+        checkpoints.clear()
     return output
 
 

@@ -77,10 +77,27 @@ class Case:
 
 CASES = [
     # params: rejected before any work starts
-    Case("unknown-key", ["--set", "train.sed=1"], ("train.sed", "unknown key", "params/default.yaml")),
-    Case("wrong-type", ["--set", "train.seed=abc"], ("train.seed", "integer")),
+    Case(
+        "unknown-key",
+        ["--set", "train.sed=1"],
+        ("--set train.sed: unknown key", "did you mean train.seed?", "params/default.yaml"),
+    ),
+    Case(
+        "unknown-strategy-key",
+        ["--set", "strategy.round=2"],
+        (
+            "--set strategy.round: unknown key",
+            "did you mean strategy.rounds?",
+            "strategies/bidirectional.yaml",
+        ),
+    ),
+    Case("wrong-type", ["--set", "train.seed=abc"], ("--set train.seed: expected an integer, got 'abc'",)),
     Case("out-of-range", ["--set", "data.split.validation=0.9"], ("data.split.validation", "less than 0.5")),
-    Case("unknown-strategy", ["--set", "strategy=nonsense"], ("unknown preset 'nonsense'", "bidirectional")),
+    Case(
+        "unknown-strategy",
+        ["--set", "strategy=nonsense"],
+        ("--set strategy: unknown preset 'nonsense'", "bidirectional"),
+    ),
     Case(
         "unknown-layer-group",
         ["--set", "strategy.phases.0.train=[headz]"],

@@ -6,6 +6,7 @@ Runs the real CLI as a subprocess in a tmp project, the way a scheduler would.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -98,7 +99,8 @@ def test_kill_9_in_bottom_phase_resumes_and_registers_once(tmp_path, tiny_bert_d
     assert not list(root.glob(".bitune/runs/*/bottom/result.json")), "the phase finished before the kill"
     assert {r.info.status for r in runs(root)} >= {"RUNNING"}
 
-    finished(root, command(root, tiny_bert_dir))
+    rerun = finished(root, command(root, tiny_bert_dir))
+    said = rerun.stdout + rerun.stderr
 
     all_runs = runs(root)
     assert "RUNNING" not in {r.info.status for r in all_runs}
@@ -106,6 +108,16 @@ def test_kill_9_in_bottom_phase_resumes_and_registers_once(tmp_path, tiny_bert_d
     assert {r.info.run_name for r in killed} >= {"bottom"}  # the stale parent and bottom runs were closed
     bottoms = [r for r in all_runs if r.info.run_name == "bottom" and r.info.status == "FINISHED"]
     assert len(bottoms) == 1 and int(bottoms[0].data.tags["bitune.resumed_from_epoch"]) >= 3
+    # the rerun says what it picks up: the head phase whole, the bottom phase from its checkpoint
+    assert re.search(r"head: already trained for this data and params; reusing it whole \(/", said), said[
+        -3000:
+    ]
+    resumed_line = re.search(r"bottom: resuming from the checkpoint after epoch (\d+) of 30 \((\S+)\)", said)
+    assert resumed_line, said[-3000:]
+    assert resumed_line[1] == bottoms[0].data.tags["bitune.resumed_from_epoch"]
+    assert resumed_line[2].startswith(str(root / ".bitune" / "checkpoints")) and resumed_line[2].endswith(
+        "/bottom"
+    )
     history = client(root).get_metric_history(bottoms[0].info.run_id, "bottom/val/accuracy")
     assert min(m.step for m in history) > 3  # epochs before the kill were not trained again
     versions = client(root).search_model_versions("name='bitune-classifier'")

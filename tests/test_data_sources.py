@@ -94,32 +94,82 @@ def test_demo_source_writes_demo_csv_that_reads_back_identically(tmp_path: Path)
     pd.testing.assert_frame_equal(again.frames["all"], raw.frames["all"])
 
 
-@pytest.mark.parametrize("name", ["r.csv", "r.tsv", "r.jsonl", "r.parquet", "folder"])
-def test_materialised_files_are_byte_identical_and_read_back_the_same(tmp_path: Path, name: str) -> None:
-    frame = pd.DataFrame({"review": ["good, really", "bad"], "stars": ["5", "1"]})
-    source = tmp_path / name
-    if name == "folder":
+FORMATS = ["r.csv", "r.tsv", "r.jsonl", "r.parquet", "folder"]
+
+
+def write_source(source: Path, frame: pd.DataFrame) -> None:
+    """`frame` as the source file `source` names (a folder: train.csv and val.csv)."""
+    if source.suffix == "":
         source.mkdir()
         frame.to_csv(source / "train.csv", index=False)
-        frame.assign(review=["ok", "meh"]).to_csv(source / "val.csv", index=False)
-    elif name.endswith(".csv"):
+        frame.iloc[::-1].to_csv(source / "val.csv", index=False)
+    elif source.suffix == ".csv":
         frame.to_csv(source, index=False)
-    elif name.endswith(".tsv"):
-        frame.to_csv(source, sep="\t", index=False)
-    elif name.endswith(".jsonl"):
+    elif source.suffix == ".tsv":
+        frame.to_csv(source, sep="\t", index=False, quoting=3)
+    elif source.suffix == ".jsonl":
         frame.to_json(source, orient="records", lines=True)
     else:
         frame.to_parquet(source)
-    kw = {"text_column": "review", "label_column": "stars"}
-    raw = read(source, tmp_path, **kw)
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_files_with_text_and_label_columns_are_versioned_byte_identical(tmp_path: Path, name: str) -> None:
+    source = tmp_path / name
+    frame = pd.DataFrame({"text": ["good, really", "bad"], "label": ["5", "1"], "id": ["a", "b"]})
+    write_source(source, frame)
+    raw = read(source, tmp_path)
     written = materialise(raw, tmp_path / "data")
     assert {p.name: p.read_bytes() for p in written} == raw.files
     originals = sorted(source.iterdir()) if source.is_dir() else [source]
-    assert all((tmp_path / "data" / p.name).read_bytes() == p.read_bytes() for p in originals)
-    again = read_source(DataParams(source="data", **kw), tmp_path / "data")
+    assert {p.name: p.read_bytes() for p in originals} == raw.files  # the user's bytes, extra column too
+    again = read_source(DataParams(source="data"), tmp_path / "data")
     assert again.frames.keys() == raw.frames.keys()
     for split in raw.frames:
         pd.testing.assert_frame_equal(again.frames[split], raw.frames[split])
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_other_columns_are_stored_as_text_and_label_and_read_back_with_any_column_params(
+    tmp_path: Path, name: str
+) -> None:
+    """data/ is bitune's store: after `--data r.csv --set data.text_column=review`, a plain run reads it."""
+    tsv = name.endswith(".tsv")  # a TSV field holds no tab or newline (it is read unquoted)
+    texts = [
+        "good, really",
+        ' "quoted" start ',
+        "NA",
+        "caf\u00e9 / na\u00efve",
+        "two lines" if tsv else "two\nlines",
+    ]
+    frame = pd.DataFrame({"review": texts, "stars": ["5", "1", "3", "null", "2"], "text": ["x"] * 5})
+    source = tmp_path / name
+    write_source(source, frame)
+    kw = {"text_column": "review", "label_column": "stars"}
+    raw = read(source, tmp_path, **kw)
+    assert raw.frames[next(iter(raw.frames))]["text"].tolist()[: len(texts)] in (texts, texts[::-1])
+    written = materialise(raw, tmp_path / "data")
+    originals = sorted(source.iterdir()) if source.is_dir() else [source]
+    assert sorted(p.name for p in written) == sorted(p.name for p in originals)  # same names and formats
+    for params_now in (DataParams(source="data"), DataParams(source="data", **kw)):
+        again = read_source(params_now, tmp_path / "data")
+        assert again.frames.keys() == raw.frames.keys()
+        for split in raw.frames:
+            pd.testing.assert_frame_equal(again.frames[split], raw.frames[split])
+    assert read(source, tmp_path, **kw).files == raw.files  # the same source, the same data version
+
+
+def test_a_data_folder_the_user_manages_is_read_by_the_configured_columns_first(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "r.csv").write_text("review,stars,text,label\ngood,5,other,x\n")
+    custom = read_source(DataParams(source="data", text_column="review", label_column="stars"), data_dir)
+    assert custom.frames["all"].to_dict("list") == {"text": ["good"], "label": ["5"]}
+    assert read_source(DataParams(source="data"), data_dir).frames["all"]["text"].tolist() == ["other"]
+    (data_dir / "r.csv").write_text("review,stars\ngood,5\n")  # neither configured nor stored names
+    message = error_of("data", tmp_path)
+    assert message.startswith("r.csv: no column 'text' (data.text_column) and 'label' (data.label_column)")
+    assert "columns found: review, stars" in message
 
 
 def test_hf_source_maps_class_ids_to_names_and_drops_an_unlabelled_test_split(
@@ -140,8 +190,10 @@ def test_hf_source_maps_class_ids_to_names_and_drops_an_unlabelled_test_split(
     assert raw.frames["train"]["label"].tolist() == ["neg", "pos", "pos"]
     assert sorted(raw.files) == ["train.parquet", "validation.parquet"]
     materialise(raw, tmp_path / "data")
-    again = read_source(DataParams(source="data", text_column="sentence"), tmp_path / "data")
-    pd.testing.assert_frame_equal(again.frames["train"], raw.frames["train"])
+    for data in (DataParams(source="data", text_column="sentence"), DataParams(source="data")):
+        again = read_source(data, tmp_path / "data")
+        pd.testing.assert_frame_equal(again.frames["train"], raw.frames["train"])
+    assert pd.read_parquet(tmp_path / "data" / "train.parquet").columns.tolist() == ["text", "label"]
 
 
 # --- bad inputs: one DataError, one line, naming the file / column -----------------------------

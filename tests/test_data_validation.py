@@ -7,7 +7,7 @@ import pytest
 
 from bitune.data.demo import make_demo_frame
 from bitune.data.sources import read_source
-from bitune.data.validation import ValidationReport, validate_frames
+from bitune.data.validation import ValidationReport, drop_label_conflicts, validate_frames
 from bitune.errors import DataError
 from bitune.params import DataParams, SplitParams
 
@@ -126,6 +126,35 @@ def test_same_text_with_two_labels_names_both_rows() -> None:
     message = only_error({"all": bad})
     assert message.startswith("1 text has more than one label") and "at row 4 and" in message
     assert "at row 11" in message
+    assert message.endswith("fix the labels, or set data.label_conflicts: drop to drop those texts' rows")
+
+
+def conflicts() -> dict[str, pd.DataFrame]:
+    """Two texts with two labels ('a' across splits, 'b' three times), a repeated clean text, two clean."""
+    train = frame(["a", "b", "keep", "b", "keep", "b", "other"], ["x", "x", "y", "y", "y", "x", "y"])
+    validation = frame(["a", "fine", "b"], ["y", "x", None])  # 'b' unlabelled: not a conflict, still 'b'
+    return {"train": train, "validation": validation}
+
+
+def test_label_conflicts_drop_is_a_warning_that_counts_texts_and_rows() -> None:
+    report = validate_frames(conflicts(), DataParams(label_conflicts="drop", max_duplicate_fraction=1))
+    assert not any("more than one label" in e for e in report.errors), report.errors
+    (warning,) = [w for w in report.warnings if "more than one label" in w]
+    assert warning.startswith("2 texts have more than one label, e.g. 'a' is 'x' at train row 2 and ")
+    assert warning.endswith("; their 6 rows are dropped before splitting (data.label_conflicts: drop)")
+
+
+def test_drop_label_conflicts_drops_every_row_of_those_texts_in_every_split() -> None:
+    frames = conflicts()
+    kept, warning = drop_label_conflicts(frames)
+    assert kept["train"].to_dict("list") == {"text": ["keep", "keep", "other"], "label": ["y", "y", "y"]}
+    assert kept["validation"].to_dict("list") == {"text": ["fine"], "label": ["x"]}
+    assert warning == (
+        "dropped 6 rows of 2 texts with more than one label, e.g. 'a' (data.label_conflicts: drop)"
+    )
+    assert len(frames["train"]) == 7 and len(frames["validation"]) == 3  # the inputs are not changed
+    clean_frames = {"all": clean()}
+    assert drop_label_conflicts(clean_frames) == (clean_frames, None)
 
 
 def test_leakage_between_train_and_test_names_both_rows() -> None:

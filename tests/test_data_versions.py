@@ -108,6 +108,32 @@ def test_failed_checkouts_leave_data_dvc_and_data_exactly_as_they_were(two_versi
     (root / "data" / "b.csv").write_bytes(b["files"]["b.csv"])
 
 
+def test_checkout_of_a_version_git_records_but_nobody_pushed_says_what_can_be_done(tmp_path: Path) -> None:
+    """data.dvc history names a version versioned elsewhere and never pushed: the listing marks it,
+    and the checkout says why it cannot be restored and what can be done, not "see the listing"."""
+    root = make_project(tmp_path / "project", Path())
+    csv = tmp_path / "a.csv"
+    make_demo_frame(80, 1).to_csv(csv, index=False)
+    version_data_fn(DataParams(source=str(csv)), root)
+    current, files = (root / "data.dvc").read_bytes(), data_files(root)
+    unpushed = "0123456789abcdef0123456789abcdef.dir"
+    (root / "data.dvc").write_text(f"outs:\n- md5: {unpushed}\n  hash: md5\n  path: data\n")
+    commit(root, "data versioned on another machine, never pushed")
+    (root / "data.dvc").write_bytes(current)
+    commit(root, "back to the version here")
+    listed = json.loads(bitune(root, "data", "versions", "--json").stdout)
+    assert [v["in_remote"] for v in listed if v["md5"] == unpushed] == [False]
+    proc = bitune(root, "data", "checkout", unpushed[:8])
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr + proc.stdout
+    message = " ".join(proc.stderr.split())
+    assert (
+        f"data version {unpushed} is recorded in git (data.dvc history) but its files were never pushed "
+        f"to the DVC remote {(root / '.dvc-storage').resolve()} and are not in the local cache"
+    ) in message
+    assert "run `dvc push` on a machine that has it, or pick a version in the remote" in message
+    assert (root / "data.dvc").read_bytes() == current and data_files(root) == files
+
+
 def test_checkout_by_prefix_restores_version_a_byte_for_byte_then_b_again(two_versions) -> None:  # type: ignore[no-untyped-def]
     root, a, b = two_versions["root"], two_versions["a"], two_versions["b"]
     proc = bitune(root, "data", "checkout", a["md5"][:8])

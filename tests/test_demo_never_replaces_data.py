@@ -54,6 +54,26 @@ def test_plain_run_after_real_data_keeps_that_version(project: Path, caplog) -> 
     assert "is not the demo: retraining on it" in caplog.text and real.md5 in caplog.text
 
 
+def test_plain_run_after_data_with_other_column_names_reads_that_version(project: Path) -> None:
+    """`bitune run --data reviews.csv --set data.text_column=review --set data.label_column=stars`, then
+    a plain `bitune run` (and a scheduled one): data/ stores the columns as text and label, so the
+    default column params read it."""
+    version_data_fn(DEMO, project)
+    reviews = project.parent / "reviews.csv"
+    frame = make_demo_frame(80, 9)
+    frame.rename(columns={"text": "review", "label": "stars"}).to_csv(reviews, index=False)
+    columns = {"text_column": "review", "label_column": "stars"}
+    real = version_data_fn(DataParams(source=str(reviews), **columns), project)
+    assert real.changed and real.stats["rows"] == 80
+    before = data_state(project)
+    again = version_data_fn(DEMO, project)  # `bitune run` with the default params
+    same_params = version_data_fn(DataParams(source="data", **columns), project)
+    assert again.md5 == same_params.md5 == real.md5 and not again.changed and not same_params.changed
+    assert again.stats["rows"] == same_params.stats["rows"] == 80
+    assert data_state(project) == before
+    assert (project / "data" / "reviews.csv").read_bytes() == frame.to_csv(index=False).encode()
+
+
 def test_a_demo_version_is_regenerated_when_the_demo_params_change(project: Path) -> None:
     first = version_data_fn(DEMO, project)
     bigger = version_data_fn(DataParams(demo_rows=80), project)

@@ -192,19 +192,33 @@ def test_promote_of_the_champion_or_an_unknown_version(project, client) -> None:
     line = one_line_error(bitune(root, "promote", "7"))
     assert line.startswith("error: registry: bitune-classifier has no version 7; `bitune compare` lists")
     assert champion(client) == "1"
+    for typed in ("abc", "1.5", "2b", "v"):  # the user's slip, not a server fault; MLflow is not asked
+        line = one_line_error(bitune(root, "promote", typed))
+        expected = f"promote: version {typed!r} is not a version number; `bitune compare` lists the versions"
+        assert line == f"error: {expected}"
+    assert "bitune.manual_gate" not in client.get_model_version(NAME, "1").tags
+    result = bitune(root, "promote", "v1")  # as `bitune compare` shows versions
+    assert result.exit_code == 0 and "Version 1 of bitune-classifier is already the champion" in result.stdout
 
 
 def test_compare_lists_every_run_with_scores_versions_and_aliases(project, client, tmp_path) -> None:  # type: ignore[no-untyped-def]
     root, good, worse = project
     plot = tmp_path / "runs.png"
-    result = bitune(root, "compare", "--plot", str(plot))
+    result = bitune(root, "compare", "--plot", str(plot), env={"COLUMNS": "80"})  # a default terminal
     assert result.exit_code == 0, result.output
-    rows = [line for line in result.stdout.splitlines() if "bidirectional-" in line]
-    assert len(rows) == 2, result.stdout
-    for row, summary, model in ((rows[0], good, "v1 (champion)"), (rows[1], worse, "v2 (challenger)")):
-        assert summary.data_version[:8] in row and "FINISHED" in row and model in row
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80 and "…" not in result.stdout, result.stdout
+    # both runs have one name (strategy + data version): the short run id tells them apart
+    assert good.run_id[:8] != worse.run_id[:8]
+    for summary, model in ((good, "v1 champion"), (worse, "v2 challenger")):
+        (row,) = [line for line in lines if line.startswith(summary.run_id[:8] + " ")]
+        assert "bidirectional" in row and summary.data_version[:8] in row and row.rstrip().endswith(model)
         for key in ("test/accuracy", F1, "test/cka_to_pretrained"):
             assert f"{summary.test_metrics[key]:.4f}" in row
+    assert [line[:8] for line in lines if line[:8] in (good.run_id[:8], worse.run_id[:8])] == [
+        good.run_id[:8],
+        worse.run_id[:8],
+    ]  # oldest first
     assert plot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n") and plot.stat().st_size > 5000
 
     line = one_line_error(bitune(root, "compare", "--experiment", "nope"))

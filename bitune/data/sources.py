@@ -1,13 +1,19 @@
 """Where data comes from: read `data.source` into frames, and write it into data/ for DVC to version.
 
 Every source ends as frames with exactly the columns `text` and `label` (label as str) plus the
-exact file bytes to put in data/. A local file keeps its original bytes and name, so checking out
-a data version gives back what the user supplied, byte for byte; reading data/ again (source
-'data') gives the same frames as the original source did.
+file bytes to put in data/. data/ is bitune's own store and its files always name their columns
+`text` and `label`: `data.text_column`/`data.label_column` describe the source, so a plain run
+after `--data reviews.csv --set data.text_column=review` reads data/ with the default params. A
+local file keeps its name and format, and its original bytes when its columns already are `text`
+and `label` (checking out the version then gives back what the user supplied, byte for byte);
+otherwise its rows are written again under those two names. Reading data/ (source 'data') uses the
+configured columns when its files have them (a data/ the user manages, with its own column names),
+else `text` and `label`, and gives the same frames as the original source did.
 """
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import math
@@ -34,6 +40,7 @@ SPLIT_NAMES = {
     "test": "test",
 }
 EXTENSIONS = (".csv", ".tsv", ".parquet", ".jsonl")
+STORED_COLUMNS = ("text", "label")  # the column names of every file bitune writes into data/
 KEPT_IN_DATA_DIR = (".gitignore",)
 
 
@@ -75,17 +82,17 @@ def read_source(data: DataParams, data_dir: Path) -> RawData:
                 f"data.source is 'data' but {data_dir}/ holds no data files; run once with "
                 "data.source=demo or a file, or `dvc pull` the data version"
             )
-        return _read_folder(data_dir, data)
+        return _read_folder(data_dir, data, stored=True)
     path = Path(source).expanduser()
     if path.is_dir():
-        return _read_folder(path, data)
+        return _read_folder(path, data, stored=False)
     if not path.is_file():
         raise DataError(
             f"data.source {source!r}: file not found (looked at {path.resolve()}); give an "
             "existing file or folder, 'demo', 'hf:<dataset id>' or 'data'"
         )
-    raw = read_file(path)
-    return RawData({"all": _parse(path.name, raw, data)}, {path.name: raw})
+    frame, content = _read_one(path, data, stored=False)
+    return RawData({"all": frame}, {path.name: content})
 
 
 def materialise(raw: RawData, data_dir: Path) -> list[Path]:
@@ -135,7 +142,7 @@ def _data_files(folder: Path) -> list[Path]:
     )
 
 
-def _read_folder(folder: Path, data: DataParams) -> RawData:
+def _read_folder(folder: Path, data: DataParams, stored: bool) -> RawData:
     """Split files (train.* with validation|dev|val.* and/or test.*), or a folder holding one data file."""
     files = _data_files(folder)
     if not files:
@@ -146,8 +153,8 @@ def _read_folder(folder: Path, data: DataParams) -> RawData:
             "data.source at a file"
         )
     if len(files) == 1:  # a lone train.* too: a single file is split like any other
-        raw = read_file(files[0])
-        return RawData({"all": _parse(files[0].name, raw, data)}, {files[0].name: raw})
+        frame, content = _read_one(files[0], data, stored)
+        return RawData({"all": frame}, {files[0].name: content})
     by_split: dict[str, Path] = {}
     for path in files:
         split = SPLIT_NAMES.get(path.stem.lower())
@@ -166,14 +173,23 @@ def _read_folder(folder: Path, data: DataParams) -> RawData:
             f"{folder}/: split files {', '.join(p.name for p in files)} but no train.*; "
             "add train.csv (or .tsv/.parquet/.jsonl)"
         )
-    raws = {split: read_file(path) for split, path in by_split.items()}
+    read = {split: _read_one(path, data, stored) for split, path in by_split.items()}
     return RawData(
-        {split: _parse(by_split[split].name, raw, data) for split, raw in raws.items()},
-        {by_split[split].name: raw for split, raw in raws.items()},
+        {split: frame for split, (frame, _) in read.items()},
+        {by_split[split].name: content for split, (_, content) in read.items()},
     )
 
 
-def _parse(name: str, raw: bytes, data: DataParams) -> pd.DataFrame:
+def _read_one(path: Path, data: DataParams, stored: bool) -> tuple[pd.DataFrame, bytes]:
+    """One file's frame and the bytes data/ keeps for it (`stored`: the file is in data/ already)."""
+    raw = read_file(path)
+    frame = _parse(path.name, raw, data, stored)
+    if stored or (data.text_column, data.label_column) == STORED_COLUMNS:
+        return frame, raw
+    return frame, WRITERS[path.suffix.lower()](frame)
+
+
+def _parse(name: str, raw: bytes, data: DataParams, stored: bool) -> pd.DataFrame:
     """File bytes -> frame with `text` and `label`; every failure is a DataError naming the file."""
     suffix = Path(name).suffix.lower()
     reader = READERS.get(suffix)
@@ -184,7 +200,7 @@ def _parse(name: str, raw: bytes, data: DataParams) -> pd.DataFrame:
     if not raw.strip():
         raise DataError(f"{name}: empty file; it needs a header row and data rows")
     frame = reader(name, raw)
-    return _select(name, frame, data)
+    return _select(name, frame, data, stored)
 
 
 def _decode(name: str, raw: bytes) -> str:
@@ -256,12 +272,48 @@ READERS: dict[str, Callable[[str, bytes], pd.DataFrame]] = {
 }
 
 
-def _select(name: str, frame: pd.DataFrame, data: DataParams) -> pd.DataFrame:
-    """Keep the two configured columns as `text` and `label`, both str (nulls stay null)."""
+def _write_csv(frame: pd.DataFrame) -> bytes:
+    return frame.to_csv(index=False, lineterminator="\n").encode("utf-8")
+
+
+def _write_tsv(frame: pd.DataFrame) -> bytes:
+    # unquoted, as _read_tsv reads it: a field read from a TSV holds no tab or newline to escape
+    return frame.to_csv(sep="\t", quoting=csv.QUOTE_NONE, index=False, lineterminator="\n").encode("utf-8")
+
+
+def _write_jsonl(frame: pd.DataFrame) -> bytes:
+    return frame.to_json(orient="records", lines=True, force_ascii=False).encode("utf-8")
+
+
+def _write_parquet(frame: pd.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    return buffer.getvalue()
+
+
+# frames (columns `text`, `label`) -> the bytes of a data/ file that READERS read back as the same frame
+WRITERS: dict[str, Callable[[pd.DataFrame], bytes]] = {
+    ".csv": _write_csv,
+    ".tsv": _write_tsv,
+    ".jsonl": _write_jsonl,
+    ".parquet": _write_parquet,
+}
+
+
+def _select(name: str, frame: pd.DataFrame, data: DataParams, stored: bool = False) -> pd.DataFrame:
+    """Keep the two configured columns as `text` and `label`, both str (nulls stay null).
+
+    A file in data/ (`stored`) without the configured columns is read by `text` and `label` when it
+    has those: bitune writes them so, whatever the source called them.
+    """
+    columns = (data.text_column, data.label_column)
+    if stored and not all(c in frame.columns for c in columns):
+        if all(c in frame.columns for c in STORED_COLUMNS):
+            columns = STORED_COLUMNS
     found = [str(c) for c in frame.columns]
     missing = [
         (key, column)
-        for key, column in (("data.text_column", data.text_column), ("data.label_column", data.label_column))
+        for key, column in zip(("data.text_column", "data.label_column"), columns, strict=True)
         if column not in frame.columns
     ]
     if missing:
@@ -273,8 +325,8 @@ def _select(name: str, frame: pd.DataFrame, data: DataParams) -> pd.DataFrame:
         )
     return pd.DataFrame(
         {
-            "text": [_as_str(v) for v in frame[data.text_column]],
-            "label": [_as_str(v) for v in frame[data.label_column]],
+            "text": [_as_str(v) for v in frame[columns[0]]],
+            "label": [_as_str(v) for v in frame[columns[1]]],
         }
     )
 
@@ -324,16 +376,7 @@ def _read_hf(spec: str, data: DataParams) -> RawData:
     if len(frames) == 1:
         frames = {"all": frames["train"]}
     files = {
-        f"{'train' if split == 'all' else split}.parquet": _to_parquet(frame, data)
+        f"{'train' if split == 'all' else split}.parquet": _write_parquet(frame)
         for split, frame in frames.items()
     }
     return RawData(frames, files)
-
-
-def _to_parquet(frame: pd.DataFrame, data: DataParams) -> bytes:
-    """Under the configured column names, so reading data/ back with the same params works."""
-    buffer = io.BytesIO()
-    frame.rename(columns={"text": data.text_column, "label": data.label_column}).to_parquet(
-        buffer, index=False
-    )
-    return buffer.getvalue()

@@ -79,7 +79,7 @@ def validate_frames(frames: dict[str, pd.DataFrame], data: DataParams) -> Valida
     labelled = rows[rows["label"].notna() & (rows["label"].astype(str).str.strip() != "")]
     _check_classes(labelled, frames, data, report)
     _check_duplicates(rows, data, report)
-    _check_conflicts(labelled, report)
+    _check_conflicts(rows, labelled, data, report)
     _check_leakage(rows, report)
     _check_lengths(rows, data, report)
     return report
@@ -238,19 +238,58 @@ def _check_duplicates(rows: pd.DataFrame, data: DataParams, report: ValidationRe
         report.warnings.append(f"{what}; within {limit}, kept")
 
 
-def _check_conflicts(labelled: pd.DataFrame, report: ValidationReport) -> None:
-    labels_per_text = labelled.groupby("text", sort=False)["label"].nunique()
-    conflicting = labels_per_text[labels_per_text > 1]
+def _check_conflicts(
+    rows: pd.DataFrame, labelled: pd.DataFrame, data: DataParams, report: ValidationReport
+) -> None:
+    conflicting = _conflicting_texts(labelled)
     report.stats["conflicting_texts"] = len(conflicting)
     if conflicting.empty:
         return
     text = conflicting.index[0]
     examples = labelled[labelled["text"] == text].drop_duplicates("label").head(2)
     pairs = " and ".join(f"{r.label!r} at {_where(r.split, int(r.row))}" for r in examples.itertuples())
-    report.errors.append(
+    what = (
         f"{len(conflicting)} text{'s have' if len(conflicting) > 1 else ' has'} more than "
-        f"one label, e.g. {_excerpt(text)} is {pairs}; fix the labels"
+        f"one label, e.g. {_excerpt(text)} is {pairs}"
     )
+    if data.label_conflicts == "drop":
+        dropped = int(rows["text"].isin(conflicting.index).sum())  # unlabelled rows of those texts too
+        report.warnings.append(
+            f"{what}; their {_n(dropped, 'row')} are dropped before splitting (data.label_conflicts: drop)"
+        )
+    else:
+        report.errors.append(
+            f"{what}; fix the labels, or set data.label_conflicts: drop to drop those texts' rows"
+        )
+
+
+def _conflicting_texts(labelled: pd.DataFrame) -> pd.Series:
+    """Texts (the index) found with more than one label, with their label counts; first seen first."""
+    labels_per_text = labelled.groupby("text", sort=False)["label"].nunique()
+    return labels_per_text[labels_per_text > 1]
+
+
+def drop_label_conflicts(frames: dict[str, pd.DataFrame]) -> tuple[dict[str, pd.DataFrame], str | None]:
+    """`frames` without any row, in any split, of a text found with more than one label, and the
+    warning that counts them (None: there were none). For data.label_conflicts: drop.
+
+    The texts are those `validate_frames` reports (the exact text, over labelled rows). Splits follow
+    from each row's text alone, so every other row stays in the split it had.
+    """
+    labelled = pd.concat(
+        [f.loc[f["label"].notna() & (f["label"].astype(str).str.strip() != "")] for f in frames.values()],
+        ignore_index=True,
+    )
+    conflicting = _conflicting_texts(labelled)
+    if conflicting.empty:
+        return frames, None
+    kept = {split: f[~f["text"].isin(conflicting.index)] for split, f in frames.items()}
+    dropped = sum(len(frames[split]) - len(f) for split, f in kept.items())
+    warning = (
+        f"dropped {_n(dropped, 'row')} of {_n(len(conflicting), 'text')} with more than one label, "
+        f"e.g. {_excerpt(conflicting.index[0])} (data.label_conflicts: drop)"
+    )
+    return kept, warning
 
 
 def _check_leakage(rows: pd.DataFrame, report: ValidationReport) -> None:

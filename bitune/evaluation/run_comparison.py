@@ -23,6 +23,11 @@ class RunRow:
     model_version: str | None
     aliases: list[str]
 
+    @property
+    def short_id(self) -> str:
+        """What tells runs apart: names repeat (strategy and data version, shown in their own columns)."""
+        return self.run_id[:8]
+
 
 def plot_comparison(rows: list[RunRow], path: Path) -> Path:
     """Grouped bars per run: test accuracy, macro-F1 and CKA to pretrained (what forgetting cost)."""
@@ -40,7 +45,7 @@ def plot_comparison(rows: list[RunRow], path: Path) -> Path:
         )
     ax.set_xticks(range(len(rows)))
     ax.set_xticklabels(
-        [f"{r.name}\nv{r.model_version or '-'} {','.join(r.aliases)}" for r in rows],
+        [f"{r.short_id} {r.strategy}\nv{r.model_version or '-'} {','.join(r.aliases)}" for r in rows],
         rotation=30,
         ha="right",
         fontsize=8,
