@@ -47,6 +47,24 @@ def ui_command(settings: TrackingSettings, host: str, port: int) -> list[str]:
     return command
 
 
+def serve_command(model_uri: str, host: str, port: int) -> list[str]:
+    """`mlflow models serve` in this environment (`--env-manager local`: no conda, no download)."""
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local"]
+    return command + ["--host", host, "--port", str(port)]
+
+
+def serve_environment(settings: TrackingSettings) -> dict[str, str]:
+    """The server's environment: the project's store, and this interpreter's scripts first on PATH,
+    since MLflow starts `uvicorn` through the shell and a venv that is not activated is not on it."""
+    scripts = str(Path(sys.executable).parent)
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([scripts, env.get("PATH", "")])
+    env["MLFLOW_TRACKING_URI"] = settings.uri
+    env["MLFLOW_REGISTRY_URI"] = settings.uri
+    env.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")  # the model holds no pickle
+    return env
+
+
 def promote(
     version: Annotated[str, typer.Argument(help="model version number to make champion")],
     force: Annotated[bool, typer.Option("--force", help="skip the gate (scores, CKA, data version)")] = False,
@@ -176,7 +194,40 @@ def ui(
     os.execv(command[0], command)
 
 
+def serve(
+    version: Annotated[
+        str | None, typer.Argument(help="model version to serve (default: the champion)")
+    ] = None,
+    port: Annotated[int, typer.Option("--port", help="port to listen on")] = 5001,
+    host: Annotated[
+        str, typer.Option("--host", help="address to bind; keep loopback unless you mean to share")
+    ] = "127.0.0.1",
+    project: ProjectOpt = Path("."),
+    params: ParamsOpt = DEFAULT_PARAMS,
+) -> None:
+    """Serve the champion (or VERSION) over HTTP with `mlflow models serve`: POST texts to /invocations."""
+    with one_line_errors(project):
+        from tasks.promotion import version_to_serve
+
+        loaded, settings = load_settings(project, params)
+        chosen = version_to_serve(settings, loaded.registry.model_name, version)
+    name, number = loaded.registry.model_name, str(chosen.version)
+    aliases = f" ({', '.join(sorted(chosen.aliases))})" if chosen.aliases else ""
+    command = serve_command(f"models:/{name}/{number}", host, port)
+    console.print(
+        f"Serving {name} version {number}{aliases} on http://{host}:{port}/invocations "
+        f"(store {settings.uri}); Ctrl-C stops it. Try:\n"
+        f"curl -s http://{host}:{port}/invocations -H 'Content-Type: application/json' "
+        """-d '{"dataframe_split": {"columns": ["text"], "data": [["not bad at all"]]}}'""",
+        soft_wrap=True,
+        highlight=False,
+        markup=False,
+    )
+    sys.stdout.flush()
+    os.execve(command[0], command, serve_environment(settings))
+
+
 def register(app: typer.Typer) -> None:
     """Attach this module's commands to the `bitune` app."""
-    for command in (promote, rollback, compare, ui):
+    for command in (promote, rollback, compare, ui, serve):
         app.command()(command)

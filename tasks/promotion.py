@@ -88,15 +88,30 @@ def ensure_store(settings: TrackingSettings) -> None:
             ) from None
 
 
-def version_number(text: str) -> str:
+def version_number(text: str, command: str = "promote") -> str:
     """A model version as typed (`3`, or `v3` as `bitune compare` shows it) as the registry's number;
     anything else is the user's slip, said before MLflow is asked (it would answer as a server fault)."""
     number = text.strip().removeprefix("v")
     if not number.isdecimal() or not number.isascii():
         raise BituneError(
-            f"promote: version {text!r} is not a version number; `bitune compare` lists the versions"
+            f"{command}: version {text!r} is not a version number; `bitune compare` lists the versions"
         )
     return str(int(number))
+
+
+def version_to_serve(settings: TrackingSettings, name: str, version: str | None) -> ModelVersion:
+    """The registered version `bitune serve` starts: `version`, or the champion when None; pinned to
+    its number at start, so what serves does not change when the alias moves."""
+    client = settings.client()
+    with registry_errors(settings):
+        if version is not None:
+            return get_version(client, name, version_number(version, "serve"))
+        champion = get_champion(client, name)
+    if champion is None:
+        raise TrackingError(
+            f"serve: {name} has no champion yet; `bitune run` registers one, or name a version to serve"
+        )
+    return champion
 
 
 def get_version(client: MlflowClient, name: str, version: str) -> ModelVersion:

@@ -10,11 +10,12 @@ import json
 import os
 import sys
 import urllib.request
+from pathlib import Path
 
 import pandas as pd
 import pytest
 from conftest import make_project, tiny_overrides
-from loopback_server import free_port, server_in_own_group, venv_first_path, wait_until_up
+from loopback_server import free_port, server_in_own_group, wait_until_up
 
 pytestmark = pytest.mark.slow
 
@@ -70,42 +71,52 @@ def test_champion_loads_as_pyfunc_and_predicts_labels_and_scores(project, in_pro
     assert (predicted == test["label"]).mean() == pytest.approx(summary.test_metrics["test/accuracy"])
 
 
-def test_mlflow_models_serve_answers_invocations(project, in_process, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    _, uri, _ = project
+def test_bitune_serve_answers_invocations_like_the_registry_model(project, in_process, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`bitune serve` runs `mlflow models serve` on the champion, from a shell whose PATH lacks the venv
+    (MLflow starts `uvicorn` through the shell: the command must put the venv's scripts first itself)."""
+    root, _, summary = project
     expected = in_process.predict(pd.DataFrame({"text": TEXTS}))
     port = free_port()
-    env = os.environ | {
-        "MLFLOW_TRACKING_URI": uri,
-        "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
+    scripts = str(Path(sys.executable).parent)
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p != scripts)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {
         "HF_HUB_OFFLINE": "1",
-        "PATH": venv_first_path(),  # MLflow starts `uvicorn` through the shell
+        "PATH": path or "/usr/bin:/bin",
     }
     log = tmp_path / "serve.log"
-    command = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "models",
-        "serve",
-        "-m",
-        CHAMPION_URI,
-        "--env-manager",
-        "local",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
+    command = [f"{scripts}/bitune", "serve", "--project", str(root), "--port", str(port)]
     with server_in_own_group(command, cwd=tmp_path, env=env, log=log) as proc:
-        wait_until_up(f"http://127.0.0.1:{port}/ping", proc, log, "mlflow models serve", READY_WITHIN_S)
+        wait_until_up(f"http://127.0.0.1:{port}/ping", proc, log, "bitune serve", READY_WITHIN_S)
         body = json.dumps({"dataframe_records": [{"text": t} for t in TEXTS]}).encode()
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"}
         )
         with urllib.request.urlopen(request, timeout=60) as response:
             payload = json.loads(response.read())
+    served_what = f"version {summary.model_version} (challenger, champion) on http://127.0.0.1:{port}/invocations"
+    assert f"Serving bitune-classifier {served_what}" in log.read_text()
     served = pd.DataFrame(payload["predictions"])
     check_predictions(served)
     # the server and the in-process model are the same champion: same answers
     assert served["label"].tolist() == expected["label"].tolist()
     assert served["score"].tolist() == pytest.approx(expected["score"].tolist(), abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("version", "expected"),
+    [
+        ("7", "error: registry: bitune-classifier has no version 7; `bitune compare` lists"),
+        ("latest", "error: serve: version 'latest' is not a version number; `bitune compare` lists"),
+    ],
+)
+def test_bitune_serve_of_a_version_that_is_not_there_is_one_line(
+    project, version: str, expected: str
+) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    result = CliRunner().invoke(app, ["serve", version, "--project", str(project[0])], env={"COLUMNS": "200"})
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines()[0].startswith(expected), result.stderr
+    assert "Traceback" not in result.output
