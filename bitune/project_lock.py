@@ -13,6 +13,7 @@ import fcntl
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,53 +24,54 @@ from bitune.errors import BituneError
 LOCK_FILE = Path(".bitune") / "retrain.lock"
 
 
-# A probe (`check_project_free`) holds the lock for microseconds; a retrain that starts in that
-# instant tries again for this long before it calls the project busy.
-PROBE_GRACE_S = 0.5
-
-
 class ProjectBusyError(BituneError):
     """Another retrain holds this project."""
 
 
+# Projects this process holds, with how deep: `bitune run` takes the lock before Prefect starts (so a
+# second run is refused in a second, not after Prefect's server took seconds) and the flow it runs
+# takes it again; flock locks belong to an open file, so a second open in one process would conflict.
+_held: dict[Path, int] = {}
+_held_guard = threading.Lock()
+
+
 @contextmanager
 def hold_project(root: Path) -> Iterator[None]:
-    """Hold the project's retrain lock for the block, or fail (after PROBE_GRACE_S) naming who holds it."""
-    path = root / LOCK_FILE
+    """Hold the project's retrain lock for the block, or fail at once naming who holds it.
+
+    Re-entrant within a process: a block inside another for the same project just goes on.
+    """
+    key = root.resolve()
+    with _held_guard:
+        nested = key in _held
+        if nested:
+            _held[key] += 1
+    if nested:
+        try:
+            yield
+        finally:
+            with _held_guard:
+                _held[key] -= 1
+        return
+    path = key / LOCK_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as handle:
-        deadline = time.monotonic() + PROBE_GRACE_S
-        while not _try_lock(handle.fileno(), fcntl.LOCK_EX):
-            if time.monotonic() >= deadline:
-                handle.seek(0)
-                raise _busy(path, handle.read())
-            time.sleep(0.05)
+        if not _try_lock(handle.fileno(), fcntl.LOCK_EX):
+            handle.seek(0)
+            raise _busy(path, handle.read())
         handle.seek(0)
         handle.truncate()
         handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}))
         handle.flush()
+        with _held_guard:
+            _held[key] = 1
         try:
             yield
         finally:
+            with _held_guard:
+                del _held[key]
             handle.truncate(0)
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-def check_project_free(root: Path) -> None:
-    """Fail as `hold_project` would if another process holds the project; hold nothing, create nothing.
-
-    `bitune run` asks this before it starts Prefect (seconds), so a busy project is refused at once;
-    the flow still takes the lock itself, since a scheduled run comes through no CLI.
-    """
-    path = root / LOCK_FILE
-    try:
-        handle = open(path)  # read-only: no file, no holder, and nothing written for asking
-    except FileNotFoundError:
-        return
-    with handle:
-        if not _try_lock(handle.fileno(), fcntl.LOCK_SH):
-            raise _busy(path, handle.read())
-        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _try_lock(fd: int, kind: int) -> bool:

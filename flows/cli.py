@@ -7,8 +7,9 @@ and the terminal gets one line naming the problem and the fix, with a non-zero e
 from __future__ import annotations
 
 import signal
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.table import Table
@@ -27,6 +28,9 @@ from flows.cli_common import (
     quiet_defaults,
     route_tracebacks,
 )
+
+if TYPE_CHECKING:
+    from flows.retrain import RetrainSummary
 
 app = typer.Typer(
     help="Retrain a text classifier with bidirectional fine-tuning, tracked and versioned.",
@@ -132,18 +136,32 @@ def run(
     """Run the retrain flow: version data, preprocess, head phase, bottom phase, evaluate, register."""
     from bitune.data.versioning import check_new_source
     from bitune.params import load_params
-    from bitune.project_lock import check_project_free
+    from bitune.project_lock import hold_project
 
     root = project_root(project)
     log_file = root / LOG_FILE
     overrides = list(set_ or []) + ([f"data.source={data}"] if data else [])
     params_file = params if params.is_absolute() else root / params
+    held = ExitStack()
     try:
         loaded = load_params(params_file, overrides)  # bad params fail here, before any work starts
-        check_project_free(root)  # a busy project, before Prefect's temporary server takes seconds
         check_new_source(loaded.data, root)  # and a bad data file, before any server starts
+        # held from here to the end (the flow takes it again, re-entrantly): a second run is refused
+        # now, not after Prefect's temporary server has taken seconds to start
+        held.enter_context(hold_project(root))
     except BituneError as exc:
         raise fail(exc, log_file) from None
+    with held:
+        summary = _run_flow(root, params_file, overrides, force, log_file)
+    _summary_table(summary)
+
+
+def _run_flow(
+    root: Path, params_file: Path, overrides: list[str], force: bool, log_file: Path
+) -> RetrainSummary:
+    """The retrain flow in this process; every way it ends is one line or the summary."""
+    from tasks.dvc_store import data_version
+
     quiet_defaults()
     from flows.retrain import retrain
 
@@ -153,21 +171,29 @@ def run(
         raise fail(exc, log_file) from None
     route_tracebacks(log_file)
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM ends the run like Ctrl-C: runs marked KILLED
+    before = data_version(root)
     try:
-        summary = retrain(
-            params_file=str(params_file), overrides=overrides, project_dir=str(root), force=force
-        )
+        return retrain(params_file=str(params_file), overrides=overrides, project_dir=str(root), force=force)
     except BituneError as exc:
         raise fail(exc, log_file) from None
     except KeyboardInterrupt:
-        errors.print(
-            "interrupted: the MLflow run is marked KILLED; data, registry and champion are unchanged; "
-            "run again to resume from the last checkpoint"
-        )
+        left = left_after_interrupt(before, data_version(root))
+        errors.print(f"interrupted: the MLflow run is marked KILLED; {left}", soft_wrap=True, highlight=False)
         raise typer.Exit(130) from None
     except Exception as exc:  # a bug, not a user error: still one line here, the traceback in the log
         fail_unexpected(exc, log_file)
-    _summary_table(summary)
+
+
+def left_after_interrupt(before: str | None, after: str | None) -> str:
+    """What an interrupted run leaves: the data step may have finished (it is all or nothing)."""
+    resume = "run again to resume from the last checkpoint"
+    if after == before:
+        return f"data, registry and champion are unchanged; {resume}"
+    was = f"was {before[:8]}" if before else "there was none"
+    return (
+        f"the data step had finished, so data/ and data.dvc now hold data version {str(after)[:8]} "
+        f"({was}); registry and champion are unchanged; {resume}"
+    )
 
 
 for _module in (cli_registry, cli_data, cli_schedule):

@@ -144,6 +144,12 @@ def test_sigterm_marks_runs_killed_and_keeps_the_champion(uninterrupted, tiny_be
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err.decode()[-2000:]
     assert b"Traceback" not in err
+    said = (
+        "interrupted: the MLflow run is marked KILLED; data, registry and champion are unchanged; run again"
+    )
+    assert said in err.decode(), err.decode()[
+        -2000:
+    ]  # --force on the same data: the data step changed nothing
     newest_parent = max(
         (r for r in runs(root) if "mlflow.parentRunId" not in r.data.tags), key=lambda r: r.info.start_time
     )
@@ -162,3 +168,16 @@ def test_secrets_in_the_environment_never_reach_mlflow(uninterrupted) -> None:  
             if not artifact.is_dir and artifact.path.endswith((".json", ".md", ".txt", ".yaml")):
                 local = c.download_artifacts(run.info.run_id, artifact.path)
                 assert SECRET not in Path(local).read_text(errors="ignore"), artifact.path
+
+
+def test_an_interrupt_after_the_data_step_says_where_the_data_now_is() -> None:
+    from flows.cli import left_after_interrupt
+
+    same = left_after_interrupt("aaaaaaaa11.dir", "aaaaaaaa11.dir")
+    assert same.startswith("data, registry and champion are unchanged; run again to resume")
+    moved = left_after_interrupt("aaaaaaaa11.dir", "bbbbbbbb22.dir")
+    assert moved.startswith(
+        "the data step had finished, so data/ and data.dvc now hold data version bbbbbbbb (was aaaaaaaa); "
+        "registry and champion are unchanged"
+    )
+    assert "hold data version bbbbbbbb (there was none)" in left_after_interrupt(None, "bbbbbbbb22.dir")

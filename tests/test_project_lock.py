@@ -1,22 +1,21 @@
 """One retrain per project: a second one fails at once naming the holder; a dead holder frees it.
 
-`bitune run` asks (`check_project_free`) before it starts Prefect, and the flow takes the lock itself.
+`bitune run` takes the lock before it starts Prefect and holds it to the end; the flow it runs takes it
+again (re-entrant in one process), and a scheduled run, which comes through no CLI, takes it in the flow.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from bitune.project_lock import LOCK_FILE, ProjectBusyError, check_project_free, hold_project
+from bitune.project_lock import LOCK_FILE, ProjectBusyError, hold_project
 
 HOLDER = """
 import sys, time
@@ -56,40 +55,18 @@ def outside_logs(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if root / ".bitune" / "logs" not in (p, *p.parents))
 
 
-def test_the_probe_names_the_holder_as_the_lock_does_and_holds_nothing(tmp_path: Path) -> None:
-    check_project_free(tmp_path)  # never run here: free, and asking creates nothing
-    assert list(tmp_path.iterdir()) == []
-    holder = start_holder(tmp_path)
-    try:
-        with pytest.raises(ProjectBusyError) as probed:
-            check_project_free(tmp_path)
-        with pytest.raises(ProjectBusyError) as locked:
-            with hold_project(tmp_path):
-                pytest.fail("the lock was granted twice")
-        assert str(probed.value) == str(locked.value)
-        assert f"(pid {holder.pid} on " in str(probed.value)
-    finally:
-        holder.kill()
-        holder.wait()
-    check_project_free(tmp_path)  # the dead holder's lock went with it
-    with hold_project(tmp_path):  # and the probe left no lock of its own behind
-        with pytest.raises(ProjectBusyError, match=rf"\(pid {os.getpid()} on "):
-            check_project_free(tmp_path)
-
-
-def test_a_retrain_that_starts_during_a_probe_still_gets_the_lock(tmp_path: Path) -> None:
-    """A probe holds a shared lock for an instant; a retrain starting then must not call the project busy."""
+def test_the_lock_is_re_entrant_in_one_process_and_held_until_the_outer_block_ends(tmp_path: Path) -> None:
     with hold_project(tmp_path):
-        pass  # the lock file exists
-    with open(tmp_path / LOCK_FILE) as probe:
-        fcntl.flock(probe.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)  # as check_project_free does
-        release = threading.Timer(0.1, fcntl.flock, (probe.fileno(), fcntl.LOCK_UN))
-        release.start()
-        try:
-            with hold_project(tmp_path):
-                assert str(os.getpid()) in (tmp_path / LOCK_FILE).read_text()
-        finally:
-            release.join()
+        with hold_project(tmp_path):  # the flow inside `bitune run` takes it again
+            assert str(os.getpid()) in (tmp_path / LOCK_FILE).read_text()
+        # the inner block's end does not release it: another process is still refused
+        probe = subprocess.run(
+            [sys.executable, "-c", HOLDER, str(tmp_path)], capture_output=True, text=True, timeout=60
+        )
+        assert probe.returncode != 0 and f"(pid {os.getpid()} on " in probe.stderr
+    holder = start_holder(tmp_path)  # and the outer block's end does
+    holder.kill()
+    holder.wait()
 
 
 def test_bitune_run_on_a_held_project_fails_before_prefect_starts(tmp_path: Path) -> None:
@@ -127,3 +104,33 @@ def test_bitune_run_on_a_held_project_fails_before_prefect_starts(tmp_path: Path
     assert not prefect_home.exists()  # no Prefect server or database was started
     assert outside_logs(project) == before  # no data version, no MLflow store
     assert seconds < 10, seconds  # an interpreter start and the params check; Prefect's start is 15 s or more
+
+
+def test_bitune_run_holds_the_project_before_prefect_starts(tmp_path: Path) -> None:
+    """No window for a second run: the lock names `bitune run` before Prefect is even imported (its
+    home folder does not exist yet), not only once the flow starts after Prefect's server (seconds)."""
+    from conftest import make_project
+
+    project = make_project(tmp_path / "project", Path())
+    prefect_home = tmp_path / "prefect-home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env |= {"PREFECT_HOME": str(prefect_home), "HF_HUB_OFFLINE": "1"}
+    bitune = Path(sys.executable).with_name("bitune")
+    proc = subprocess.Popen(
+        [str(bitune), "run", "--project", str(project)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    lock = project / LOCK_FILE
+    try:
+        deadline = time.monotonic() + 60
+        while f'"pid": {proc.pid}' not in (lock.read_text() if lock.is_file() else ""):
+            assert proc.poll() is None, f"bitune run exited with {proc.returncode} before taking the lock"
+            assert time.monotonic() < deadline, "bitune run never took the project lock"
+            time.sleep(0.01)
+        assert not prefect_home.exists(), "the lock was taken only after Prefect started"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -93,7 +93,9 @@ def test_bitune_serve_answers_invocations_like_the_registry_model(project, in_pr
         )
         with urllib.request.urlopen(request, timeout=60) as response:
             payload = json.loads(response.read())
-    served_what = f"version {summary.model_version} (challenger, champion) on http://127.0.0.1:{port}/invocations"
+    served_what = (
+        f"version {summary.model_version} (challenger, champion) on http://127.0.0.1:{port}/invocations"
+    )
     assert f"Serving bitune-classifier {served_what}" in log.read_text()
     served = pd.DataFrame(payload["predictions"])
     check_predictions(served)
