@@ -185,9 +185,10 @@ def promote(
             )
         client.set_model_version_tag(name, version, MANUAL_GATE, decision.summary()[:5000])
         if not decision.promote:
+            why = "; ".join(decision.reasons)
+            hint = "" if "--force" in why else "; use --force to promote anyway"  # said once
             raise PromotionRefused(
-                f"promote: the gate kept version {replaced} as champion over version {version} "
-                f"({'; '.join(decision.reasons)}); use --force to promote anyway"
+                f"promote: the gate kept version {replaced} as champion over version {version} ({why}){hint}"
             )
         set_champion(settings, name, version, replaced, f"manual {decision.summary()}")
     return Promotion(name, version, replaced, decision.reasons)
