@@ -116,8 +116,42 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+# what a bug report needs: bitune's version and those of the libraries whose behaviour it leans on
+REPORTED_VERSIONS = ("torch", "transformers", "mlflow", "prefect", "dvc", "datasets")
+
+
+def version_line() -> str:
+    """`bitune 0.1.0 (torch 2.13.0, transformers ..., ...)`, from the installed distributions."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    libraries = ", ".join(f"{name} {installed(name)}" for name in REPORTED_VERSIONS)
+    return f"bitune {installed('bitune')} ({libraries})"
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        console.print(version_line(), soft_wrap=True, highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            help="print the versions of bitune and its libraries",
+            is_eager=True,
+            callback=_print_version,
+        ),
+    ] = False,
+) -> None:
     """bitune: retrain, compare, promote and roll back text classifiers."""
 
 

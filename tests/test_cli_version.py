@@ -1,0 +1,20 @@
+"""`bitune --version`: what a bug report needs, from the installed distributions, without a project."""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+
+from typer.testing import CliRunner
+
+from flows.cli import REPORTED_VERSIONS, app
+
+
+def test_version_names_bitune_and_the_libraries_it_leans_on(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.chdir(tmp_path)  # no project here: the version must not need one
+    result = CliRunner().invoke(app, ["--version"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    line = result.stdout.strip()
+    assert line.startswith(f"bitune {version('bitune')} (") and "\n" not in line
+    for name in REPORTED_VERSIONS:
+        assert f"{name} {version(name)}" in line
+    assert list(tmp_path.iterdir()) == []
