@@ -408,7 +408,7 @@ def test_every_supported_architecture_runs_a_bottom_phase(model_type: str) -> No
 
 
 def test_anchor_gradient_and_term_equal_autograd_of_the_pretrained_loss() -> None:
-    from bitune.tuning.phase import _Anchor
+    from bitune.tuning.anchor import PretrainedAnchor
 
     model = model_for()
     freeze_except(model, trainable_modules(model, ["layers[0:1]"], resolve_layer_groups(model.backbone)))
@@ -423,16 +423,16 @@ def test_anchor_gradient_and_term_equal_autograd_of_the_pretrained_loss() -> Non
     expected = {n: p.grad.clone() for n, p in trained.items()}
     for p in trained.values():
         p.grad.zero_()
-    anchor = _Anchor.build(model, pretrained, 0.7)
+    anchor = PretrainedAnchor.build(model, pretrained, 0.7)
     anchor.add_gradient(0.7)
     for n, p in trained.items():
         assert torch.allclose(p.grad, expected[n], atol=1e-6), n
     assert anchor.term() == pytest.approx(penalty.item() / 0.7, rel=1e-5)
-    assert _Anchor.build(model, pretrained, 0.0).term() == 0.0  # λ = 0: nothing anchored
+    assert PretrainedAnchor.build(model, pretrained, 0.0).term() == 0.0  # λ = 0: nothing anchored
 
 
 def test_decoupled_anchor_steps_each_group_toward_pretrained_at_its_own_lr() -> None:
-    from bitune.tuning.phase import _Anchor
+    from bitune.tuning.anchor import PretrainedAnchor
 
     model = model_for()
     groups = resolve_layer_groups(model.backbone)
@@ -444,7 +444,7 @@ def test_decoupled_anchor_steps_each_group_toward_pretrained_at_its_own_lr() -> 
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)
     before = snapshot(model)
-    _Anchor.build(model, pretrained, 0.7).pull(0.7, opt)
+    PretrainedAnchor.build(model, pretrained, 0.7).pull(0.7, opt)
     lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
     params = dict(model.named_parameters())
     assert len({lr_of[id(p)] for n, p in params.items() if n.startswith("backbone.") and id(p) in lr_of}) == 2
@@ -459,7 +459,7 @@ def test_decoupled_anchor_steps_each_group_toward_pretrained_at_its_own_lr() -> 
 
 
 def test_anchor_weight_falls_with_data_size_when_given_for_a_row_count() -> None:
-    from bitune.tuning.phase import effective_anchor
+    from bitune.tuning.anchor import effective_anchor
 
     fixed = phase(anchor=0.01)
     prior = phase(anchor=0.01, anchor_rows=1800)

@@ -1,0 +1,114 @@
+"""A phase that trains only the top (pooler if used, head) on features the frozen backbone encodes
+once: many cheap epochs on a (rows × hidden) matrix instead of re-running the encoder every epoch."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+
+from bitune.evaluation.metrics import summary_metrics
+from bitune.model.classifier import BituneClassifier
+from bitune.tuning.features import cached_features
+from bitune.tuning.freezing import freeze_except, set_train_mode, trainable_modules
+from bitune.tuning.guards import check_finite, check_validation, require_parameters
+from bitune.tuning.optim import build_optimizer, build_scheduler
+from bitune.tuning.phase_context import (
+    PhaseContext,
+    PhaseData,
+    PhaseResult,
+    averaged,
+    hand_on,
+    is_better,
+    labels_of,
+    weight_average,
+)
+from bitune.tuning.schedule import PhaseRun
+
+TOP_ONLY = {"head", "pooler"}
+
+
+def trains_top_only(train: list[str]) -> bool:
+    """Whether a phase's groups all sit above the encoder, so its features can be encoded once."""
+    return set(train) <= TOP_ONLY
+
+
+def run_on_features(
+    model: BituneClassifier, run: PhaseRun, data: PhaseData, ctx: PhaseContext
+) -> PhaseResult:
+    """Train the top on cached features; `train_seconds` includes the encoding pass."""
+    spec = run.spec
+    result = PhaseResult(key=run.key, used_feature_cache=True)
+    device = ctx.accelerator.device
+    selected = trainable_modules(model, spec.train, ctx.groups)
+    require_parameters(selected, run)
+    result.trainable_params = freeze_except(model, selected)
+    trained = [p for _, module in selected for p in module.parameters()]
+    cache = ctx.feature_cache
+    if cache is not None and spec.max_train_rows is not None and spec.max_train_rows == len(data.train):
+        cache = cache.with_name(
+            f"{cache.stem}-rows{len(data.train)}-seed{ctx.seed + run.index}{cache.suffix}"
+        )
+    t0 = time.perf_counter()
+    feats = cached_features(
+        model,
+        {"train": data.train, "validation": data.validation},
+        cache,
+        ctx.eval_batch_size,
+        data.pad_token_id,
+        device,
+        ctx.autocast,
+    )
+    encode_seconds = time.perf_counter() - t0
+    train_x, val_x = feats["train"].to(device), feats["validation"].to(device)
+    train_y, val_y = labels_of(data.train).to(device), labels_of(data.validation)
+    optimizer = build_optimizer(selected, spec, len(ctx.groups.layers))
+    average = weight_average(model, {id(p) for p in trained}, spec)
+    steps_per_epoch = math.ceil(len(train_x) / spec.batch_size)
+    scheduler = build_scheduler(optimizer, spec, spec.max_steps or steps_per_epoch * spec.epochs)
+    generator = torch.Generator().manual_seed(ctx.seed + run.index)
+    best_value, best_state, step = None, None, 0
+    patience = spec.early_stopping.patience
+    train_t0 = time.perf_counter()
+    for epoch in range(1, spec.epochs + 1):
+        set_train_mode(model, selected)
+        order = torch.randperm(len(train_x), generator=generator).to(device)
+        total = torch.zeros((), device=device)  # summed on the device: no sync per (tiny) step
+        for start in range(0, len(order), spec.batch_size):
+            idx = order[start : start + spec.batch_size]
+            loss = F.cross_entropy(
+                model.top(train_x[idx]).float(), train_y[idx], label_smoothing=spec.label_smoothing
+            )
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if average is not None:
+                average.update()
+            total += loss.detach() * len(idx)
+            step += 1
+        check_finite(total, run.key, epoch, step, spec.lr, trained)
+        model.eval()
+        with averaged(average), torch.inference_mode():
+            val = summary_metrics(model.top(val_x).float().cpu(), val_y)
+        check_validation(val, run.key, epoch, spec.lr)
+        metrics = {f"val_{k}": v for k, v in val.items()} | {"train_loss": total.item() / len(train_x)}
+        result.history.append({"epoch": float(epoch), **metrics})
+        if ctx.on_epoch:
+            ctx.on_epoch(metrics, epoch)
+        watched = val[spec.early_stopping.metric]
+        if is_better(spec.early_stopping.metric, watched, best_value):
+            best_value, result.best_epoch = watched, epoch
+            if patience:
+                with averaged(average):
+                    best_state = {
+                        n: p.detach().clone().cpu() for n, p in model.named_parameters() if p.requires_grad
+                    }
+        out_of_patience = bool(patience and epoch - result.best_epoch >= patience)
+        if out_of_patience or bool(spec.max_steps and step >= spec.max_steps):
+            break
+    result.train_seconds = time.perf_counter() - train_t0 + encode_seconds
+    result.train_samples = len(train_x) * len(result.history)
+    return hand_on(model, result, best_state, average)
