@@ -54,10 +54,14 @@ def serve_command(model_uri: str, host: str, port: int) -> list[str]:
 
 
 def serve_environment(settings: TrackingSettings) -> dict[str, str]:
-    """The server's environment: the project's store, and this interpreter's scripts first on PATH,
-    since MLflow starts `uvicorn` through the shell and a venv that is not activated is not on it."""
+    """The server's environment: the project's store and the credentials of this one
+    (MLFLOW_TRACKING_USERNAME/PASSWORD), artifacts streamed through the tracking server, and this
+    interpreter's scripts first on PATH, since MLflow starts `uvicorn` through the shell and a venv
+    that is not activated is not on it."""
+    from tasks.promotion import DOWNLOAD_THROUGH_SERVER
+
     scripts = str(Path(sys.executable).parent)
-    env = dict(os.environ)
+    env = DOWNLOAD_THROUGH_SERVER | dict(os.environ)
     env["PATH"] = os.pathsep.join([scripts, env.get("PATH", "")])
     env["MLFLOW_TRACKING_URI"] = settings.uri
     env["MLFLOW_REGISTRY_URI"] = settings.uri
@@ -179,17 +183,20 @@ def ui(
 ) -> None:
     """Open the MLflow UI on this project's tracking store (runs `mlflow ui`)."""
     with one_line_errors(project):
+        from bitune.params import redact
         from tasks.promotion import ensure_store
 
         _, settings = load_settings(project, params)
         ensure_store(settings)
     if settings.uri.startswith(("http://", "https://")):
         console.print(
-            f"Tracking goes to the MLflow server at {settings.uri}: open that address in a browser."
+            f"Tracking goes to the MLflow server at {redact(settings.uri_setting, settings.uri)}: "
+            "open that address in a browser."
         )
         return
     command = ui_command(settings, host, port)
-    console.print(f"MLflow UI on http://{host}:{port} (store {settings.uri}); Ctrl-C stops it.")
+    store = redact(settings.uri_setting, settings.uri)
+    console.print(f"MLflow UI on http://{host}:{port} (store {store}); Ctrl-C stops it.")
     sys.stdout.flush()
     os.execv(command[0], command)
 
@@ -207,6 +214,7 @@ def serve(
 ) -> None:
     """Serve the champion (or VERSION) over HTTP with `mlflow models serve`: POST texts to /invocations."""
     with one_line_errors(project):
+        from bitune.params import redact
         from tasks.promotion import version_to_serve
 
         loaded, settings = load_settings(project, params)
@@ -214,9 +222,10 @@ def serve(
     name, number = loaded.registry.model_name, str(chosen.version)
     aliases = f" ({', '.join(sorted(chosen.aliases))})" if chosen.aliases else ""
     command = serve_command(f"models:/{name}/{number}", host, port)
+    store = redact(settings.uri_setting, settings.uri)  # `user:pass@` in a URI stays off the terminal
     console.print(
         f"Serving {name} version {number}{aliases} on http://{host}:{port}/invocations "
-        f"(store {settings.uri}); Ctrl-C stops it. Try:\n"
+        f"(store {store}); Ctrl-C stops it. Try:\n"
         f"curl -s http://{host}:{port}/invocations -H 'Content-Type: application/json' "
         """-d '{"dataframe_split": {"columns": ["text"], "data": [["not bad at all"]]}}'""",
         soft_wrap=True,

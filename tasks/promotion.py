@@ -10,8 +10,6 @@ registry never holds two champions or none and `rollback` can walk back the chai
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,9 +21,9 @@ from mlflow.tracking import MlflowClient
 
 from bitune.errors import BituneError, TrackingError
 from bitune.evaluation.run_comparison import COMPARED, RunRow
-from bitune.params import RegistryParams
+from bitune.params import RegistryParams, redact
 from bitune.promotion import GateDecision, StoredScores, decide_on_stored_scores
-from tasks.tracking import PIPELINE_TAG, TrackingSettings
+from tasks.tracking import PIPELINE_TAG, TrackingSettings, check_reachable
 
 # tasks.registry (alias names, set_champion) is imported inside the functions that move aliases:
 # it pulls in torch and prefect, seconds that `bitune compare` and every error path need not pay.
@@ -34,6 +32,11 @@ PREVIOUS = "bitune.previous_champion"
 DATA_VERSION = "bitune.data_version"
 TEST_SPLIT = "bitune.test_split"  # `bitune.data.seen.split_digest` of the rows its test scores are on
 MANUAL_GATE = "bitune.manual_gate"
+# MLflow 3 fetches proxied artifacts from presigned URLs on the server's own S3 endpoint when the server
+# offers them; compose's is `http://minio:9000`, a name only its containers resolve. Streaming through
+# the server is what `--serve-artifacts` is for: a client needs no route to the bucket. (Env, not an
+# argument: MLflow reads it at each download; a value the user set wins.)
+DOWNLOAD_THROUGH_SERVER = {"MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false"}
 
 
 class PromotionRefused(BituneError):
@@ -59,12 +62,13 @@ def registry_errors(settings: TrackingSettings) -> Iterator[None]:
         yield
     except MlflowException as exc:
         first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        shown = redact(settings.uri_setting, settings.uri)
         if "Max retries exceeded" in first or "Connection refused" in first:
             raise TrackingError(
-                f"tracking.uri: cannot reach MLflow at {settings.uri}; start the server "
-                "or set tracking.uri / MLFLOW_TRACKING_URI"
+                f"{settings.uri_setting}: cannot reach MLflow at {shown}; start the server "
+                "or point tracking.uri / MLFLOW_TRACKING_URI at a running one"
             ) from None
-        raise TrackingError(f"registry: MLflow at {settings.uri} refused: {first}") from None
+        raise TrackingError(f"registry: MLflow at {shown} refused: {first}") from None
 
 
 def ensure_store(settings: TrackingSettings) -> None:
@@ -78,14 +82,9 @@ def ensure_store(settings: TrackingSettings) -> None:
                 "or pass --project / set MLFLOW_TRACKING_URI"
             )
     elif uri.startswith(("http://", "https://")):
-        try:
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5):
-                pass
-        except (urllib.error.URLError, OSError) as exc:
-            raise TrackingError(
-                f"tracking.uri: cannot reach MLflow at {uri} ({type(exc).__name__}); "
-                "start the server or set tracking.uri / MLFLOW_TRACKING_URI"
-            ) from None
+        # one authenticated request without retries: a server that is down, or that refuses the
+        # credentials in MLFLOW_TRACKING_USERNAME/PASSWORD, is one line now, not after minutes
+        check_reachable(settings)
 
 
 def version_number(text: str, command: str = "promote") -> str:

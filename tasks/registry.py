@@ -9,6 +9,7 @@ can restore it; the registry is never left without a champion or with two.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -36,7 +37,7 @@ from bitune.promotion import CKA, GateDecision, decide
 from bitune.tuning.phase import PhaseContext
 from tasks.evaluate import Evaluation
 from tasks.preprocess import PreparedData
-from tasks.promotion import DATA_VERSION, TEST_SPLIT, get_champion
+from tasks.promotion import DATA_VERSION, DOWNLOAD_THROUGH_SERVER, TEST_SPLIT, get_champion
 from tasks.tracking import TrackingSettings, log_metrics
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -150,6 +151,8 @@ def champion_metrics(
     if champion is None:
         return ChampionOnTest()
     champion_version = str(champion.version)
+    for key, value in DOWNLOAD_THROUGH_SERVER.items():
+        os.environ.setdefault(key, value)
     with tempfile.TemporaryDirectory() as tmp:
         # not `models:/name@champion`: MLflow resolves that through the global registry URI (by default
         # the cwd's mlflow.db), whatever tracking_uri says; the pinned client finds the right version

@@ -233,4 +233,4 @@ def test_unreachable_tracking_server_is_one_line(project) -> None:  # type: igno
     env = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}
     for command in (["compare"], ["rollback"], ["promote", "1"]):
         line = one_line_error(bitune(root, *command, env=env))
-        assert line.startswith(f"error: tracking.uri: cannot reach MLflow at http://127.0.0.1:{port}")
+        assert line.startswith(f"error: MLFLOW_TRACKING_URI: cannot reach MLflow at http://127.0.0.1:{port}")

@@ -12,51 +12,14 @@ import json
 import os
 import re
 import subprocess
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_project, tiny_overrides
 
 from .servers import REPO, VENV_BIN, MlflowAuthServer, S3Server
 
 MODEL_NAME = "bitune-classifier"
 URL_WITH_PASSWORD = re.compile(r"://[^/@\s:]+:[^/@\s]+@")
-RUN_TIMEOUT = 240
-
-
-@pytest.fixture(scope="module")
-def production_run(
-    mlflow_compose_server: MlflowAuthServer,
-    prefect_server: str,
-    s3_server: S3Server,
-    tiny_bert_dir: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[dict[str, Any]]:
-    """One `bitune run` against the servers; the tests below read what it left behind."""
-    root = make_project(tmp_path_factory.mktemp("production-project"), tiny_bert_dir)
-    remote = f"s3://{s3_server.bucket}/dvc"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_", "PREFECT_"))}
-    env.update(s3_server.env)  # DVC reads the endpoint from AWS_ENDPOINT_URL, as compose sets it
-    del env["MLFLOW_S3_ENDPOINT_URL"]  # the client reaches MLflow's artifacts only through the server
-    env.update(
-        MLFLOW_TRACKING_URI=mlflow_compose_server.url,
-        MLFLOW_TRACKING_USERNAME=mlflow_compose_server.admin[0],
-        MLFLOW_TRACKING_PASSWORD=mlflow_compose_server.admin[1],
-        PREFECT_API_URL=prefect_server,
-        PREFECT_HOME=str(root.parent / "prefect-home"),
-        DVC_NO_ANALYTICS="1",
-        DVC_SITE_CACHE_DIR=str(root.parent / "dvc-site"),
-    )
-    sets = ["data.source=demo", f"data.remote={remote}", *tiny_overrides(tiny_bert_dir)]
-    argv = [str(VENV_BIN / "bitune"), "run", "--params", "params/production.yaml", "--project", str(root),
-            *[arg for s in sets for arg in ("--set", s)]]  # fmt: skip
-    proc = subprocess.run(
-        argv, cwd=root, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False
-    )
-    assert proc.returncode == 0, f"bitune run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    yield {"root": root, "env": env, "remote": remote, "stdout": proc.stdout}
 
 
 @pytest.fixture
