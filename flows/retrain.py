@@ -62,7 +62,7 @@ def run_pipeline(root: Path, params: Params, force: bool) -> RetrainSummary:
 
     preflight(settings, params)  # tracking store and model: before the data step changes anything
     data = version_data(params.data, str(root))
-    key = pipeline_key(data.md5, params)
+    key = pipeline_key(data.md5, params, data.columns)
     previous = previous_success(settings, key)
     if previous and not force:
         return RetrainSummary(

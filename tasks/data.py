@@ -8,7 +8,7 @@ from pathlib import Path
 
 from prefect import task
 
-from bitune.data.sources import materialise
+from bitune.data.sources import STORED_COLUMNS, columns_in_store, materialise
 from bitune.data.validation import validate_frames
 from bitune.data.versioning import read_to_version, source_to_version
 from bitune.params import DataParams
@@ -25,6 +25,7 @@ class DataVersion:
     changed: bool
     warnings: list[str] = field(default_factory=list)
     stats: dict[str, float] = field(default_factory=dict)
+    columns: tuple[str, str] = STORED_COLUMNS  # data/'s (text, label) columns the run reads
 
 
 def version_data_fn(data: DataParams, root: Path) -> DataVersion:
@@ -51,6 +52,7 @@ def version_data_fn(data: DataParams, root: Path) -> DataVersion:
         changed=md5 != before,
         warnings=list(report.warnings),
         stats={k: float(v) for k, v in report.stats.items() if isinstance(v, int | float)},
+        columns=columns_in_store(data, data_dir),
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -23,11 +24,23 @@ from tasks.preprocess import PreparedData, check_model
 from tasks.tracking import TrackingSettings
 from tasks.tuning import pipeline_dir
 
+log = logging.getLogger("bitune")
 
-def pipeline_key(data_md5: str, params: Params) -> str:
+
+def pipeline_key(data_md5: str, params: Params, columns: tuple[str, str] | None = None) -> str:
     """What a trained model is a function of: the data version, the params that shape training
     (`Params.digest`), and how rows are split (a new split method must not resume phases trained on
-    another split)."""
+    another split).
+
+    `columns`: the data/ columns the run reads (`DataVersion.columns`). They stand in for
+    `data.text_column`/`data.label_column`, which name the source's columns: a plain run after
+    `--data f.tsv --set data.text_column=sentence` reads the same rows of data/ by `text`, and
+    must find that run instead of training the same model again.
+    """
+    if columns is not None:
+        text_column, label_column = columns
+        data = params.data.model_copy(update={"text_column": text_column, "label_column": label_column})
+        params = params.model_copy(update={"data": data})
     digest = hashlib.sha256(f"{params.digest()}-{SPLIT_METHOD}".encode()).hexdigest()[:16]
     return f"{data_md5.removesuffix('.dir')[:12]}-{digest}"
 
@@ -57,7 +70,17 @@ def previous_success_fn(settings: TrackingSettings, key: str) -> str | None:
             order_by=["attributes.start_time DESC"],
             max_results=1,
         )
-    return runs[0].info.run_id if runs else None
+    if not runs:
+        return None
+    run_id = runs[0].info.run_id
+    # said here, in the run's log: a scheduled run has no console to print the no-op's reason on
+    log.info(
+        "run %s already trained this data version with these params (key %s): nothing new to learn "
+        "unless --force",
+        run_id,
+        key,
+    )
+    return run_id
 
 
 def open_parent_run_fn(

@@ -51,7 +51,7 @@ def test_plain_run_after_real_data_keeps_that_version(project: Path, caplog) -> 
     assert again.md5 == forced_demo_size.md5 == real.md5 and not again.changed
     assert data_state(project) == before  # data.dvc, data/, cache and remote exactly as they were
     assert (project / "data" / "reviews.csv").read_bytes() == reviews.read_bytes()
-    assert "is not the demo: retraining on it" in caplog.text and real.md5 in caplog.text
+    assert "is not the demo: using that version" in caplog.text and real.md5 in caplog.text
 
 
 def test_plain_run_after_data_with_other_column_names_reads_that_version(project: Path) -> None:

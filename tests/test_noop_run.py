@@ -76,3 +76,27 @@ def test_unchanged_rerun_is_a_noop(tmp_path: Path, tiny_bert_dir: Path, prefect_
     assert (root / "data.dvc").read_bytes() == dvc_file
     assert sorted(p.name for p in (root / ".bitune" / "runs").iterdir()) == run_dirs  # nothing trained
     print(f"no-op run inside the test session: {seconds:.1f} s")
+
+
+def test_plain_run_after_data_with_source_columns_is_a_noop(  # type: ignore[no-untyped-def]
+    tmp_path: Path, tiny_bert_dir: Path, prefect_db
+) -> None:
+    """`--data f.tsv --set data.text_column=sentence`, then a plain run: data/ holds the same rows under
+    `text`, so the plain run finds the first one instead of training the same model again."""
+    from flows.retrain import retrain
+
+    root = make_project(tmp_path / "project", tiny_bert_dir)
+    source = tmp_path / "reviews.tsv"
+    rows = [f"review number {i} was {'good' if i % 2 else 'bad'}\t{i % 2}" for i in range(80)]
+    source.write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
+    overrides = tiny_overrides(tiny_bert_dir)
+    first = retrain(
+        overrides=[*overrides, f"data.source={source}", "data.text_column=sentence"], project_dir=str(root)
+    )
+    assert not first.skipped and first.model_version == "1"
+    before = tracked(root)
+
+    plain = retrain(overrides=overrides, project_dir=str(root))
+
+    assert plain.skipped and plain.run_id == first.run_id and plain.data_version == first.data_version
+    assert tracked(root) == before  # no second training of the same model, no version 2

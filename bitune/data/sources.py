@@ -95,6 +95,23 @@ def read_source(data: DataParams, data_dir: Path) -> RawData:
     return RawData({"all": frame}, {path.name: content})
 
 
+def columns_in_store(data: DataParams, data_dir: Path) -> tuple[str, str]:
+    """The (text, label) columns a read of data/ uses: the configured ones when every data file has
+    them (a data/ the user manages), else `text` and `label`, as bitune writes them.
+
+    Part of what a trained model depends on, unlike the configured names alone: after `--data
+    reviews.csv --set data.text_column=review`, a plain run reads the same rows by `text`.
+    """
+    configured = (data.text_column, data.label_column)
+    if configured == STORED_COLUMNS:
+        return STORED_COLUMNS
+    for path in _data_files(data_dir) if data_dir.is_dir() else []:
+        columns = READERS[path.suffix.lower()](path.name, read_file(path)).columns
+        if not all(c in columns for c in configured):
+            return STORED_COLUMNS
+    return configured
+
+
 def materialise(raw: RawData, data_dir: Path) -> list[Path]:
     """Make data_dir hold exactly raw.files (plus its .gitignore); on any failure it is left as it was.
 

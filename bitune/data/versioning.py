@@ -66,7 +66,7 @@ def source_to_version(data: DataParams, root: Path, current: str | None) -> Sour
     return SourceToVersion(
         data.model_copy(update={"source": "data"}),
         f"data.source is 'demo' but {data.dir}/ holds data version {current}, which is not the demo: "
-        "retraining on it (pass --data PATH to version new data)",
+        "using that version (pass --data PATH to version new data)",
     )
 
 
