@@ -35,6 +35,9 @@ def quiet_defaults() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # bitune's own lines (a phase resuming, a skipped run, data warnings) reach the flow run's log in
+    # the Prefect UI, not only this terminal: a scheduled run has no terminal
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "bitune")
 
 
 class NoTraceback(logging.Filter):

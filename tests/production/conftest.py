@@ -199,4 +199,10 @@ def production_run(
         argv, cwd=root, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False
     )
     assert proc.returncode == 0, f"bitune run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    yield {"root": root, "env": env, "remote": remote, "stdout": proc.stdout}
+    yield {
+        "root": root,
+        "env": env,
+        "remote": remote,
+        "stdout": proc.stdout,
+        "sets": [arg for s in sets for arg in ("--set", s)],  # the run's --set flags, to run it again
+    }

@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -153,3 +155,32 @@ def test_dvc_remote_on_s3_holds_the_data_version(
     manifest = f"dvc/files/md5/{md5[:2]}/{md5[2:]}"
     assert manifest in s3_server.keys("dvc/files/md5/"), "the data version's manifest is not in the bucket"
     assert (root / "data.dvc").read_text().count(md5) == 1
+
+
+@pytest.mark.production
+def test_bitune_log_lines_reach_the_flow_runs_log_on_the_prefect_server(
+    production_run: dict[str, Any], prefect_server: str, tmp_path: Path
+) -> None:
+    """A scheduled run has no terminal: what bitune logs (here, why a run skipped) must be in the flow
+    run's log on the server. A copy of the project, so the original keeps its one flow run."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, LogFilter, LogFilterFlowRunId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    copy = tmp_path / "project"
+    shutil.copytree(production_run["root"], copy, ignore=shutil.ignore_patterns(".bitune"))
+    env = {k: v for k, v in production_run["env"].items() if k != "PREFECT_LOGGING_EXTRA_LOGGERS"}
+    argv = [str(VENV_BIN / "bitune"), "run", "--params", "params/production.yaml", "--project", str(copy),
+            *production_run["sets"]]  # fmt: skip
+    proc = subprocess.run(argv, cwd=copy, env=env, capture_output=True, text=True, timeout=240, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "unchanged since run" in proc.stdout, proc.stdout[-2000:]
+    with temporary_settings({PREFECT_API_URL: prefect_server}), get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["retrain"])), limit=200)
+        (run,) = [r for r in runs if r.parameters.get("project_dir") == str(copy)]
+        logs = client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])),
+            limit=200,
+        )
+    ours = [entry.message for entry in logs if entry.name == "bitune"]
+    assert any("already trained this data version" in m for m in ours), [e.message for e in logs]
