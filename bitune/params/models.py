@@ -1,9 +1,7 @@
-"""Typed params: `params/*.yaml` validated once, at the edge, into these models.
+"""The params models: every key of `params/*.yaml`, its type, range, default and meaning.
 
-`params/default.yaml` is the single source of truth. It names a strategy preset
-(`params/strategies/<name>.yaml`) that is composed in before validation, and `--set key=value`
-overrides apply on top (lightning-hydra style). Unknown keys, wrong types and out-of-range values
-fail here, before any work starts, with a message naming the key.
+Validated once, at the edge (`bitune.params.loading`); the rest of the program reads these frozen
+objects. Unknown keys, wrong types and out-of-range values fail with a message naming the key.
 """
 
 from __future__ import annotations
@@ -14,14 +12,10 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from bitune.errors import ParamsError
-from bitune.params_errors import ParamsOrigins, explain
+from bitune.params.redaction import flatten, redact, redact_tree
 
-URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<user>[^/@\s:]*):(?P<secret>[^/@\s]+)@")
-SECRET_KEY = re.compile(r"(password|secret|token|access_key|api_key)", re.IGNORECASE)
 LAYER_SLICE = re.compile(r"^layers\[(-?\d*):(-?\d*)\]$")
 GROUP_NAMES = ("head", "pooler", "embeddings", "layers", "extras")
 # Params that do not change the trained model, left out of `Params.digest` (why: its docstring).
@@ -324,7 +318,7 @@ class Params(Strict):
 
     def redacted(self) -> dict[str, Any]:
         """The resolved params tree with secrets masked: the params artifact of every run."""
-        return _redact_tree(self.model_dump(mode="json"))
+        return redact_tree(self.model_dump(mode="json"))
 
     def digest(self, exclude: tuple[str, ...] = MODEL_IRRELEVANT) -> str:
         """Hash of what changes the trained model: with the data version, the pipeline key.
@@ -347,131 +341,3 @@ class Params(Strict):
                 node = node.get(part, {})
             node.pop(last, None)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def redact(key: str, value: str) -> str:
-    """Credentials never reach a tracking server: `user:pass@` in URLs and secret-named keys are masked."""
-    if SECRET_KEY.search(key.rsplit(".", 1)[-1]):
-        return "***"
-    return URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", value)
-
-
-def _redact_tree(tree: Any, key: str = "") -> Any:
-    if isinstance(tree, dict):
-        return {k: _redact_tree(v, k) for k, v in tree.items()}
-    if isinstance(tree, list):
-        return [_redact_tree(v, key) for v in tree]
-    return redact(key, tree) if isinstance(tree, str) else tree
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
-    """{'a': {'b': 1}} -> {'a.b': '1'}; lists of mappings get an index."""
-    out: dict[str, str] = {}
-    if isinstance(tree, dict):
-        for key, value in tree.items():
-            out.update(flatten(value, f"{prefix}{key}."))
-    elif isinstance(tree, list) and tree and all(isinstance(v, dict) for v in tree):
-        for i, value in enumerate(tree):
-            out.update(flatten(value, f"{prefix}{i}."))
-    else:
-        out[prefix[:-1]] = json.dumps(tree) if isinstance(tree, list) else str(tree)
-    return out
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """'a.b=3' -> (['a', 'b'], 3); the value is read as YAML so types come out right."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise ParamsError(f"--set {text!r}: expected key=value, e.g. --set strategy.rounds=2")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return key.strip().split("."), value
-
-
-def _set(tree: dict[str, Any], path: list[str], value: Any) -> None:
-    node: Any = tree
-    for i, part in enumerate(path[:-1]):
-        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-            continue
-        if not isinstance(node, dict):
-            raise ParamsError(f"--set {'.'.join(path)}: {'.'.join(path[: i + 1])} is not a section")
-        node = node.setdefault(part, {})
-    last = path[-1]
-    if isinstance(node, list) and last.isdigit() and int(last) < len(node):
-        node[int(last)] = value
-    elif isinstance(node, dict):
-        node[last] = value
-    else:
-        raise ParamsError(f"--set {'.'.join(path)}: {'.'.join(path[:-1])} is not a section")
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ParamsError(f"{path}: params file not found; pass an existing file with --params") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ParamsError(f"{path}{where}: not valid YAML; fix the syntax there") from None
-    if loaded is None:
-        return {}
-    if not isinstance(loaded, dict):
-        raise ParamsError(f"{path}: expected a mapping of sections (data, model, strategy, ...)")
-    return loaded
-
-
-def strategies_dir(params_file: Path) -> Path:
-    return params_file.parent / "strategies"
-
-
-def compose(params_file: Path, overrides: list[str] = ()) -> dict[str, Any]:  # type: ignore[assignment]
-    """Read the params file, compose the strategy preset in, apply overrides: a plain mapping."""
-    return _compose(params_file, list(overrides))[0]
-
-
-def _compose(params_file: Path, overrides: list[str]) -> tuple[dict[str, Any], Path | None]:
-    """The composed mapping, and the strategy preset file composed into it (None: strategy inline)."""
-    tree = _read_yaml(params_file)
-    parsed = [parse_override(o) for o in overrides]
-    chosen_by = f"{params_file}: strategy"
-    for path, value in parsed:
-        if path == ["strategy"]:
-            tree["strategy"], chosen_by = value, "--set strategy"
-    strategy = tree.get("strategy", "bidirectional")
-    preset = None
-    if isinstance(strategy, str):
-        preset = strategies_dir(params_file) / f"{strategy}.yaml"
-        if not preset.exists():
-            known = sorted(p.stem for p in strategies_dir(params_file).glob("*.yaml"))
-            raise ParamsError(f"{chosen_by}: unknown preset {strategy!r}; choose one of {', '.join(known)}")
-        tree["strategy"] = {"name": strategy, **_read_yaml(preset)}
-    for path, value in parsed:
-        if path != ["strategy"]:
-            _set(tree, path, value)
-    return tree, preset
-
-
-def validate(
-    tree: dict[str, Any],
-    source: str = "params",
-    overrides: list[str] = (),  # type: ignore[assignment]
-    strategy_file: Path | None = None,
-) -> Params:
-    """Params from a composed mapping; an error names its source: the file, the preset or the `--set`."""
-    try:
-        return Params.model_validate(tree)
-    except ValidationError as exc:
-        typed = {tuple(parse_override(o)[0]): o.partition("=")[0].strip() for o in overrides}
-        origins = ParamsOrigins(source, typed, strategy_file)
-        raise ParamsError(explain(exc, Params, origins)) from None
-
-
-def load_params(params_file: Path | str = Path("params/default.yaml"), overrides: list[str] = ()) -> Params:  # type: ignore[assignment]
-    """The one way params enter the program."""
-    params_file = Path(params_file)
-    tree, preset = _compose(params_file, list(overrides))
-    return validate(tree, str(params_file), list(overrides), preset)

@@ -74,7 +74,7 @@ def _override_of(
 def _known_keys_hint(model: type[BaseModel], loc: tuple[str, ...]) -> str:
     parent = _model_of(_annotation_at(model, loc[:-1]))
     if parent is None or not loc:
-        return "check the spelling against bitune/params.py"
+        return "check the spelling against bitune/params/models.py"
     known = list(parent.model_fields)
     close = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.6)
     if close:
