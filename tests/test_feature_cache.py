@@ -8,9 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from huggingface_hub import constants as hf_constants
 from safetensors.torch import load_file
 from tiny_models import save_tiny_bert
 
+from bitune.data.preprocess import tokenization_key
 from bitune.errors import ParamsError
 from bitune.model.pretrained import check_strategy_fits_model
 from bitune.params import load_params
@@ -20,7 +22,7 @@ PARAMS = Path(__file__).resolve().parents[1] / "params" / "default.yaml"
 DATA_KEY = "0123456789abcdef"  # a prepared data key: data version, split, tokenizer, preprocess
 
 
-def cache_name(model_dir: Path, *overrides: str) -> str:
+def cache_name(model_dir: Path | str, *overrides: str) -> str:
     params = load_params(PARAMS, [f"model.name_or_path={model_dir}", *overrides])
     path = feature_cache_file(Path("/project"), params, DATA_KEY, "no")
     assert path is not None
@@ -54,6 +56,40 @@ def test_feature_cache_key_follows_the_data_and_precision(tmp_path: Path) -> Non
         for key, precision in [(DATA_KEY, "no"), ("fedcba9876543210", "no"), (DATA_KEY, "bf16")]
     }
     assert len(names) == 3
+
+
+def test_feature_cache_key_follows_the_hub_snapshot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hub id without a revision follows main: new weights pushed under the same name (main now
+    another commit in the local Hugging Face cache) must not reuse the old weights' features."""
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    repo = tmp_path / "hub" / "models--someone--tiny-encoder"
+
+    def download(commit: str) -> None:
+        (repo / "snapshots" / commit).mkdir(parents=True)
+        (repo / "snapshots" / commit / "config.json").write_text("{}")
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / "main").write_text(commit)
+
+    uncached = cache_name("someone/tiny-encoder")
+    download("a" * 40)
+    first = cache_name("someone/tiny-encoder")
+    assert cache_name("someone/tiny-encoder") == first  # stable
+    download("b" * 40)
+    second = cache_name("someone/tiny-encoder")
+    assert len({uncached, first, second}) == 3
+    assert cache_name("someone/tiny-encoder", f"model.revision={'a' * 40}") != second
+
+
+@pytest.mark.parametrize("override", ["preprocess.max_length=32", "preprocess.lowercase=true"])
+def test_feature_cache_key_follows_the_tokenizer_settings(tmp_path: Path, override: str) -> None:
+    """The data key the tuning task passes (`PreparedData.key`) hashes the preprocess settings, so
+    features of texts cut at another length or lowercased never share a file."""
+    model = f"model.name_or_path={save_tiny_bert(tmp_path / 'model')}"
+    names = set()
+    for params in (load_params(PARAMS, [model]), load_params(PARAMS, [model, override])):
+        data_key = tokenization_key("rows-v1", params.model.name_or_path, params.preprocess)
+        names.add(feature_cache_file(tmp_path, params, data_key, "no"))
+    assert len(names) == 2
 
 
 def test_no_feature_cache_when_it_is_off(tmp_path: Path) -> None:

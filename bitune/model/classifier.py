@@ -18,6 +18,7 @@ from typing import Any, cast
 
 import numpy as np
 import torch
+from huggingface_hub import try_to_load_from_cache
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 from safetensors.torch import load_model, save_model
@@ -111,12 +112,23 @@ def encoder_num_layers(model: ModelParams) -> int | None:
     return layers if isinstance(layers, int) else None
 
 
+def hub_snapshot(model: ModelParams) -> str | None:
+    """The commit a hub id's revision points at in the local Hugging Face cache; None if not cached."""
+    try:
+        config = try_to_load_from_cache(model.name_or_path, "config.json", revision=model.revision)
+    except ValueError:  # not a valid repo id (HFValidationError): nothing cached under it
+        return None
+    return Path(config).parent.name if isinstance(config, str) else None
+
+
 def model_identity(model: ModelParams) -> str:
     """Short hash of which pretrained weights `model` names: cache keys of features computed from them.
 
     The id and revision, and for a local folder (bundled models included) config.json's bytes and
     each weight file's name, size and mtime, so a folder overwritten in place misses the cache too.
-    Cheap: no weight is read. A hub id without a revision follows its cached snapshot unseen.
+    Cheap: no weight is read. A hub id is keyed by the commit its revision (main when unset)
+    resolves to in the local Hugging Face cache, so weights pushed under the same name miss once
+    they are downloaded.
     """
     payload: dict[str, Any] = {"name": model.name_or_path, "revision": model.revision}
     folder = Path(resolve_model_source(model.name_or_path))
@@ -124,7 +136,18 @@ def model_identity(model: ModelParams) -> str:
         payload["config"] = hashlib.sha256((folder / "config.json").read_bytes()).hexdigest()
         weights = sorted(p for p in folder.iterdir() if p.name.endswith(WEIGHT_SUFFIXES))
         payload["weights"] = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in weights]
+    else:
+        snapshot = hub_snapshot(model)
+        if snapshot is not None:  # only when known: keys of uncached ids stay as they were
+            payload["snapshot"] = snapshot
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _default_pools_mean(backbone: PreTrainedModel) -> bool:
+    """Whether the model's own classifier mean-pools: a model without a pooler that says so in its
+    config (ModernBERT's `classifier_pooling: mean`, as ModernBERT-base ships); else [CLS]."""
+    has_pooler = getattr(backbone, "pooler", None) is not None
+    return not has_pooler and getattr(backbone.config, "classifier_pooling", None) == "mean"
 
 
 class BituneClassifier(nn.Module):
@@ -136,6 +159,7 @@ class BituneClassifier(nn.Module):
         self.pooling = pooling
         has_pooler = getattr(backbone, "pooler", None) is not None
         self.uses_pooler = pooling == "default" and has_pooler
+        self.pools_mean = pooling == "mean" or (pooling == "default" and _default_pools_mean(backbone))
         hidden = backbone.config.hidden_size
         self.num_labels = num_labels
         linear = nn.Linear(hidden, num_labels)
@@ -148,7 +172,7 @@ class BituneClassifier(nn.Module):
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Everything below the trainable top: the features the head phase can cache."""
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        if self.pooling == "mean":
+        if self.pools_mean:
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
         return hidden[:, 0]

@@ -14,7 +14,7 @@ from bitune.model.classifier import BituneClassifier
 from bitune.tuning.features import cached_features
 from bitune.tuning.freezing import freeze_except, set_train_mode, trainable_modules
 from bitune.tuning.guards import check_finite, check_validation, require_parameters
-from bitune.tuning.optim import build_optimizer, build_scheduler
+from bitune.tuning.optim import build_optimizer, build_scheduler, phase_steps
 from bitune.tuning.phase_context import (
     PhaseContext,
     PhaseData,
@@ -67,15 +67,16 @@ def run_on_features(
     optimizer = build_optimizer(selected, spec, len(ctx.groups.layers))
     average = weight_average(model, {id(p) for p in trained}, spec)
     steps_per_epoch = math.ceil(len(train_x) / spec.batch_size)
-    scheduler = build_scheduler(optimizer, spec, spec.max_steps or steps_per_epoch * spec.epochs)
+    scheduler = build_scheduler(optimizer, spec, phase_steps(spec, steps_per_epoch))
     generator = torch.Generator().manual_seed(ctx.seed + run.index)
-    best_value, best_state, step = None, None, 0
+    best_value, best_state, step, samples = None, None, 0, 0
     patience = spec.early_stopping.patience
     train_t0 = time.perf_counter()
     for epoch in range(1, spec.epochs + 1):
         set_train_mode(model, selected)
         order = torch.randperm(len(train_x), generator=generator).to(device)
         total = torch.zeros((), device=device)  # summed on the device: no sync per (tiny) step
+        seen = 0
         for start in range(0, len(order), spec.batch_size):
             idx = order[start : start + spec.batch_size]
             loss = F.cross_entropy(
@@ -88,13 +89,17 @@ def run_on_features(
             if average is not None:
                 average.update()
             total += loss.detach() * len(idx)
+            seen += len(idx)
             step += 1
+            if spec.max_steps and step >= spec.max_steps:
+                break
         check_finite(total, run.key, epoch, step, spec.lr, trained)
+        samples += seen
         model.eval()
         with averaged(average), torch.inference_mode():
             val = summary_metrics(model.top(val_x).float().cpu(), val_y)
         check_validation(val, run.key, epoch, spec.lr)
-        metrics = {f"val_{k}": v for k, v in val.items()} | {"train_loss": total.item() / len(train_x)}
+        metrics = {f"val_{k}": v for k, v in val.items()} | {"train_loss": total.item() / seen}
         result.history.append({"epoch": float(epoch), **metrics})
         if ctx.on_epoch:
             ctx.on_epoch(metrics, epoch)
@@ -110,5 +115,5 @@ def run_on_features(
         if out_of_patience or bool(spec.max_steps and step >= spec.max_steps):
             break
     result.train_seconds = time.perf_counter() - train_t0 + encode_seconds
-    result.train_samples = len(train_x) * len(result.history)
+    result.train_samples = samples
     return hand_on(model, result, best_state, average)

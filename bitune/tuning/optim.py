@@ -37,6 +37,16 @@ def build_optimizer(selected: Selected, spec: PhaseSpec, num_layers: int) -> tor
     return torch.optim.AdamW(param_groups, lr=spec.lr, fused=fused or None)
 
 
+def phase_steps(spec: PhaseSpec, steps_per_epoch: int) -> int:
+    """Optimizer steps the phase will take: `epochs` of them, cut short by `max_steps`.
+
+    The schedule spans exactly these, so a linear or cosine decay ends where training ends: with
+    `max_steps` past the last epoch, a schedule over `max_steps` would stop early at a high lr.
+    """
+    planned = steps_per_epoch * spec.epochs
+    return min(planned, spec.max_steps) if spec.max_steps else planned
+
+
 def warmup_steps(spec: PhaseSpec, total_steps: int) -> int:
     return int(spec.warmup * total_steps) if spec.warmup < 1 else int(spec.warmup)
 

@@ -32,7 +32,7 @@ from bitune.tuning.feature_phase import run_on_features, trains_top_only
 from bitune.tuning.features import encode_rows
 from bitune.tuning.freezing import Selected, freeze_except, set_train_mode, trainable_modules
 from bitune.tuning.guards import check_finite, check_resumable, check_validation, require_parameters
-from bitune.tuning.optim import build_optimizer, build_scheduler
+from bitune.tuning.optim import build_optimizer, build_scheduler, phase_steps
 from bitune.tuning.phase_context import (
     PhaseContext,
     PhaseData,
@@ -135,7 +135,7 @@ def run_phase(model: BituneClassifier, run: PhaseRun, data: PhaseData, ctx: Phas
             f"{run.key}: {len(data.train)} training rows for {world} processes; lower train.processes"
         )
     steps_per_epoch = math.ceil(batch_count(len(data.train), spec.batch_size, world) / spec.grad_accum)
-    total_steps = spec.max_steps or steps_per_epoch * spec.epochs
+    total_steps = phase_steps(spec, steps_per_epoch)
     scheduler = build_scheduler(optimizer, spec, total_steps)
     average = weight_average(model, phase_ids, spec)
     lengths = [len(r["input_ids"]) for r in data.train]
