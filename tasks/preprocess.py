@@ -14,7 +14,7 @@ from bitune.data.sources import read_source
 from bitune.data.splits import SPLIT_METHOD, make_splits
 from bitune.data.validation import drop_label_conflicts
 from bitune.errors import ModelError
-from bitune.model.classifier import load_tokenizer, resolve_model_source
+from bitune.model.classifier import load_tokenizer, resolve_model_source, tokenizer_files_identity
 from bitune.params import ModelParams, Params
 
 SPLITS = ("train", "validation", "test")
@@ -70,6 +70,7 @@ def preprocess_fn(params: Params, data_md5: str, root: Path) -> PreparedData:
         params.model.name_or_path,
         params.preprocess,
         revision=params.model.revision,
+        tokenizer_files=tokenizer_files_identity(params.model),
     )
     folder = root / ".bitune" / "prepared" / key
     folder.mkdir(parents=True, exist_ok=True)

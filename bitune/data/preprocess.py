@@ -78,12 +78,16 @@ class LabelMap:
 
 
 def tokenization_key(
-    data_version: str, tokenizer_name: str, pre: PreprocessParams, revision: str | None = None
+    data_version: str,
+    tokenizer_name: str,
+    pre: PreprocessParams,
+    revision: str | None = None,
+    tokenizer_files: str | None = None,
 ) -> str:
     """Short hash naming the cache folder of one tokenization.
 
-    `revision` (model.revision) is hashed only when set, so keys made before it was part of them
-    (all without a revision) stay valid.
+    `revision` (model.revision) and `tokenizer_files` (a local folder's tokenizer files, see
+    `tokenizer_files_identity`) are hashed only when set, so keys made without them stay valid.
     """
     payload: dict[str, Any] = {
         "format": CACHE_FORMAT,
@@ -93,6 +97,8 @@ def tokenization_key(
     }
     if revision is not None:
         payload["revision"] = revision
+    if tokenizer_files is not None:
+        payload["tokenizer_files"] = tokenizer_files
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

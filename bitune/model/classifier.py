@@ -143,6 +143,34 @@ def model_identity(model: ModelParams) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "spm.model",
+    "sentencepiece.bpe.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+)
+
+
+def tokenizer_files_identity(model: ModelParams) -> str | None:
+    """Short hash of a local model folder's tokenizer files (name, size, mtime); None for a hub id.
+
+    Part of the key of tokenized data (and so of cached features): a tokenizer overwritten in place
+    in a local folder must not reuse rows tokenized with the old one. A hub id is pinned by its name
+    and `model.revision` instead.
+    """
+    folder = Path(resolve_model_source(model.name_or_path))
+    if not folder.is_dir():
+        return None
+    files = sorted(p for p in folder.iterdir() if p.name in TOKENIZER_FILES)
+    stamp = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    return hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:16]
+
+
 def _default_pools_mean(backbone: PreTrainedModel) -> bool:
     """Whether the model's own classifier mean-pools: a model without a pooler that says so in its
     config (ModernBERT's `classifier_pooling: mean`, as ModernBERT-base ships); else [CLS]."""

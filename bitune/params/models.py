@@ -91,7 +91,9 @@ class ModelParams(Strict):
     )
     revision: str | None = None
     pooling: Literal["default", "cls", "mean"] = Field(
-        "mean", description="'default': the model's own pooler when it has one, else cls"
+        "mean",
+        description="'default': the model's own pooler when it has one, else its config's "
+        "classifier_pooling (ModernBERT), else cls",
     )
     dropout: float = Field(0.1, ge=0, lt=1)
     trust_remote_code: bool = False

@@ -13,7 +13,7 @@ from bitune.evaluation.metrics import summary_metrics
 from bitune.model.classifier import BituneClassifier
 from bitune.tuning.features import cached_features
 from bitune.tuning.freezing import freeze_except, set_train_mode, trainable_modules
-from bitune.tuning.guards import check_finite, check_validation, require_parameters
+from bitune.tuning.guards import check_finite, check_validation, remedy, require_parameters
 from bitune.tuning.optim import build_optimizer, build_scheduler, phase_steps
 from bitune.tuning.phase_context import (
     PhaseContext,
@@ -40,6 +40,7 @@ def run_on_features(
 ) -> PhaseResult:
     """Train the top on cached features; `train_seconds` includes the encoding pass."""
     spec = run.spec
+    fix = remedy(spec.lr, ctx.accelerator.mixed_precision)  # advice of the NaN guard's errors
     result = PhaseResult(key=run.key, used_feature_cache=True)
     device = ctx.accelerator.device
     selected = trainable_modules(model, spec.train, ctx.groups)
@@ -93,12 +94,12 @@ def run_on_features(
             step += 1
             if spec.max_steps and step >= spec.max_steps:
                 break
-        check_finite(total, run.key, epoch, step, spec.lr, trained)
+        check_finite(total, run.key, epoch, step, fix, trained)
         samples += seen
         model.eval()
         with averaged(average), torch.inference_mode():
             val = summary_metrics(model.top(val_x).float().cpu(), val_y)
-        check_validation(val, run.key, epoch, spec.lr)
+        check_validation(val, run.key, epoch, fix)
         metrics = {f"val_{k}": v for k, v in val.items()} | {"train_loss": total.item() / seen}
         result.history.append({"epoch": float(epoch), **metrics})
         if ctx.on_epoch:

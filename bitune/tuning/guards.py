@@ -26,37 +26,37 @@ def _weights_norm(params: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack(torch._foreach_norm([p.detach() for p in params])).sum()
 
 
+def remedy(lr: float, mixed_precision: str) -> str:
+    """What to try after a non-finite loss or weights: a lower lr, and fp32 when bf16 was on."""
+    fp32 = " or use train.precision=fp32" if mixed_precision != "no" else ""
+    return f"lower the phase's lr (now {lr}){fp32}"
+
+
 def check_finite(
     loss_sum: torch.Tensor,
     key: str,
     epoch: int,
     step: int,
-    lr: float,
+    fix: str,
     params: Sequence[torch.Tensor] = (),
 ) -> None:
     """The NaN/inf guard: the epoch's running loss sum and, when given, the trained weights, read
-    back together (one sync per call, not per step)."""
+    back together (one sync per call, not per step). `fix`: `remedy(...)`, the message's advice."""
     values = torch.stack([loss_sum.float(), _weights_norm(params).float().to(loss_sum.device)])
     loss, weights = values.tolist()
     if not math.isfinite(loss):
-        raise TrainingError(
-            f"{key}: loss became {loss} at epoch {epoch}, by step {step}; lower the phase's lr "
-            f"(now {lr}) or use train.precision=fp32"
-        )
+        raise TrainingError(f"{key}: loss became {loss} at epoch {epoch}, by step {step}; {fix}")
     if not math.isfinite(weights):
         raise TrainingError(
             f"{key}: weights became non-finite at epoch {epoch}, by step {step} (a non-finite "
-            f"gradient); lower the phase's lr (now {lr}) or use train.precision=fp32"
+            f"gradient); {fix}"
         )
 
 
-def check_validation(val: dict[str, float], key: str, epoch: int, lr: float) -> None:
+def check_validation(val: dict[str, float], key: str, epoch: int, fix: str) -> None:
     """Never checkpoint, keep or hand on weights whose validation loss is not finite."""
     if not math.isfinite(val["loss"]):
-        raise TrainingError(
-            f"{key}: validation loss became {val['loss']} at epoch {epoch}; lower the phase's lr "
-            f"(now {lr}) or use train.precision=fp32"
-        )
+        raise TrainingError(f"{key}: validation loss became {val['loss']} at epoch {epoch}; {fix}")
 
 
 def require_parameters(selected: Selected, run: PhaseRun) -> None:

@@ -31,7 +31,7 @@ from bitune.tuning.contrastive import supervised_contrastive_loss
 from bitune.tuning.feature_phase import run_on_features, trains_top_only
 from bitune.tuning.features import encode_rows
 from bitune.tuning.freezing import Selected, freeze_except, set_train_mode, trainable_modules
-from bitune.tuning.guards import check_finite, check_resumable, check_validation, require_parameters
+from bitune.tuning.guards import check_finite, check_resumable, check_validation, remedy, require_parameters
 from bitune.tuning.optim import build_optimizer, build_scheduler, phase_steps
 from bitune.tuning.phase_context import (
     PhaseContext,
@@ -108,6 +108,7 @@ def run_phase(model: BituneClassifier, run: PhaseRun, data: PhaseData, ctx: Phas
     """Train one phase in place; with early stopping (patience), the best epoch's weights are
     restored, else the last epoch's (or their average) are handed on: see `PhaseResult.kept`."""
     spec = run.spec
+    fix = remedy(spec.lr, ctx.accelerator.mixed_precision)  # advice of the NaN guard's errors
     device = ctx.accelerator.device
     model.to(device)
     torch.manual_seed(ctx.seed + run.index)
@@ -214,7 +215,7 @@ def run_phase(model: BituneClassifier, run: PhaseRun, data: PhaseData, ctx: Phas
                     average.update()
                 step += 1
                 if step % ctx.log_every == 0:
-                    check_finite(running, run.key, epoch, step, spec.lr, phase_params)
+                    check_finite(running, run.key, epoch, step, fix, phase_params)
                 if ctx.on_step and step % ctx.log_every == 0:  # after the guard: never log a NaN as a metric
                     ctx.on_step(
                         {
@@ -227,14 +228,14 @@ def run_phase(model: BituneClassifier, run: PhaseRun, data: PhaseData, ctx: Phas
                 if spec.max_steps and step >= spec.max_steps:
                     break
             # also waits for the device's queue; checks the weights so no NaN is validated or saved
-            check_finite(running, run.key, epoch, step, spec.lr, phase_params)
+            check_finite(running, run.key, epoch, step, fix, phase_params)
             epoch_seconds = time.perf_counter() - t0  # the training loop only, not the validation pass below
             result.train_seconds += epoch_seconds
             result.train_samples += seen  # rows of the whole batches: every process took its slice
             with averaged(average):
                 logits = predict_logits(model, data.validation, ctx, data.pad_token_id)
             val = summary_metrics(logits, val_labels)
-            check_validation(val, run.key, epoch, spec.lr)
+            check_validation(val, run.key, epoch, fix)
             metrics = {f"val_{k}": v for k, v in val.items()} | {
                 "train_loss": running.item() / max(1, micro),
                 "anchor": anchor.term(),
