@@ -15,12 +15,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich import box
+from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 
+from bitune.evaluation.run_comparison import RunRow, duration_text, param_differences, plot_comparison
 from flows.cli_common import ParamsOpt, ProjectOpt, console, one_line_errors
 
 if TYPE_CHECKING:
-    from bitune.evaluation.run_comparison import RunRow
     from bitune.params import Params
     from tasks.tracking import TrackingSettings
 
@@ -100,18 +102,17 @@ def rollback(project: ProjectOpt = Path("."), params: ParamsOpt = DEFAULT_PARAMS
         loaded, settings = load_settings(project, params)
         done = rollback_champion(settings, loaded.registry.model_name)
     console.print(
-        f"[green]Rolled back:[/] champion of {done.name} is version {done.version} again "
-        f"(version {done.replaced} keeps its other aliases)."
+        f"[green]Rolled back:[/] champion of {done.name} is version {done.version} again"
+        f"{_still_holds(done.replaced, done.replaced_aliases)}."
     )
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 100:
-        return f"{seconds:.1f}s"
-    minutes = int(seconds // 60)
-    return f"{minutes}m{int(seconds % 60):02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
+def _still_holds(version: str | None, aliases: list[str]) -> str:
+    """What the version that lost the champion keeps, said only when it keeps something."""
+    if not aliases:
+        return ""
+    noun = "alias" if len(aliases) == 1 else "aliases"
+    return f" (version {version} keeps its {noun} {', '.join(aliases)})"
 
 
 def _result(row: RunRow) -> str:
@@ -121,18 +122,20 @@ def _result(row: RunRow) -> str:
     return " ".join([f"v{row.model_version}", ", ".join(row.aliases)]).strip()
 
 
-def _table(rows: list[RunRow], experiment: str) -> Table:
-    """Fits 80 columns: short headers, no column rules, ids and scores never cut; only the last column
-    (a version's aliases) wraps, at its spaces."""
+def _table(rows: list[RunRow], experiment: str, differences: dict[str, str] | None = None) -> Table:
+    """Fits 80 columns: short headers, no column rules, ids and scores never cut; only the result column
+    (a version's aliases) wraps, at its spaces. `differences` (run id to differing params) adds a
+    last column; the caller passes it only when it fits uncut."""
     table = Table(
         title=f"bitune runs in experiment {experiment!r}",
-        caption="acc, F1: test accuracy, macro-F1; CKA: similarity to the pretrained encoder",
+        caption="acc, F1: test accuracy, macro-F1; CKA: similarity to the pretrained encoder; time: m:ss",
         box=box.SIMPLE_HEAD,
         show_edge=False,
         pad_edge=False,
         padding=0,
     )
-    for column in ("run", "strategy", "data", "acc", "F1", "CKA", "time", "result"):
+    columns = ["run", "strategy", "data", "acc", "F1", "CKA", "time", "result"]
+    for column in columns + (["differs"] if differences else []):
         numeric = column in ("acc", "F1", "CKA", "time")
         table.add_column(column, justify="right" if numeric else "left", no_wrap=column != "result")
     for r in rows:
@@ -140,8 +143,30 @@ def _table(rows: list[RunRow], experiment: str) -> Table:
             f"{r.metrics[k]:.4f}" if k in r.metrics else "-"
             for k in ("test/accuracy", "test/macro_f1", "test/cka_to_pretrained")
         ]
-        table.add_row(r.short_id, r.strategy, r.data_version, *score, _duration(r.seconds), _result(r))
+        cells = [r.short_id, r.strategy, r.data_version, *score, duration_text(r.seconds), _result(r)]
+        table.add_row(*cells, *([escape(differences[r.run_id])] if differences else []))
     return table
+
+
+def _print_comparison(rows: list[RunRow], experiment: str) -> None:
+    """The table, with the params that differ among the runs as its last column when that fits the
+    terminal uncut, else listed under it, one run id a line (continuations indented past the id)."""
+    differences = param_differences(rows)
+    table = _table(rows, experiment)
+    widest = max((len(text) for text in differences.values()), default=0)
+    if differences and Measurement.get(console, console.options, table).maximum + 1 + widest <= console.width:
+        console.print(_table(rows, experiment, differences))
+        return
+    console.print(table)
+    if not differences:
+        return
+    console.print("params that differ:")
+    listing = Table.grid(padding=(0, 1))
+    listing.add_column(no_wrap=True)
+    listing.add_column(overflow="fold")
+    for r in rows:
+        listing.add_row(r.short_id, escape(differences[r.run_id]))
+    console.print(listing, highlight=False)
 
 
 def compare(
@@ -154,9 +179,9 @@ def compare(
     project: ProjectOpt = Path("."),
     params: ParamsOpt = DEFAULT_PARAMS,
 ) -> None:
-    """Table of retrain runs: id, strategy, data version, test scores, duration, model version and aliases."""
+    """Retrain runs side by side: id, strategy, data, test scores, time, version and aliases; then the
+    params that differ among them."""
     with one_line_errors(project):
-        from bitune.evaluation.run_comparison import plot_comparison
         from tasks.promotion import compare_runs
 
         loaded, settings = load_settings(project, params)
@@ -168,7 +193,7 @@ def compare(
             f"No bitune runs in experiment {settings.experiment!r} yet; start one with `bitune run`."
         )
         return
-    console.print(_table(rows, settings.experiment))
+    _print_comparison(rows, settings.experiment)
     if plot is not None:
         console.print(f"Plot written to {plot_comparison(rows, plot)}")
 

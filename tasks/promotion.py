@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlflow.entities.model_registry import ModelVersion
@@ -52,6 +52,7 @@ class Promotion:
     replaced: str | None
     reasons: list[str]
     changed: bool = True
+    replaced_aliases: list[str] = field(default_factory=list)  # what `replaced` still holds, sorted
 
 
 @contextmanager
@@ -221,7 +222,11 @@ def rollback(settings: TrackingSettings, name: str) -> Promotion:
         # second rollback goes one step further back and the original promotion reason survives
         client.set_registered_model_alias(name, CHAMPION, str(restored.version))
     return Promotion(
-        name, str(restored.version), str(current.version), [f"rolled back from version {current.version}"]
+        name,
+        str(restored.version),
+        str(current.version),
+        [f"rolled back from version {current.version}"],
+        replaced_aliases=sorted(set(current.aliases) - {CHAMPION}),  # read before the move
     )
 
 
@@ -272,6 +277,7 @@ def compare_runs(settings: TrackingSettings, model_name: str) -> list[RunRow]:
                     seconds=(end - run.info.start_time) / 1000 if end else None,
                     model_version=version,
                     aliases=sorted(aliases.get(version or "", [])),
+                    params=dict(run.data.params),
                 )
             )
     return rows

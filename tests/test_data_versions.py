@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -85,7 +86,15 @@ def test_versions_lists_both_with_dates_files_and_the_current_one(two_versions) 
     assert [v["files"] for v in listed] == [["a.csv"], ["b.csv"]]
     assert [v["current"] for v in listed] == [False, True]
     assert all(v["first_seen"] and v["in_remote"] and {"git", "remote"} <= set(v["sources"]) for v in listed)
+    assert [v["rows"] for v in listed] == [None, None]  # no run logged a count; data files are not read
     assert not (root / "mlflow.db").exists()  # listing never creates a tracking store
+
+    table = bitune(root, "data", "versions").stdout  # not a terminal: 80 columns
+    assert max(len(line) for line in table.splitlines()) <= 80 and "…" not in table, table
+    for v in listed:  # the whole first-seen timestamp, down to the minute, on the version's line
+        (line,) = [line for line in table.splitlines() if v["md5"] in line]
+        when = datetime.fromisoformat(v["first_seen"]).astimezone().strftime("%Y-%m-%d %H:%M")
+        assert f"{v['md5']} {when}    ? " in line, table
 
 
 def test_failed_checkouts_leave_data_dvc_and_data_exactly_as_they_were(two_versions) -> None:  # type: ignore[no-untyped-def]

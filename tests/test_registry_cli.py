@@ -6,7 +6,10 @@ Everything is read back through MlflowClient. Each test starts from the state th
 
 from __future__ import annotations
 
+import json
+import re
 import socket
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -131,7 +134,7 @@ def test_forced_promote_then_rollback_restores_the_previous_champion(project, cl
 
     result = bitune(root, "rollback")
     assert result.exit_code == 0, result.output
-    assert "version 1 again" in result.stdout
+    assert "version 1 again (version 2 keeps its alias challenger)." in result.stdout
     assert champion(client) == "1"
     assert client.get_model_version(NAME, "2").tags["bitune.rolled_back"] == "replaced by version 1"
     restored = client.get_model_version(NAME, "1").tags
@@ -158,8 +161,11 @@ def test_promote_through_the_gate_moves_the_champion_and_records_why(project, cl
     assert tags["bitune.manual_gate"].startswith(expected)
     assert tags["bitune.promotion"] == f"manual {tags['bitune.manual_gate']}"
 
-    assert bitune(root, "rollback").exit_code == 0
+    result = bitune(root, "rollback")
+    assert result.exit_code == 0, result.output
     assert champion(client) == "2"
+    # version 1 held only `champion` (`challenger` is on 2): no word of aliases it would keep
+    assert result.stdout.strip() == "Rolled back: champion of bitune-classifier is version 2 again."
 
 
 def test_promote_refuses_scores_on_different_test_rows(project, client) -> None:  # type: ignore[no-untyped-def]
@@ -208,21 +214,53 @@ def test_compare_lists_every_run_with_scores_versions_and_aliases(project, clien
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert max(len(line) for line in lines) <= 80 and "…" not in result.stdout, result.stdout
+    table = lines[: lines.index("params that differ:")]
+    listed = lines[
+        len(table) + 1 : next(i for i, line in enumerate(lines) if line.startswith("Plot written"))
+    ]
     # both runs have one name (strategy + data version): the short run id tells them apart
     assert good.run_id[:8] != worse.run_id[:8]
     for summary, model in ((good, "v1 champion"), (worse, "v2 challenger")):
-        (row,) = [line for line in lines if line.startswith(summary.run_id[:8] + " ")]
+        (row,) = [line for line in table if line.startswith(summary.run_id[:8] + " ")]
         assert "bidirectional" in row and summary.data_version[:8] in row and row.rstrip().endswith(model)
+        assert re.search(rf" \d+:\d\d {model}$", row.rstrip()), row  # the time as m:ss
         for key in ("test/accuracy", F1, "test/cka_to_pretrained"):
             assert f"{summary.test_metrics[key]:.4f}" in row
-    assert [line[:8] for line in lines if line[:8] in (good.run_id[:8], worse.run_id[:8])] == [
+    assert [line[:8] for line in table if line[:8] in (good.run_id[:8], worse.run_id[:8])] == [
         good.run_id[:8],
         worse.run_id[:8],
     ]  # oldest first
+    # the two runs differ in four params: too wide for a column at 80, so listed under the table
+    assert " ".join(listed).split() == [
+        good.run_id[:8],
+        "strategy.phases.0.epochs=30",
+        "strategy.phases.0.lr=0.003",
+        "strategy.phases.1.epochs=3",
+        "strategy.phases.1.lr=0.00015",
+        worse.run_id[:8],
+        "strategy.phases.0.epochs=1",
+        "strategy.phases.0.lr=1e-06",
+        "strategy.phases.1.epochs=1",
+        "strategy.phases.1.lr=1e-07",
+    ]
     assert plot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n") and plot.stat().st_size > 5000
 
     line = one_line_error(bitune(root, "compare", "--experiment", "nope"))
     assert line.startswith("error: compare: no experiment 'nope'")
+
+
+def test_data_versions_show_the_rows_the_runs_logged_and_the_full_date(project) -> None:  # type: ignore[no-untyped-def]
+    root, good, _ = project
+    result = bitune(root, "data", "versions", "--json")
+    assert result.exit_code == 0, result.output
+    (listed,) = json.loads(result.stdout)
+    assert listed["md5"].startswith(good.data_version) and listed["rows"] == 400  # data.demo_rows
+    result = bitune(root, "data", "versions", env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    when = datetime.fromisoformat(listed["first_seen"]).astimezone().strftime("%Y-%m-%d %H:%M")
+    (row,) = [line for line in result.stdout.splitlines() if listed["md5"] in line]
+    assert f"{listed['md5']} {when}  400 " in row, result.stdout
+    assert max(len(line) for line in result.stdout.splitlines()) <= 80 and "…" not in result.stdout
 
 
 def test_unreachable_tracking_server_is_one_line(project) -> None:  # type: ignore[no-untyped-def]

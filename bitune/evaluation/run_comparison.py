@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 COMPARED = ("test/accuracy", "test/macro_f1", "test/cka_to_pretrained")
+SHOWN_IN_COLUMNS = frozenset({"strategy.name", "data.version"})  # `compare` has columns for these
+UNSET = "-"  # a param one run logged and another did not (a key added in a later bitune)
+MAX_VALUE_CHARS = 40  # a model path or a layer list stays one readable piece
+MAX_PARAMS_SHOWN = 8  # two strategies differ in every phase key: the first few say enough
 
 
 @dataclass(frozen=True)
@@ -22,11 +26,53 @@ class RunRow:
     seconds: float | None
     model_version: str | None
     aliases: list[str]
+    params: dict[str, str] = field(default_factory=dict)  # as logged: dotted keys, `--set` spelling
 
     @property
     def short_id(self) -> str:
         """What tells runs apart: names repeat (strategy and data version, shown in their own columns)."""
         return self.run_id[:8]
+
+
+def duration_text(seconds: float | None) -> str:
+    """Wall time as a clock, m:ss (h:mm:ss from an hour): one format down the column, so runs compare
+    at a glance and the column stays 4 to 7 characters wide."""
+    if seconds is None:
+        return UNSET
+    hours, rest = divmod(round(seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def differing_params(rows: list[RunRow]) -> list[str]:
+    """Keys of the logged params whose values are not the same in every run, sorted. Runs that logged
+    no params (killed before logging) are left out: they would make every key differ."""
+    logged = [r.params for r in rows if r.params]
+    keys: set[str] = set().union(*logged) - SHOWN_IN_COLUMNS if logged else set()
+    return sorted(k for k in keys if len({p.get(k, UNSET) for p in logged}) > 1)
+
+
+def param_differences(rows: list[RunRow]) -> dict[str, str]:
+    """Per run id, `key=value` of each differing param, as `bitune run --set` takes them; empty when
+    nothing differs. A run that logged no params shows `?`."""
+    keys = differing_params(rows)
+    if not keys:
+        return {}
+    return {r.run_id: _assignments(r.params, keys) if r.params else "?" for r in rows}
+
+
+def _assignments(params: dict[str, str], keys: list[str]) -> str:
+    shown = [f"{k}={_value(params.get(k, UNSET))}" for k in keys[:MAX_PARAMS_SHOWN]]
+    if len(keys) > MAX_PARAMS_SHOWN:
+        shown.append(f"(+{len(keys) - MAX_PARAMS_SHOWN} more)")
+    return " ".join(shown)
+
+
+def _value(value: str) -> str:
+    """Short, and quoted when it holds spaces, so the space-separated list stays unambiguous."""
+    if len(value) > MAX_VALUE_CHARS:
+        value = value[: MAX_VALUE_CHARS - 1] + "…"
+    return f'"{value}"' if any(c.isspace() for c in value) else value
 
 
 def plot_comparison(rows: list[RunRow], path: Path) -> Path:
