@@ -30,7 +30,7 @@ from flows.cli_common import (
 )
 
 if TYPE_CHECKING:
-    from flows.retrain import RetrainSummary
+    from bitune.retrain_summary import RetrainSummary
 
 app = typer.Typer(
     help="Retrain a text classifier with bidirectional fine-tuning, tracked and versioned.",

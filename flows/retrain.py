@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from prefect import flow
@@ -10,11 +9,13 @@ from prefect.exceptions import TerminationSignal
 
 from bitune.params import Params, load_params
 from bitune.project_lock import hold_project
+from bitune.retrain_summary import RetrainSummary
 from bitune.tuning.schedule import expand_strategy
 from tasks.data import version_data
 from tasks.evaluate import evaluate
 from tasks.preprocess import preprocess
 from tasks.registry import register
+from tasks.run_report import publish_summary
 from tasks.runs import (
     close_parent_run,
     open_parent_run,
@@ -25,22 +26,6 @@ from tasks.runs import (
 )
 from tasks.tracking import TrackingSettings
 from tasks.tuning import PhaseOutput, tune_phase
-
-
-@dataclass
-class RetrainSummary:
-    data_version: str
-    tracking_uri: str
-    skipped: bool = False
-    reason: str = ""
-    run_id: str | None = None
-    phases: list[dict[str, object]] = field(default_factory=list)
-    test_metrics: dict[str, float] = field(default_factory=dict)
-    model_name: str = ""
-    model_version: str | None = None
-    promoted: bool = False
-    gate: list[str] = field(default_factory=list)
-    champion_version: str | None = None
 
 
 @flow(name="retrain")
@@ -65,13 +50,15 @@ def run_pipeline(root: Path, params: Params, force: bool) -> RetrainSummary:
     key = pipeline_key(data.md5, params, data.columns)
     previous = previous_success(settings, key)
     if previous and not force:
-        return RetrainSummary(
+        skipped = RetrainSummary(
             data.md5,
             settings.uri,
             skipped=True,
             run_id=previous,
             reason=f"data version and params unchanged since run {previous}; use --force to retrain",
         )
+        publish_summary(skipped)
+        return skipped
     if force:
         reset_pipeline(str(root), key, str(params.train.checkpoint_dir))
 
@@ -102,7 +89,7 @@ def run_pipeline(root: Path, params: Params, force: bool) -> RetrainSummary:
         close_parent_run.fn(settings, run_id, "KILLED" if killed else "FAILED")
         raise
     close_parent_run(settings, run_id, "FINISHED")
-    return RetrainSummary(
+    summary = RetrainSummary(
         data_version=data.md5,
         tracking_uri=settings.uri,
         run_id=run_id,
@@ -114,3 +101,5 @@ def run_pipeline(root: Path, params: Params, force: bool) -> RetrainSummary:
         gate=registration.reasons,
         champion_version=registration.champion_version,
     )
+    publish_summary(summary)
+    return summary

@@ -41,6 +41,24 @@ def test_first_run_registers_champion_version_1(first_run) -> None:  # type: ign
     assert "no champion yet" in mv.tags["bitune.gate"]
 
 
+def test_the_flow_run_carries_its_summary_as_a_prefect_artifact(first_run) -> None:  # type: ignore[no-untyped-def]
+    """What a scheduled run shows in the Prefect UI: the same scores the CLI prints."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from tasks.run_report import SUMMARY_KEY
+
+    _, summary = first_run
+    with get_client(sync_client=True) as client:
+        by_key = ArtifactFilter(key=ArtifactFilterKey(any_=[SUMMARY_KEY]))
+        found = client.read_artifacts(artifact_filter=by_key)
+    ours = [a for a in found if summary.run_id and summary.run_id in str(a.data)]
+    assert len(ours) == 1, [str(a.data)[:200] for a in found]
+    assert ours[0].type == "markdown" and ours[0].flow_run_id is not None
+    assert f"{summary.test_metrics['test/accuracy']:.4f}" in str(ours[0].data)
+    assert f"version {summary.model_version}, **promoted to champion**" in str(ours[0].data)
+
+
 def test_mlflow_has_parent_and_nested_runs_with_params_metrics_artifacts(first_run) -> None:  # type: ignore[no-untyped-def]
     root, summary = first_run
     client = client_for(root)
