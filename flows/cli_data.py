@@ -1,9 +1,12 @@
-"""`bitune data versions | checkout`: the data versions DVC holds, and going back to one."""
+"""`bitune data versions | checkout | diff`: the data versions DVC holds, going back to one, and
+what changed between two, row by row."""
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -13,10 +16,14 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
+from bitune.errors import DataError
 from flows.cli_common import ParamsOpt, ProjectOpt, SetOpt, console, errors, one_line_errors
 from tasks import dvc_store
 
 if TYPE_CHECKING:
+    import pandas as pd
+
+    from bitune.data.version_diff import LabelChange, VersionDiff
     from bitune.params import Params
 
 RUN_TAG = "bitune.data_version"
@@ -24,9 +31,10 @@ RUN_TAG = "bitune.data_version"
 
 def register(app: typer.Typer) -> None:
     """Attach this module's commands to the `bitune` app."""
-    data = typer.Typer(help="Data versions: list them, restore one.", no_args_is_help=True)
+    data = typer.Typer(help="Data versions: list them, restore one, compare two.", no_args_is_help=True)
     data.command("versions")(versions)
     data.command("checkout")(checkout)
+    data.command("diff")(diff)
     app.add_typer(data, name="data")
 
 
@@ -78,6 +86,155 @@ def checkout(
         )
     console.print(escape(f"{loaded.data.dir}/ and data.dvc are at data version {full}."))
     console.print("Train on it with [bold]bitune run --set data.source=data[/]; commit data.dvc to keep it.")
+
+
+def diff(
+    old: Annotated[str, typer.Argument(help="data version to compare from: md5 or a unique prefix")],
+    new: Annotated[
+        str | None, typer.Argument(help="data version to compare to (default: the current one, data.dvc)")
+    ] = None,
+    examples: Annotated[int, typer.Option("--examples", min=0, help="example rows per kind of change")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of tables")] = False,
+    params: ParamsOpt = Path("params/default.yaml"),
+    set_: SetOpt = None,
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Rows added, removed and relabelled from OLD to NEW, with per-label counts; data/ is not touched.
+
+    Rows match by text as the splits see it: case, spacing and Unicode form do not count.
+
+    A repeated text counts each copy: one copy less is one row removed.
+    """
+    from bitune.data.version_diff import diff_versions
+
+    root = project.resolve()
+    with one_line_errors(root):
+        loaded = _params(root, params, set_)
+        known = dvc_store.known_versions(root, loaded.data.remote, _mlflow_sightings(root, loaded)[0])
+        old_md5 = _dir_md5(dvc_store.resolve_version(old, known))
+        new_md5 = _dir_md5(dvc_store.resolve_version(new, known) if new else _current_version(root))
+        frames = _read_versions(root, loaded, [old_md5, new_md5])
+        changes = diff_versions(frames[old_md5], frames[new_md5])
+        uncommitted = new is None and dvc_store.has_local_changes(root)
+    if uncommitted:  # on stderr, so it reaches a user who pipes the JSON too
+        errors.print(
+            f"[yellow]note:[/] {escape(str(loaded.data.dir))}/ has edits data.dvc does not record; "
+            "they are not in this diff.",
+            highlight=False,
+        )
+    if as_json:
+        console.print_json(json.dumps(_diff_as_dict(old_md5, new_md5, changes, examples)))
+    else:
+        _print_diff(old_md5, new_md5, changes, examples)
+
+
+def _current_version(root: Path) -> str:
+    current = dvc_store.data_version(root)
+    if current is None:
+        raise DataError(
+            f"{dvc_store.DVC_FILE}: no current data version to compare with; name both versions, "
+            "e.g. `bitune data diff OLD NEW` (see `bitune data versions`)"
+        )
+    return current
+
+
+def _read_versions(root: Path, loaded: Params, md5s: list[str]) -> dict[str, pd.DataFrame]:
+    """Each version's rows, read from copies of its files in a temporary folder (deleted after)."""
+    from bitune.data.version_diff import read_version
+
+    frames = {}
+    with tempfile.TemporaryDirectory(prefix="bitune-diff-") as tmp:
+        for md5 in dict.fromkeys(md5s):
+            folder = Path(tmp) / md5.removesuffix(".dir")  # errors reading a file name its version
+            dvc_store.materialise_version(root, md5, loaded.data.remote, folder)
+            frames[md5] = read_version(folder, loaded.data)
+    return frames
+
+
+def _print_diff(old: str, new: str, changes: VersionDiff, examples: int) -> None:
+    """The per-label table, a one-line summary and a few rows of each change; fits 80 columns."""
+    if not changes.changed:
+        console.print(
+            escape(f"No changes from {old} to {new}: ")
+            + f"the same {changes.new_rows} rows and labels (case, spacing and row order do not count)."
+        )
+        return
+    console.print(escape(f"{old} → {new}"), highlight=False)  # 75 columns: as a table title it would wrap
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    table.add_column("label", overflow="fold", max_width=24)
+    for name in ("old", "new", "change", "added", "removed", "relabelled"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for c in changes.labels:
+        table.add_row(
+            escape(c.label),
+            str(c.old),
+            str(c.new),
+            f"{c.new - c.old:+d}",
+            str(c.added),
+            str(c.removed),
+            _relabelled_cell(c),
+        )
+    table.add_section()
+    table.add_row(
+        "[bold]all[/]",
+        str(changes.old_rows),
+        str(changes.new_rows),
+        f"{changes.new_rows - changes.old_rows:+d}",
+        str(len(changes.added)),
+        str(len(changes.removed)),
+        str(len(changes.relabelled)),
+    )
+    console.print(table)
+    console.print(
+        f"{len(changes.added)} rows added, {len(changes.removed)} removed, {len(changes.relabelled)} "
+        f"relabelled (same text, another label), {changes.unchanged} unchanged."
+    )
+    shown = [
+        ("added", "+", [(r.label, r.text) for r in changes.added]),
+        ("removed", "-", [(r.label, r.text) for r in changes.removed]),
+        ("relabelled", "~", [(f"{r.old_label} → {r.new_label}", r.text) for r in changes.relabelled]),
+    ]
+    for kind, mark, rows in shown:
+        if not rows or not examples:
+            continue
+        first = f", first {examples}" if len(rows) > examples else ""
+        console.print(f"\n[bold]{kind}[/] ({len(rows)}{first}):")
+        labels = [_cut(label, 30) for label, _ in rows[:examples]]
+        pad = max(map(len, labels))
+        for label, (_, text) in zip(labels, rows[:examples], strict=True):
+            head = f"  {mark} {label:<{pad}}  "
+            line = head + _cut(" ".join(text.split()), max(console.width - len(head), 10))
+            console.print(escape(line), highlight=False)
+
+
+def _relabelled_cell(change: LabelChange) -> str:
+    """`+2 -1`: rows relabelled to this label, and away from it."""
+    moved = [f"+{change.relabelled_in}"] * bool(change.relabelled_in)
+    moved += [f"-{change.relabelled_out}"] * bool(change.relabelled_out)
+    return " ".join(moved) or "0"
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _diff_as_dict(old: str, new: str, changes: VersionDiff, examples: int) -> dict[str, object]:
+    """Counts in full; `examples` rows of each kind of change, their texts whole."""
+    return {
+        "old": old,
+        "new": new,
+        "rows": {"old": changes.old_rows, "new": changes.new_rows},
+        "added": len(changes.added),
+        "removed": len(changes.removed),
+        "relabelled": len(changes.relabelled),
+        "unchanged": changes.unchanged,
+        "labels": [asdict(c) for c in changes.labels],
+        "examples": {
+            "added": [asdict(r) for r in changes.added[:examples]],
+            "removed": [asdict(r) for r in changes.removed[:examples]],
+            "relabelled": [asdict(r) for r in changes.relabelled[:examples]],
+        },
+    }
 
 
 def versions_table(known: list[dvc_store.KnownVersion], rows: dict[str, int], title: str) -> Table:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -142,14 +144,7 @@ def checkout(root: Path, version: str, data_dir: str = "data", force: bool = Fal
     data.dvc ends as `dvc add` writes it for that version. On any failure data.dvc keeps its exact
     bytes and data/ its content; uncommitted edits in data/ stop the checkout unless `force`.
     """
-    version = version.strip()
-    if not MD5.match(version):
-        raise DataError(
-            f"data version {version!r}: not an md5; copy one from `bitune data versions` (a unique "
-            "prefix works there)"
-        )
-    if not version.endswith(".dir"):
-        version += ".dir"
+    version = _dir_version(version)
     if not force and has_local_changes(root):
         raise DataError(
             f"{data_dir}/ has changes that {DVC_FILE} does not record; version them with "
@@ -157,9 +152,7 @@ def checkout(root: Path, version: str, data_dir: str = "data", force: bool = Fal
         )
     with _restored_on_failure(root):
         _write_spec(root, version, data_dir)
-        # `dvc fetch` exits 0 when the remote lacks the version, and fails offline even when the
-        # cache has it: the version's manifest in the cache is what says whether to go on
-        proc = _dvc(root, "fetch", "-q", "-r", REMOTE_NAME, DVC_FILE, check=False)
+        proc = _fetch(root, DVC_FILE)
         if not _object_path(cache_dir(root), version).is_file():
             raise DataError(_not_restorable(root, version, proc))
         _dvc(root, "checkout", "-q", "--force", DVC_FILE)
@@ -170,6 +163,74 @@ def checkout(root: Path, version: str, data_dir: str = "data", force: bool = Fal
                 f"checked out {version} but {data_dir}/ hashes to {data_version(root)}; run `dvc doctor`"
             )
     return version
+
+
+def _dir_version(version: str) -> str:
+    """A full md5 as data.dvc records a folder's (with `.dir`); anything else is a one-line error."""
+    version = version.strip()
+    if not MD5.match(version):
+        raise DataError(
+            f"data version {version!r}: not an md5; copy one from `bitune data versions` (a unique "
+            "prefix works there)"
+        )
+    return version if version.endswith(".dir") else f"{version}.dir"
+
+
+def _fetch(root: Path, dvc_file: str) -> subprocess.CompletedProcess[str]:
+    """`dvc fetch` of what `dvc_file` names into the local cache; the caller checks the cache after.
+
+    `dvc fetch` exits 0 when the remote lacks the version, and fails offline even when the cache has
+    it: the version's files in the cache, not the exit status, say whether to go on.
+    """
+    return _dvc(root, "fetch", "-q", "-r", REMOTE_NAME, dvc_file, check=False)
+
+
+def materialise_version(root: Path, version: str, remote: str, dest: Path) -> list[str]:
+    """Copy the files of data version `version` into the new folder `dest`; returns their paths in it.
+
+    They come from the local cache, fetched from the remote first when the cache lacks any of them.
+    data/ and data.dvc are never touched: the fetch reads a throwaway .dvc file naming `version` at a
+    path nothing uses, deleted afterwards, so the cache gains only what `dvc fetch` adds. A version
+    neither holds is the one-line error a checkout of it gives.
+    """
+    version = _dir_version(version)
+    cache = cache_dir(root) if (root / ".dvc").is_dir() else root / ".dvc" / "cache"
+    entries = _cached_entries(cache, version)
+    if entries is None:
+        ensure_repo(root, remote)
+        cache = cache_dir(root)
+        proc = _fetch_version(root, version)
+        entries = _cached_entries(cache, version)
+        if entries is None:
+            raise DataError(_not_restorable(root, version, proc))
+    dest.mkdir(parents=True)
+    for relpath, md5 in entries:
+        if Path(relpath).is_absolute() or ".." in Path(relpath).parts:
+            raise DataError(f"data version {version}: its manifest names {relpath!r}, outside its folder")
+        target = dest / relpath
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(_object_path(cache, md5), target)  # a copy: cache files stay read-only, untouched
+    return sorted(relpath for relpath, _ in entries)
+
+
+def _cached_entries(cache: Path, version: str) -> list[tuple[str, str]] | None:
+    """(relpath, md5) of each file of `version` when the cache holds its manifest and every file."""
+    entries = _manifest_entries(version, [cache])
+    if entries is None or not all(_object_path(cache, md5).is_file() for _, md5 in entries):
+        return None
+    return entries
+
+
+def _fetch_version(root: Path, version: str) -> subprocess.CompletedProcess[str]:
+    name = f".bitune-fetch-{uuid.uuid4().hex[:12]}"
+    spec = root / f"{name}.dvc"
+    spec.write_text(
+        yaml.safe_dump({"outs": [{"md5": version, "hash": "md5", "path": name}]}, sort_keys=False)
+    )
+    try:
+        return _fetch(root, spec.name)
+    finally:
+        spec.unlink(missing_ok=True)
 
 
 def _not_restorable(root: Path, version: str, fetch: subprocess.CompletedProcess[str]) -> str:
@@ -298,11 +359,18 @@ def _object_path(store: Path, md5: str) -> Path:
 
 
 def _manifest(md5: str, stores: list[Path]) -> list[str] | None:
+    entries = _manifest_entries(md5, stores)
+    return None if entries is None else sorted(relpath for relpath, _ in entries)
+
+
+def _manifest_entries(md5: str, stores: list[Path]) -> list[tuple[str, str]] | None:
+    """(relpath, md5) of each file of directory version `md5`, from the first store holding its
+    manifest; None when none does or it cannot be read."""
     for store in stores:
         path = _object_path(store, md5)
         if path.is_file():
             try:
-                return sorted(entry["relpath"] for entry in json.loads(path.read_text()))
+                return [(str(entry["relpath"]), str(entry["md5"])) for entry in json.loads(path.read_text())]
             except (ValueError, KeyError, TypeError):
                 return None
     return None

@@ -22,6 +22,7 @@ COMMANDS = [
     ["ui"],
     ["data", "versions"],
     ["data", "checkout", "abc123"],
+    ["data", "diff", "abc123"],
     ["schedule", "--interval", "60"],
 ]
 HINT = "pass the project folder (the one holding params/ and data.dvc)"
