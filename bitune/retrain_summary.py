@@ -25,12 +25,14 @@ class RetrainSummary:
     gate: list[str] = field(default_factory=list)
     champion_version: str | None = None
 
-    def markdown(self) -> str:
-        """The run at a glance for the Prefect UI: a scheduled run has no terminal to print on.
+    def shown_store(self) -> str:
+        """The tracking URI as the terminal and the Prefect UI may show it: `user:pass@` masked, since
+        an artifact is readable by everyone with the Prefect UI and a terminal ends up in CI logs."""
+        return redact("tracking.uri", self.tracking_uri)
 
-        The tracking URI is shown redacted: an artifact is readable by everyone with the Prefect UI.
-        """
-        store = redact("tracking.uri", self.tracking_uri)
+    def markdown(self) -> str:
+        """The run at a glance for the Prefect UI: a scheduled run has no terminal to print on."""
+        store = self.shown_store()
         if self.skipped:
             return (
                 f"## bitune retrain: nothing to do\n\n{self.reason}\n\n"

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from bitune.errors import BituneError
@@ -51,7 +52,8 @@ def fail_unexpected(exc: Exception, log_file: Path) -> NoReturn:
     raise typer.Exit(1) from None
 
 
-def _summary_table(summary) -> None:  # type: ignore[no-untyped-def]
+def print_summary(summary: RetrainSummary) -> None:
+    """The run on the terminal: phases, test scores, the gate, and where to look (no password)."""
     if summary.skipped:
         console.print(f"[yellow]Nothing to do:[/] {summary.reason}")
         return
@@ -80,10 +82,12 @@ def _summary_table(summary) -> None:  # type: ignore[no-untyped-def]
         f"Model {summary.model_name} version {summary.model_version}: alias challenger, {verdict}"
         f" ({'; '.join(summary.gate)})"
     )
-    console.print(f"Data version {summary.data_version} · MLflow: {summary.tracking_uri}")
-    console.print(
-        f"Open the MLflow UI: [bold]bitune ui[/] (or mlflow ui --backend-store-uri {summary.tracking_uri})"
-    )
+    store = escape(summary.shown_store())
+    console.print(f"Data version {summary.data_version} · MLflow: {store}")
+    if summary.tracking_uri.startswith(("http://", "https://")):  # a server: `mlflow ui` cannot open it
+        console.print(f"Open the MLflow UI at {store} in a browser")
+    else:
+        console.print(f"Open the MLflow UI: [bold]bitune ui[/] (or mlflow ui --backend-store-uri {store})")
 
 
 def check_prefect_api(timeout_s: float = 5.0) -> None:
@@ -187,7 +191,7 @@ def run(
         raise fail(exc, log_file) from None
     with held:
         summary = _run_flow(root, params_file, overrides, force, log_file)
-    _summary_table(summary)
+    print_summary(summary)
 
 
 def _run_flow(
