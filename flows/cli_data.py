@@ -85,7 +85,7 @@ def checkout(
             root, dvc_store.resolve_version(version, known), str(loaded.data.dir), force
         )
     console.print(escape(f"{loaded.data.dir}/ and data.dvc are at data version {full}."))
-    console.print("Train on it with [bold]bitune run --set data.source=data[/]; commit data.dvc to keep it.")
+    console.print("Train on it with [bold]bitune run[/]; commit data.dvc to keep it.")
 
 
 def diff(

@@ -60,13 +60,34 @@ def test_only_params_that_differ_are_listed_as_set_takes_them() -> None:
     ]
     # strategy.name and data.version have columns of their own; a key only some runs logged differs
     assert differing_params(rows) == ["model.revision", "strategy.phases.1.epochs"]
+    # each run shows only where it departs from what most runs logged
     assert param_differences(rows) == {
-        "r1": "model.revision=- strategy.phases.1.epochs=2",
-        "r2": "model.revision=- strategy.phases.1.epochs=6",
+        "r1": "(common)",
+        "r2": "strategy.phases.1.epochs=6",
         "r3": "?",
-        "r4": "model.revision=main strategy.phases.1.epochs=2",
+        "r4": "model.revision=main",
     }
     assert param_differences([row("r1", BASE), row("r2", BASE), row("r3", {})]) == {}
+
+
+def test_one_changed_key_is_not_lost_among_another_presets_keys() -> None:
+    """A run of another strategy differs in every phase key; the strategy column says so already."""
+    preset = {f"strategy.phases.{i}.lr": "0.001" for i in range(12)} | {"strategy.name": "full"}
+    rows = [
+        row("r1", BASE),
+        row("r2", BASE | {"strategy.phases.1.train": "[layers[0:2]]"}),
+        row("r3", BASE | preset),
+        row("r4", BASE),
+    ]
+    assert param_differences(rows) == {
+        "r1": "(common)",
+        "r2": "strategy.phases.1.train=[layers[0:2]]",
+        "r3": "(common)",  # its preset's keys are left out: the strategy column shows `full`
+        "r4": "(common)",
+    }
+    # two runs, no majority: both show the key, each with its own value
+    two = param_differences([row("r1", BASE), row("r2", BASE | {"model.dropout": "0.3"})])
+    assert two == {"r1": "model.dropout=0.1", "r2": "model.dropout=0.3"}
 
 
 def test_long_values_and_many_keys_are_shortened() -> None:

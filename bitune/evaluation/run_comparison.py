@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,12 +54,48 @@ def differing_params(rows: list[RunRow]) -> list[str]:
 
 
 def param_differences(rows: list[RunRow]) -> dict[str, str]:
-    """Per run id, `key=value` of each differing param, as `bitune run --set` takes them; empty when
-    nothing differs. A run that logged no params shows `?`."""
+    """Per run id, `key=value` of each param in which that run departs from the others, as `bitune
+    run --set` takes them; empty when nothing differs.
+
+    A key's usual value is the one most runs logged, when most did (a strict plurality); a run shows
+    only the keys where it departs from that, so one changed epoch count is not lost among the
+    dozens of keys two presets differ in. Without a plurality (two runs, say) every run shows the
+    key. A run whose strategy differs from most runs' (the strategy column shows it) leaves out the
+    `strategy.*` keys its preset brings. `(common)`: the run departs in nothing; `?`: it logged no
+    params (killed before logging).
+    """
     keys = differing_params(rows)
     if not keys:
         return {}
-    return {r.run_id: _assignments(r.params, keys) if r.params else "?" for r in rows}
+    logged = [r for r in rows if r.params]
+    usual = {k: _plurality([r.params.get(k, UNSET) for r in logged]) for k in keys}
+    usual_strategy = _plurality([_strategy(r) for r in logged])
+    out = {}
+    for r in rows:
+        if not r.params:
+            out[r.run_id] = "?"
+            continue
+        own_preset = usual_strategy is not None and _strategy(r) != usual_strategy
+        departs = [
+            k
+            for k in keys
+            if (usual[k] is None or r.params.get(k, UNSET) != usual[k])
+            and not (own_preset and k.startswith("strategy."))
+        ]
+        out[r.run_id] = _assignments(r.params, departs) if departs else "(common)"
+    return out
+
+
+def _strategy(row: RunRow) -> str:
+    return row.params.get("strategy.name", row.strategy)
+
+
+def _plurality(values: list[str]) -> str | None:
+    """The value more runs share than any other, or None on a tie."""
+    ranked = Counter(values).most_common(2)
+    if len(ranked) > 1 and ranked[0][1] == ranked[1][1]:
+        return None
+    return ranked[0][0]
 
 
 def _assignments(params: dict[str, str], keys: list[str]) -> str:

@@ -26,7 +26,9 @@ class BituneTextClassifier(PythonModel):
         self.model.eval()
         self.preprocess = self.meta.preprocess()
 
-    def predict(self, context, model_input, params=None) -> pd.DataFrame:  # type: ignore[no-untyped-def]
+    # `pd.DataFrame`, a hint MLflow reads as "no schema from the hint" (the logged signature holds it):
+    # without a hint MLflow warns at every load; a list of strings is accepted all the same
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:  # type: ignore[no-untyped-def]
         from bitune.data.preprocess import normalise_texts
 
         if isinstance(model_input, pd.DataFrame):
