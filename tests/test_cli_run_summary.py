@@ -11,7 +11,9 @@ from flows.cli_common import console
 
 
 def printed(tracking_uri: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setattr(console, "width", 300)  # one line per print: substrings are not cut by wrapping
+    # one line per print, so substrings are not cut by wrapping. `_width`, not `width`: undoing a
+    # patched `width` would pin the shared console to the width read before (80), for later tests
+    monkeypatch.setattr(console, "_width", 300)
     summary = RetrainSummary(
         data_version="0123abcd.dir",
         tracking_uri=tracking_uri,
