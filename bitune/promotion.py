@@ -2,7 +2,8 @@
 
 Pure: metrics in, decision and reasons out. The registry task feeds it the challenger's and the
 champion's scores on the same test data and records the decision as tags on the model version;
-`bitune promote` feeds it the scores each version logged, which only compare on the same test rows.
+`bitune promote` feeds it the scores each version logged, which only compare on the same test rows,
+or, when those differ, both versions' fresh scores on the local test rows neither trained on.
 """
 
 from __future__ import annotations
@@ -147,3 +148,47 @@ def decide_on_stored_scores(
     )
     decision = decide(challenger.scores, champion.scores, rules)
     return GateDecision(decision.promote, [note, *decision.reasons])
+
+
+def needs_rescore(challenger: StoredScores, champion: StoredScores | None) -> bool:
+    """Whether the logged scores fail to compare only for being on different test rows: the one case
+    that scoring both again on rows neither trained on settles (another label set it does not)."""
+    if champion is None:
+        return False
+    ours, theirs = challenger.labels(), champion.labels()
+    if ours and theirs and ours != theirs:
+        return False
+    if challenger.test_split and champion.test_split:
+        return challenger.test_split != champion.test_split
+    return bool(
+        challenger.data_version and champion.data_version and challenger.data_version != champion.data_version
+    )
+
+
+@dataclass(frozen=True)
+class Rescore:
+    """Both versions scored again on one local test split, on only the rows neither trained on."""
+
+    split: str  # `split_digest` of the local test split
+    rows: int  # rows neither version trained on: the ones both were scored on
+    total: int  # rows in the local test split
+    challenger: dict[str, float]
+    champion: dict[str, float]
+
+    def note(self) -> str:
+        return (
+            f"re-scored both on {self.rows} test rows neither trained on, "
+            f"of {self.total} in local test split {self.split}"
+        )
+
+
+def decide_on_rescore(
+    challenger: StoredScores, champion: StoredScores, rescore: Rescore, rules: RegistryParams
+) -> GateDecision:
+    """The gate on the fresh scores, its reasons led by what was re-scored. CKA is measured on probe
+    texts, not test rows, so each side keeps the CKA it logged (as the flow's gate does)."""
+    fresh = []
+    for stored, scores in ((challenger, rescore.challenger), (champion, rescore.champion)):
+        fresh.append(scores | ({CKA: stored.scores[CKA]} if CKA in stored.scores else {}))
+    decision = decide(fresh[0], fresh[1], rules)
+    return GateDecision(decision.promote, [rescore.note(), *decision.reasons])

@@ -77,15 +77,28 @@ def promote(
     project: ProjectOpt = Path("."),
     params: ParamsOpt = DEFAULT_PARAMS,
 ) -> None:
-    """Make VERSION the champion if the promotion gate agrees; the old champion is kept for rollback."""
+    """Make VERSION the champion if the promotion gate agrees; the old champion is kept for rollback.
+
+    Versions scored on different test rows are scored again on the rows of a test split prepared in
+    the project that neither trained on; without one the gate refuses."""
     with one_line_errors(project):
         from tasks.promotion import promote as promote_version
 
         loaded, settings = load_settings(project, params)
-        done = promote_version(settings, loaded.registry, version, force=force)
+        done = promote_version(settings, loaded, version, force=force, root=project.resolve())
     if not done.changed:
         console.print(f"Version {done.version} of {done.name} is already the champion; nothing changed.")
         return
+    if done.rescored is not None:
+        where = done.split_file.relative_to(project.resolve()) if done.split_file else "a local test split"
+        rows, total = done.rescored.rows, done.rescored.total
+        which = f"all {total} rows" if rows == total else f"the {rows} of {total} rows"
+        console.print(
+            f"Re-scored version {done.version} and champion version {done.replaced} on {which} of {where} "
+            "that neither trained on.",
+            highlight=False,
+            markup=False,
+        )
     was = f"was version {done.replaced}" if done.replaced else "there was none"
     console.print(
         f"[green]Champion of {done.name} is now version {done.version}[/] ({was}): {'; '.join(done.reasons)}"

@@ -1,32 +1,49 @@
 """Manual registry moves and run comparison: `bitune promote`, `rollback`, `compare`.
 
 Plain functions over an MlflowClient, no Prefect. A manual promotion runs the same gate as the flow
-on the scores each version's run logged on its test split (`test/*`), not a re-score: re-scoring
-would need that data version's prepared splits on this machine. Those scores only compare when both
-test splits hold the same rows (tag `bitune.test_split`), which the gate checks. The `champion`
-alias moves in one write and the version it replaced is recorded on the new champion, so the
-registry never holds two champions or none and `rollback` can walk back the chain.
+on the scores each version's run logged on its test split (`test/*`). Those scores only compare when
+both test splits hold the same rows (tag `bitune.test_split`). When they differ and either version's
+test split is prepared on this machine (`.bitune/prepared/*/test.parquet`), both versions are scored
+again on its rows that neither trained on (each model folder records its training rows, as for the
+flow's gate); without such a split the gate refuses. The `champion` alias moves in one write and the
+version it replaced is recorded on the new champion, so the registry never holds two champions or
+none and `rollback` can walk back the chain.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import mlflow
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from bitune.errors import BituneError, TrackingError
 from bitune.evaluation.run_comparison import COMPARED, RunRow
-from bitune.params import RegistryParams, redact
-from bitune.promotion import GateDecision, StoredScores, decide_on_stored_scores
+from bitune.params import Params, redact
+from bitune.promotion import (
+    GateDecision,
+    Rescore,
+    StoredScores,
+    decide_on_rescore,
+    decide_on_stored_scores,
+    needs_rescore,
+)
 from tasks.tracking import PIPELINE_TAG, TrackingSettings, check_reachable
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # tasks.registry (alias names, set_champion) is imported inside the functions that move aliases:
 # it pulls in torch and prefect, seconds that `bitune compare` and every error path need not pay.
+# So are pandas and the model code, which only a re-score needs.
 
 PREVIOUS = "bitune.previous_champion"
 DATA_VERSION = "bitune.data_version"
@@ -37,6 +54,7 @@ MANUAL_GATE = "bitune.manual_gate"
 # the server is what `--serve-artifacts` is for: a client needs no route to the bucket. (Env, not an
 # argument: MLflow reads it at each download; a value the user set wins.)
 DOWNLOAD_THROUGH_SERVER = {"MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false"}
+PREPARED = Path(".bitune") / "prepared"  # in the project: where `tasks.preprocess` writes each split
 
 
 class PromotionRefused(BituneError):
@@ -53,6 +71,8 @@ class Promotion:
     reasons: list[str]
     changed: bool = True
     replaced_aliases: list[str] = field(default_factory=list)  # what `replaced` still holds, sorted
+    rescored: Rescore | None = None  # both scored again on local test rows: the gate decided on these
+    split_file: Path | None = None  # the prepared test split they came from
 
 
 @contextmanager
@@ -161,13 +181,111 @@ def stored_scores(client: MlflowClient, mv: ModelVersion) -> StoredScores:
     )
 
 
+def download_classifier(settings: TrackingSettings, name: str, version: str, dst: Path) -> Path:
+    """A registered version's classifier folder (the one holding `bitune.json`), downloaded into `dst`."""
+    for key, value in DOWNLOAD_THROUGH_SERVER.items():
+        os.environ.setdefault(key, value)
+    # not `models:/name/version`: MLflow resolves that through the global registry URI (by default the
+    # cwd's mlflow.db), whatever tracking_uri says; the pinned client finds the right version
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=settings.client().get_model_version_download_uri(name, version),
+        dst_path=str(dst),
+        tracking_uri=settings.uri,
+    )
+    return next(Path(local).rglob("bitune.json")).parent
+
+
+@dataclass(frozen=True)
+class LocalSplit:
+    """A prepared test split on this machine whose rows one of the versions was scored on."""
+
+    digest: str  # its `split_digest`, as a version's `bitune.test_split` records it
+    file: Path
+    rows: pd.DataFrame  # text and label
+
+
+def local_test_split(root: Path, splits: Sequence[str]) -> LocalSplit | None:
+    """The project's prepared test split whose digest is the first of `splits` found (newest folder
+    first); None when none of them was prepared here. An unreadable file is passed over."""
+    import pandas as pd
+
+    from bitune.data.seen import split_digest
+
+    found: dict[str, LocalSplit] = {}
+    files = sorted((root / PREPARED).glob("*/test.parquet"), key=lambda f: f.stat().st_mtime, reverse=True)
+    for file in files:
+        try:
+            rows = pd.read_parquet(file, columns=["text", "label"])
+        except (OSError, ValueError, KeyError):
+            continue  # a half-written or foreign file: not a split to compare on
+        digest = split_digest(rows["text"].tolist(), rows["label"].tolist())
+        if digest in splits:
+            found.setdefault(digest, LocalSplit(digest, file, rows))
+            if digest == splits[0]:
+                break
+    return next((found[s] for s in splits if s in found), None)
+
+
+def rescore_on_local_split(
+    settings: TrackingSettings,
+    params: Params,
+    root: Path,
+    challenger: StoredScores,
+    champion: StoredScores,
+) -> tuple[Rescore, Path] | None:
+    """Both versions scored on the rows of a local test split that neither trained on (the challenger's
+    split, else the champion's), through the flow gate's code path; and the split's file.
+
+    None when no fair comparison can be made here: neither split is prepared on this machine, a
+    version has no record of its training rows and the split is not its own test split, the models'
+    labels are not the split's, or the rows left fall short of the flow gate's minimum for the metric.
+    """
+    import numpy as np
+
+    from bitune.evaluation.unseen import GateRows, gate_rows
+    from bitune.model.classifier import load_classifier, load_seen_text_keys
+    from tasks.registry import score_test_rows
+
+    local = local_test_split(root, [s for s in (challenger.test_split, champion.test_split) if s])
+    if local is None:
+        return None
+    texts, labels = local.rows["text"].tolist(), [str(label) for label in local.rows["label"]]
+    keep = np.ones(len(texts), dtype=bool)
+    models = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for stored in (challenger, champion):
+            dst = Path(tmp) / stored.version
+            dst.mkdir()
+            folder = download_classifier(settings, params.registry.model_name, stored.version, dst)
+            seen = load_seen_text_keys(folder)
+            if seen is not None:
+                keep &= gate_rows(texts, labels, seen).keep
+            elif stored.test_split != local.digest:
+                return None  # it may have trained on any of these rows
+            models.append(load_classifier(folder))
+        if any(sorted(meta.labels) != sorted(set(labels)) for _, _, meta in models):
+            return None
+        rows = GateRows(keep, tuple(labels), recorded=True)
+        if rows.blocker(params.registry.metric) is not None:
+            return None
+        test = local.rows[keep]
+        scores = [score_test_rows(model, test, params, progress=False) for model in models]
+    return Rescore(local.digest, rows.kept, rows.total, scores[0], scores[1]), local.file
+
+
 def promote(
-    settings: TrackingSettings, rules: RegistryParams, version: str, force: bool = False
+    settings: TrackingSettings, params: Params, version: str, force: bool = False, root: Path | None = None
 ) -> Promotion:
-    """Make `version` the champion if the gate agrees (or `force`); tag the decision on the version."""
+    """Make `version` the champion if the gate agrees (or `force`); tag the decision on the version.
+
+    `root` is the project: when the logged scores are on different test rows, a test split prepared
+    there lets the gate decide on fresh scores (see `rescore_on_local_split`).
+    """
     version = version_number(version)
     client = settings.client()
+    rules = params.registry
     name = rules.model_name
+    rescored: tuple[Rescore, Path] | None = None
     with registry_errors(settings):
         from tasks.registry import set_champion
 
@@ -180,9 +298,14 @@ def promote(
         if force:
             decision = GateDecision(True, ["forced with --force, gate not checked"])
         else:
-            decision = decide_on_stored_scores(
-                stored_scores(client, target), stored_scores(client, current) if current else None, rules
-            )
+            ours = stored_scores(client, target)
+            theirs = stored_scores(client, current) if current else None
+            if theirs is not None and root is not None and needs_rescore(ours, theirs):
+                rescored = rescore_on_local_split(settings, params, root, ours, theirs)
+            if rescored is not None and theirs is not None:
+                decision = decide_on_rescore(ours, theirs, rescored[0], rules)
+            else:
+                decision = decide_on_stored_scores(ours, theirs, rules)
         client.set_model_version_tag(name, version, MANUAL_GATE, decision.summary()[:5000])
         if not decision.promote:
             why = "; ".join(decision.reasons)
@@ -191,7 +314,14 @@ def promote(
                 f"promote: the gate kept version {replaced} as champion over version {version} ({why}){hint}"
             )
         set_champion(settings, name, version, replaced, f"manual {decision.summary()}")
-    return Promotion(name, version, replaced, decision.reasons)
+    return Promotion(
+        name,
+        version,
+        replaced,
+        decision.reasons,
+        rescored=rescored[0] if rescored else None,
+        split_file=rescored[1] if rescored else None,
+    )
 
 
 def rollback(settings: TrackingSettings, name: str) -> Promotion:

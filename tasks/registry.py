@@ -9,7 +9,6 @@ can restore it; the registry is never left without a champion or with two.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -37,7 +36,7 @@ from bitune.promotion import CKA, GateDecision, decide
 from bitune.tuning.phase import PhaseContext
 from tasks.evaluate import Evaluation
 from tasks.preprocess import PreparedData
-from tasks.promotion import DATA_VERSION, DOWNLOAD_THROUGH_SERVER, TEST_SPLIT, get_champion
+from tasks.promotion import DATA_VERSION, TEST_SPLIT, download_classifier, get_champion
 from tasks.tracking import TrackingSettings, log_metrics
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -116,15 +115,18 @@ def score_test_rows(
     loaded: tuple[BituneClassifier, PreTrainedTokenizerBase, ClassifierMeta],
     test: pd.DataFrame,
     params: Params,
+    progress: bool = True,
 ) -> dict[str, float]:
     """A saved model's test scores on `test`'s text, encoded with its own settings: the one code path
-    for both sides of the gate whenever it compares on a subset of the rows."""
+    for both sides of the gate whenever it compares on a subset of the rows (and of `bitune promote`'s
+    re-score, which keeps the terminal to its own lines: `progress` False)."""
     model, tokenizer, meta = loaded
     ctx = PhaseContext(
         accelerator=make_accelerator(params.train),
         groups=resolve_layer_groups(model.backbone),
         pretrained={},  # inference only: nothing is anchored
         eval_batch_size=params.train.eval_batch_size,
+        progress=progress,
     )
     logits = score_texts(model, tokenizer, meta, test["text"].tolist(), ctx)
     return named_metrics(logits, label_ids(meta, test["label"].tolist()), meta.labels)
@@ -151,17 +153,8 @@ def champion_metrics(
     if champion is None:
         return ChampionOnTest()
     champion_version = str(champion.version)
-    for key, value in DOWNLOAD_THROUGH_SERVER.items():
-        os.environ.setdefault(key, value)
     with tempfile.TemporaryDirectory() as tmp:
-        # not `models:/name@champion`: MLflow resolves that through the global registry URI (by default
-        # the cwd's mlflow.db), whatever tracking_uri says; the pinned client finds the right version
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=client.get_model_version_download_uri(name, champion_version),
-            dst_path=tmp,
-            tracking_uri=settings.uri,
-        )
-        classifier_dir = next(Path(local).rglob("bitune.json")).parent
+        classifier_dir = download_classifier(settings, name, champion_version, Path(tmp))
         loaded = load_classifier(classifier_dir)
         if sorted(loaded[2].labels) != sorted(prepared.labels):
             return ChampionOnTest(champion_version)
