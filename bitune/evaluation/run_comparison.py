@@ -6,6 +6,10 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 COMPARED = ("test/accuracy", "test/macro_f1", "test/cka_to_pretrained")
 SHOWN_IN_COLUMNS = frozenset({"strategy.name", "data.version"})  # `compare` has columns for these
@@ -112,14 +116,17 @@ def _value(value: str) -> str:
     return f'"{value}"' if any(c.isspace() for c in value) else value
 
 
-def plot_comparison(rows: list[RunRow], path: Path) -> Path:
-    """Grouped bars per run: test accuracy, macro-F1 and CKA to pretrained (what forgetting cost)."""
-    import matplotlib
+def comparison_figure(rows: list[RunRow]) -> Figure:
+    """Grouped bars per run: test accuracy, macro-F1 and CKA to pretrained (what forgetting cost).
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    The legend sits right of the axes: inside them it covered the bars of the last runs, and scores
+    near 1 leave no empty corner to put it in."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(rows) + 2), 4))
+    fig = Figure(figsize=(max(6.0, 1.2 * len(rows) + 2) + 1.6, 4))  # + the legend's column
+    FigureCanvasAgg(fig)  # no pyplot: nothing global to switch or close
+    ax = fig.add_subplot()
     width = 0.8 / len(COMPARED)
     for j, key in enumerate(COMPARED):
         values = [r.metrics.get(key, math.nan) for r in rows]
@@ -135,10 +142,14 @@ def plot_comparison(rows: list[RunRow], path: Path) -> Path:
     )
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("test score")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize=8)
     ax.set_title("bitune runs")
-    fig.tight_layout()
+    fig.tight_layout()  # counts the legend: the axes shrink to leave it room
+    return fig
+
+
+def plot_comparison(rows: list[RunRow], path: Path) -> Path:
+    """`comparison_figure` as a PNG at `path`; `tight` crops to what is drawn, the legend included."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    comparison_figure(rows).savefig(path, dpi=120, bbox_inches="tight")
     return path

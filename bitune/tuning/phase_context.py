@@ -43,7 +43,7 @@ class PhaseContext:
     on_step: MetricsHook | None = None  # (metrics, global step), every `log_every` optimizer steps
     on_epoch: MetricsHook | None = None  # (metrics, epoch)
     log_every: int = 10  # also how often the NaN guard reads the loss and weights back (a GPU sync)
-    progress: bool = True  # tqdm bars for training and evaluation (main process only)
+    progress: bool = True  # tqdm bars for training (main process only); evaluation's only when asked
     compile: bool = False  # torch.compile the forward pass (dynamic shapes: batches are padded per batch)
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -88,15 +88,21 @@ def labels_of(rows: Rows) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def predict_logits(model: BituneClassifier, rows: Rows, ctx: PhaseContext, pad_token_id: int) -> torch.Tensor:
-    """Logits for `rows` in order; every process evaluates the whole (small) split, so no gather."""
+def predict_logits(
+    model: BituneClassifier, rows: Rows, ctx: PhaseContext, pad_token_id: int, progress: bool = False
+) -> torch.Tensor:
+    """Logits for `rows` in order; every process evaluates the whole (small) split, so no gather.
+
+    No bar unless `progress` (and `ctx` is not quiet): a split takes seconds, and a bar after every
+    epoch, for the test split and for the champion's rescoring left `evaluate:` lines all over a run's
+    output; the epoch bar already shows where training is."""
     was_training = model.training
     model.eval()
     out = torch.empty(len(rows), model.num_labels)
     batches = length_grouped_batches(
         [len(r["input_ids"]) for r in rows], ctx.eval_batch_size, 0, shuffle=False
     )
-    for ids in tqdm(batches, desc="evaluate", leave=False, disable=ctx.quiet):
+    for ids in tqdm(batches, desc="evaluate", leave=False, disable=ctx.quiet or not progress):
         batch = pad_batch([rows[i] for i in ids], pad_token_id)
         with ctx.autocast():
             logits = model(
