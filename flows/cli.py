@@ -6,10 +6,13 @@ and the terminal gets one line naming the problem and the fix, with a non-zero e
 
 from __future__ import annotations
 
+import functools
+import os
 import signal
+import subprocess
 from contextlib import ExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -25,6 +28,7 @@ from flows.cli_common import (
     console,
     errors,
     fail,
+    fail_unexpected,
     project_root,
     quiet_defaults,
     route_tracebacks,
@@ -38,18 +42,6 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-
-
-def fail_unexpected(exc: Exception, log_file: Path) -> NoReturn:
-    """A bug, not a user error: one line and exit 1 all the same; the traceback goes to the log."""
-    first = (str(exc).strip().splitlines() or [""])[0][:200]
-    wrapped = BituneError(
-        f"unexpected {type(exc).__name__}: {first} — a bug in bitune, not in your input; please report "
-        "it with the log"
-    )
-    wrapped.__cause__ = exc  # the log gets the original traceback
-    fail(wrapped, log_file)
-    raise typer.Exit(1) from None
 
 
 def print_summary(summary: RetrainSummary) -> None:
@@ -116,6 +108,30 @@ def check_prefect_api(timeout_s: float = 5.0) -> None:
         ) from None
 
 
+def start_detached_prefect_server() -> None:
+    """With PREFECT_API_URL unset, start Prefect's temporary server in a session of its own.
+
+    Ctrl-C reaches every process in the terminal's foreground group: Prefect's own temporary server
+    stopped with the run, which then could not record that it was interrupted and retried for two
+    minutes before failing with "unexpected ConnectError". Registered under Prefect's default key, so
+    the flow's clients use this server; Prefect stops it at exit as it stops its own.
+    """
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        return
+    server = SubprocessASGIServer()  # Prefect's default (port None) instance: the one its clients use
+    if server.running:
+        return
+    popen = subprocess.Popen
+    subprocess.Popen = functools.partial(popen, start_new_session=True)  # type: ignore[misc,assignment]
+    try:
+        server.start()
+    finally:
+        subprocess.Popen = popen  # type: ignore[misc]
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -174,6 +190,7 @@ def run(
     """Run the retrain flow: version data, preprocess, head phase, bottom phase, evaluate, register."""
     from bitune.data.versioning import check_new_source
     from bitune.params import load_params
+    from bitune.params.folders import check_writable_folders
     from bitune.project_lock import hold_project
 
     root = project_root(project)
@@ -184,6 +201,9 @@ def run(
     try:
         loaded = load_params(params_file, overrides)  # bad params fail here, before any work starts
         check_new_source(loaded.data, root)  # and a bad data file, before any server starts
+        # and a checkpoint or artifact folder that cannot be written
+        tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or loaded.tracking.uri
+        check_writable_folders(loaded, root, tracking_server=tracking_uri.startswith("http"))
         # held from here to the end (the flow takes it again, re-entrantly): a second run is refused
         # now, not after Prefect's temporary server has taken seconds to start
         held.enter_context(hold_project(root))
@@ -207,6 +227,7 @@ def _run_flow(
         check_prefect_api()
     except BituneError as exc:
         raise fail(exc, log_file) from None
+    start_detached_prefect_server()
     route_tracebacks(log_file)
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM ends the run like Ctrl-C: runs marked KILLED
     before = data_version(root)
@@ -215,16 +236,25 @@ def _run_flow(
     except BituneError as exc:
         raise fail(exc, log_file) from None
     except KeyboardInterrupt:
-        left = left_after_interrupt(before, data_version(root))
+        left = left_after_interrupt(before, data_version(root), force)
         errors.print(f"interrupted: the MLflow run is marked KILLED; {left}", soft_wrap=True, highlight=False)
         raise typer.Exit(130) from None
     except Exception as exc:  # a bug, not a user error: still one line here, the traceback in the log
         fail_unexpected(exc, log_file)
 
 
-def left_after_interrupt(before: str | None, after: str | None) -> str:
-    """What an interrupted run leaves: the data step may have finished (it is all or nothing)."""
-    resume = "run again to resume from the last checkpoint"
+def left_after_interrupt(before: str | None, after: str | None, force: bool = False) -> str:
+    """What an interrupted run leaves: the data step may have finished (it is all or nothing).
+
+    `force`: the run was `--force`, which clears the pipeline's checkpoints when it starts, so a
+    second `--force` starts over, and a plain run does nothing if an earlier run trained the same.
+    """
+    resume = (
+        "bitune run --force starts over; a plain bitune run resumes, or does nothing if an earlier run "
+        "already trained this data with these params"
+        if force
+        else "run again to resume from the last checkpoint"
+    )
     if after == before:
         return f"data, registry and champion are unchanged; {resume}"
     was = f"was {before[:8]}" if before else "there was none"

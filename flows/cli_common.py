@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import traceback
@@ -9,8 +10,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -44,9 +46,11 @@ def quiet_defaults() -> None:
 class NoTraceback(logging.Filter):
     """Console handlers show the message line; the file handler (first in line) kept the traceback.
 
-    A user error (BituneError) is not shown at all: Prefect restates it three or four times (task
-    failed, task finished Failed, flow failed, flow finished Failed) and the CLI prints it once
-    itself. One instance serves every console handler, so it remembers the errors it has seen.
+    An error is not shown at all: Prefect restates it three or four times (task failed, task
+    finished Failed, flow failed, flow finished Failed) and the CLI prints it once itself, a user
+    error as it is and any other as one "unexpected" line. One instance serves every console
+    handler, so it remembers the errors it has seen, as str (a BituneError's message) and as repr
+    (how Prefect quotes an OSError).
     """
 
     def __init__(self) -> None:
@@ -55,12 +59,14 @@ class NoTraceback(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, BituneError):
-            self.user_errors.add(str(exc))
+        if isinstance(exc, Exception):
+            self.user_errors.update(text for text in (str(exc), repr(exc)) if text)
         record.exc_info, record.exc_text = None, None
+        message = record.getMessage()
+        if "aborted by an interrupt signal" in message:  # Ctrl-C: the CLI says what it left, once
+            return False
         if not self.user_errors:
             return True
-        message = record.getMessage()
         restated = any(e in message for e in self.user_errors)
         return not (restated or message.startswith("Finished in state Failed"))
 
@@ -100,6 +106,38 @@ def fail(exc: BaseException, log_file: Path | None) -> typer.Exit:
     return typer.Exit(EXIT_USER_ERROR)
 
 
+# A write the machine refused (permissions, a read-only or full disk): the fix is there, not in bitune.
+_ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
+
+def fail_unexpected(exc: Exception, log_file: Path) -> NoReturn:
+    """A bug, not a user error: one line and exit 1 all the same; the traceback goes to the log.
+
+    An OSError the machine caused (no permission, a read-only or full disk) is the user's to fix:
+    one line naming the file, exit 2.
+    """
+    if isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_ERRNOS:
+        where = f" {exc.filename}" if exc.filename else ""
+        refused = BituneError(
+            f"cannot write{where} ({exc.strerror}); free disk space or fix the permissions there, then run "
+            "again (a run resumes from its last checkpoint)"
+        )
+        refused.__cause__ = exc
+        raise fail(refused, log_file)
+    first = (str(exc).strip().splitlines() or [""])[0][:200]
+    wrapped = BituneError(
+        f"unexpected {type(exc).__name__}: {first} — a bug in bitune, not in your input; please report "
+        "it with the log"
+    )
+    wrapped.__cause__ = exc  # the log gets the original traceback
+    fail(wrapped, log_file)
+    raise typer.Exit(1) from None
+
+
+# How typer and click end a command on purpose (an exit status, --help, a usage error): not failures.
+_CLI_EXITS = (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.ClickException)
+
+
 def project_root(project: Path) -> Path:
     """The project folder, resolved. A missing one is a one-line error that writes nothing: the log
     file lives in the project, and creating `<project>/.bitune/` for a mistyped path would leave a
@@ -116,7 +154,9 @@ def project_root(project: Path) -> Path:
 
 @contextmanager
 def one_line_errors(project: Path) -> Iterator[None]:
-    """Quiet defaults for the command; a BituneError in it is one line on the terminal and exit status 2.
+    """Quiet defaults for the command; a BituneError in it is one line on the terminal and exit status 2,
+    any other exception one line and exit status 1 (a library's traceback goes to the log, not the
+    terminal: a damaged mlflow.db used to print forty lines of SQLAlchemy).
 
     The project folder is checked first, so every command that takes `--project` refuses a missing
     one the same way, before it reads or writes anything.
@@ -127,3 +167,7 @@ def one_line_errors(project: Path) -> Iterator[None]:
         yield
     except BituneError as exc:
         raise fail(exc, root / LOG_FILE) from None
+    except _CLI_EXITS:
+        raise
+    except Exception as exc:
+        fail_unexpected(exc, root / LOG_FILE)

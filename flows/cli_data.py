@@ -79,11 +79,10 @@ def checkout(
     root = project.resolve()
     with one_line_errors(root):
         loaded = _params(root, params, set_)
-        dvc_store.ensure_repo(root, loaded.data.remote)
         known = dvc_store.known_versions(root, loaded.data.remote, _mlflow_sightings(root, loaded)[0])
-        full = dvc_store.checkout(
-            root, dvc_store.resolve_version(version, known), str(loaded.data.dir), force
-        )
+        wanted = dvc_store.resolve_version(version, known)  # a bad version: before anything is written
+        dvc_store.ensure_repo(root, loaded.data.remote)
+        full = dvc_store.checkout(root, wanted, str(loaded.data.dir), force)
     console.print(escape(f"{loaded.data.dir}/ and data.dvc are at data version {full}."))
     console.print("Train on it with [bold]bitune run[/]; commit data.dvc to keep it.")
 

@@ -10,7 +10,7 @@ from prefect import task
 
 from bitune.data.sources import STORED_COLUMNS, columns_in_store, materialise
 from bitune.data.validation import validate_frames
-from bitune.data.versioning import read_to_version, source_to_version
+from bitune.data.versioning import read_to_version, source_name, source_to_version
 from bitune.params import DataParams
 from tasks import dvc_store
 
@@ -38,7 +38,7 @@ def version_data_fn(data: DataParams, root: Path) -> DataVersion:
     data_dir = root / data.dir
     raw = read_to_version(data, data_dir)
     report = validate_frames(raw.frames, data)
-    report.raise_for_errors()
+    report.raise_for_errors(source_name(data.source))
     for warning in report.warnings:
         log.warning("data: %s", warning)
     dvc_store.ensure_repo(root, data.remote)

@@ -39,9 +39,17 @@ def _dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProc
 
 
 def _last_line(proc: subprocess.CompletedProcess[str]) -> str:
-    """DVC's first ERROR line when there is one (its last line is often a help link), else its last line."""
-    lines = (proc.stderr.strip() or proc.stdout.strip() or "no output").splitlines()
-    return next((line for line in lines if line.startswith("ERROR")), lines[-1])[:200]
+    """DVC's first ERROR line without its prefixes when there is one, else its last line that is not
+    the support link DVC ends every failure with. Needs DVC run without -q: -q drops the ERROR lines."""
+    text = "\n".join(part for part in (proc.stderr.strip(), proc.stdout.strip()) if part)
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not _SUPPORT_LINK.search(line)]
+    error = next((line for line in lines if line.startswith("ERROR")), None)
+    if error is None:
+        return (lines[-1] if lines else f"dvc exited with status {proc.returncode}")[:200]
+    return re.sub(r"^ERROR:\s*(unexpected error\s*-\s*)?", "", error)[:200]
+
+
+_SUPPORT_LINK = re.compile(r"Having any troubles\?|dvc\.org/support")
 
 
 def resolve_remote(root: Path, remote: str) -> str:
@@ -60,6 +68,11 @@ def ensure_repo(root: Path, remote: str) -> None:
         _dvc(root, "config", "core.analytics", "false")
     url = resolve_remote(root, remote)
     if "://" not in url:
+        if Path(url).exists() and not Path(url).is_dir():
+            raise DataError(
+                f"data.remote {remote!r}: {url} is a file, not a folder; point data.remote at a folder "
+                "(it is created when missing) or an s3:// URL"
+            )
         try:
             Path(url).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -109,7 +122,7 @@ def add_and_push(root: Path, data_dir: str = "data") -> str:
         version = data_version(root)
         if version is None:
             raise DataError(f"{root / DVC_FILE}: dvc add wrote no md5; check that {data_dir}/ is not empty")
-        proc = _dvc(root, "push", "-q", "-r", REMOTE_NAME, DVC_FILE, check=False)
+        proc = _dvc(root, "push", "-r", REMOTE_NAME, DVC_FILE, check=False)  # no -q: it hides the error
         if proc.returncode != 0:
             raise DataError(
                 f"cannot push data version {version} to the DVC remote ({_last_line(proc)}); check "
@@ -182,7 +195,7 @@ def _fetch(root: Path, dvc_file: str) -> subprocess.CompletedProcess[str]:
     `dvc fetch` exits 0 when the remote lacks the version, and fails offline even when the cache has
     it: the version's files in the cache, not the exit status, say whether to go on.
     """
-    return _dvc(root, "fetch", "-q", "-r", REMOTE_NAME, dvc_file, check=False)
+    return _dvc(root, "fetch", "-r", REMOTE_NAME, dvc_file, check=False)  # no -q: it hides the error
 
 
 def materialise_version(root: Path, version: str, remote: str, dest: Path) -> list[str]:

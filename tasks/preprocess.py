@@ -15,6 +15,7 @@ from bitune.data.splits import SPLIT_METHOD, make_splits
 from bitune.data.validation import drop_label_conflicts
 from bitune.errors import ModelError
 from bitune.model.classifier import load_tokenizer, resolve_model_source, tokenizer_files_identity
+from bitune.model.pretrained import check_weight_files
 from bitune.params import ModelParams, Params
 
 SPLITS = ("train", "validation", "test")
@@ -42,7 +43,8 @@ class PreparedData:
 
 def check_model(model: ModelParams) -> None:
     """`model.name_or_path` loads here: config and tokenizer (a hub id from the cache when offline)
-    and, for a local folder, safetensors weights; otherwise a one-line ModelError with the fix."""
+    and, for a local folder, safetensors weights whose headers read whole; otherwise a one-line
+    ModelError with the fix."""
     load_tokenizer(model)
     folder = Path(resolve_model_source(model.name_or_path)).expanduser()
     if folder.is_dir() and not any(folder.glob("*.safetensors")):
@@ -50,6 +52,8 @@ def check_model(model: ModelParams) -> None:
             f"model.name_or_path: {folder} has no safetensors weights (*.safetensors); save the model "
             "with save_pretrained(..., safe_serialization=True) or point at another folder"
         )
+    if folder.is_dir():
+        check_weight_files(folder)
 
 
 def preprocess_fn(params: Params, data_md5: str, root: Path) -> PreparedData:

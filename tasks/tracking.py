@@ -8,6 +8,7 @@ flow, from params and environment; nothing happens at import.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -71,7 +72,18 @@ def tracking_errors(settings: TrackingSettings) -> Iterator[None]:
             "server, its credentials (MLFLOW_TRACKING_USERNAME/PASSWORD) or the URI"
         ) from None
     except Exception as exc:  # connection errors come as requests/sqlalchemy types
+        damaged = _DAMAGED_SQLITE.search(str(exc)) if settings.uri.startswith("sqlite") else None
+        if damaged:
+            raise TrackingError(
+                f"{settings.uri_setting}: the MLflow store {_shown(settings)} is damaged "
+                f"({damaged.group(0)}); restore the file from a backup, or move it aside to start an "
+                "empty store"
+            ) from None
         raise _unreachable(settings, type(exc).__name__) from None
+
+
+# SQLite's own words for a file that is not (or no longer) a database: not a connection problem
+_DAMAGED_SQLITE = re.compile(r"file is not a database|database disk image is malformed|file is encrypted")
 
 
 def _shown(settings: TrackingSettings) -> str:

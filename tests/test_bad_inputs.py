@@ -67,6 +67,17 @@ def folder_with_notes(folder: Path) -> None:
     (folder / "notes.txt").write_text("not data")
 
 
+def truncated_model(folder: Path) -> None:
+    """A tiny model whose weights file was cut short (an interrupted copy or download)."""
+    from tiny_models import save_tiny_bert
+
+    weights = save_tiny_bert(folder) / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+
+
+NEW_DATA = csv(make_demo_frame(60, 8))  # valid and new: a run that got to the data step would version it
+
+
 @dataclass(frozen=True)
 class Case:
     id: str
@@ -224,6 +235,38 @@ CASES = [
         ["--set", "model.name_or_path={in}/empty-model"],
         ("model.name_or_path", "empty-model is not a model folder (no config.json)", "save_pretrained"),
         {"empty-model": Path.mkdir},
+    ),
+    Case(  # passed the preflight, which checked only that a weights file exists; data.dvc changed
+        "model-weights-truncated",
+        ["--data", "{in}/new.csv", "--set", "model.name_or_path={in}/cut-model"],
+        ("model.name_or_path", "cut-model/model.safetensors is not a readable safetensors file", "truncated"),
+        {"new.csv": NEW_DATA, "cut-model": truncated_model},
+    ),
+    # folders the run writes: failed mid-run as "unexpected FileNotFoundError", after the data step
+    Case(
+        "checkpoint-dir-unwritable",
+        ["--data", "{in}/new.csv", "--set", "train.checkpoint_dir=/proc/bitune-checkpoints"],
+        ("train.checkpoint_dir: cannot write to /proc/bitune-checkpoints", "writable folder"),
+        {"new.csv": NEW_DATA},
+    ),
+    Case(  # a new experiment would keep the bad artifact root for good
+        "artifact-location-unwritable",
+        [
+            "--data",
+            "{in}/new.csv",
+            "--set",
+            "tracking.experiment=other",
+            "--set",
+            "tracking.artifact_location=/proc/art",
+        ],
+        ("tracking.artifact_location: cannot write to /proc/art", "writable folder"),
+        {"new.csv": NEW_DATA},
+    ),
+    Case(
+        "empty-params-file",
+        ["--params", "{in}/empty.yaml"],
+        ("empty.yaml: empty params file", "leave out --params"),
+        {"empty.yaml": b"# all commented out\n"},
     ),
     Case(
         "model-path-missing",

@@ -26,12 +26,13 @@ LONG_TEXT_CHARS = 2_000  # beyond ~400 tokens: more than any usual preprocess.ma
 class DataValidationError(DataError):
     """A DataError carrying every problem found; str() is the one-line summary."""
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], source: str | None = None) -> None:
         self.problems = list(problems)
         rest = (
             f" (+{len(problems) - 1} more problems: {'; '.join(problems[1:])})" if len(problems) > 1 else ""
         )
-        super().__init__(problems[0] + rest)
+        where = f"{source}: " if source else ""  # rows are numbered, but in which file?
+        super().__init__(where + problems[0] + rest)
 
 
 @dataclass
@@ -44,10 +45,11 @@ class ValidationReport:
     def ok(self) -> bool:
         return not self.errors
 
-    def raise_for_errors(self) -> None:
-        """Raise a DataError (`.problems` holds all) when any error was found."""
+    def raise_for_errors(self, source: str | None = None) -> None:
+        """Raise a DataError (`.problems` holds all) when any error was found; `source` (the file or
+        folder the rows came from) leads the message."""
         if self.errors:
-            raise DataValidationError(self.errors)
+            raise DataValidationError(self.errors, source)
 
 
 def validate_frames(frames: dict[str, pd.DataFrame], data: DataParams) -> ValidationReport:

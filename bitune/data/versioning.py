@@ -98,4 +98,13 @@ def check_new_source(data: DataParams, root: Path) -> None:
     source = data.source.strip()
     if source in ("demo", "data") or source.startswith("hf:"):
         return
-    validate_frames(read_source(data, root / data.dir).frames, data).raise_for_errors()
+    validate_frames(read_source(data, root / data.dir).frames, data).raise_for_errors(source_name(source))
+
+
+def source_name(source: str) -> str:
+    """How a data error names where its rows came from: a file's name, a folder's with a slash."""
+    source = source.strip()
+    if source in ("data", "demo") or source.startswith("hf:"):
+        return "data/" if source == "data" else source
+    path = Path(source).expanduser()
+    return f"{path.name}/" if path.is_dir() else path.name

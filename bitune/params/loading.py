@@ -44,15 +44,40 @@ def _set(tree: dict[str, Any], path: list[str], value: Any) -> None:
         raise ParamsError(f"--set {'.'.join(path)}: {'.'.join(path[:-1])} is not a section")
 
 
+def _yaml_error(path: Path, text: str, exc: yaml.YAMLError) -> ParamsError:
+    """One line for a YAML syntax error: the line to fix and what is wrong there, a tab by name.
+
+    An error found at the end of the file (an unclosed bracket or quote) points at the line where
+    the unclosed construct starts, not at a line past the file's end.
+    """
+    mark = getattr(exc, "problem_mark", None)
+    if mark is None:
+        return ParamsError(f"{path}: not valid YAML; fix the syntax")
+    lines = text.splitlines()
+    context = getattr(exc, "context_mark", None)
+    line = context.line if mark.line >= len(lines) and context is not None else mark.line
+    problem = " ".join(str(getattr(exc, "problem", "") or "").split())
+    if "'\\t'" in problem:
+        return ParamsError(
+            f"{path} line {line + 1}: a tab character; YAML indents with spaces only, replace it"
+        )
+    what = f" ({problem})" if problem else ""
+    return ParamsError(f"{path} line {line + 1}: not valid YAML{what}; fix the syntax there")
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ParamsError(f"{path}: params file not found; pass an existing file with --params") from None
+    except IsADirectoryError:
+        raise ParamsError(f"{path}: a folder, not a params file; pass a YAML file with --params") from None
+    except UnicodeDecodeError as exc:
+        raise ParamsError(f"{path}: not UTF-8 (byte {exc.object[exc.start]:#x}); save it as UTF-8") from None
+    try:
+        loaded = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ParamsError(f"{path}{where}: not valid YAML; fix the syntax there") from None
+        raise _yaml_error(path, text, exc) from None
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
@@ -72,6 +97,10 @@ def compose(params_file: Path, overrides: list[str] = ()) -> dict[str, Any]:  # 
 def _compose(params_file: Path, overrides: list[str]) -> tuple[dict[str, Any], Path | None]:
     """The composed mapping, and the strategy preset file composed into it (None: strategy inline)."""
     tree = _read_yaml(params_file)
+    if not tree:
+        raise ParamsError(
+            f"{params_file}: empty params file; copy params/default.yaml and edit it, or leave out --params"
+        )
     parsed = [parse_override(o) for o in overrides]
     chosen_by = f"{params_file}: strategy"
     for path, value in parsed:
@@ -83,6 +112,11 @@ def _compose(params_file: Path, overrides: list[str]) -> tuple[dict[str, Any], P
         preset = strategies_dir(params_file) / f"{strategy}.yaml"
         if not preset.exists():
             known = sorted(p.stem for p in strategies_dir(params_file).glob("*.yaml"))
+            if not known:  # a params file copied away from params/: its presets did not come along
+                raise ParamsError(
+                    f"{chosen_by}: preset {strategy!r} not found, no {strategies_dir(params_file)}/ folder "
+                    "of presets next to the params file; keep the file in params/ or copy strategies/ along"
+                )
             raise ParamsError(f"{chosen_by}: unknown preset {strategy!r}; choose one of {', '.join(known)}")
         tree["strategy"] = {"name": strategy, **_read_yaml(preset)}
     for path, value in parsed:
