@@ -9,6 +9,7 @@ can restore it; the registry is never left without a champion or with two.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -89,15 +90,21 @@ def log_model(settings: TrackingSettings, run_id: str, model_dir: Path, example_
         )
         for j, label in enumerate(meta.labels):
             output[f"prob_{label}"] = probs[:, j].tolist()
-        mlflow.pyfunc.save_model(
-            path=str(target),
-            python_model=str(MODEL_CODE),
-            artifacts={"classifier": str(model_dir)},
-            code_paths=[str(Path(bitune.__file__).parent)],
-            pip_requirements=pip_requirements(),
-            signature=infer_signature(example, output),
-            input_example=example,
-        )
+        pyfunc_log = logging.getLogger("mlflow.pyfunc")
+        level = pyfunc_log.level
+        pyfunc_log.setLevel(logging.WARNING)  # its "Validating input example" INFO line on every run
+        try:
+            mlflow.pyfunc.save_model(
+                path=str(target),
+                python_model=str(MODEL_CODE),
+                artifacts={"classifier": str(model_dir)},
+                code_paths=[str(Path(bitune.__file__).parent)],
+                pip_requirements=pip_requirements(),
+                signature=infer_signature(example, output),
+                input_example=example,
+            )
+        finally:
+            pyfunc_log.setLevel(level)
         settings.client().log_artifacts(run_id, str(target), "model")
     return f"runs:/{run_id}/model"
 

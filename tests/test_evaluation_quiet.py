@@ -83,3 +83,14 @@ def test_a_phase_shows_its_epoch_bar_but_no_evaluate_bar(capfd: pytest.CaptureFi
     err = capfd.readouterr().err
     assert "bottom epoch 1/2" in err  # the training bar still shows where the run is
     assert "evaluate" not in err
+
+
+def test_the_feature_encoding_bar_follows_quiet(capfd: pytest.CaptureFixture[str]) -> None:
+    """Every DDP rank encodes the features; only the local main process (not quiet) may draw a bar."""
+    from bitune.tuning.features import encode_rows
+
+    model = tiny_classifier()
+    encode_rows(model, toy_rows(20), 4, 0, torch.device("cpu"), quiet=True)
+    assert capfd.readouterr().err == ""
+    encode_rows(model, toy_rows(20), 4, 0, torch.device("cpu"))
+    assert "encode features" in capfd.readouterr().err

@@ -300,3 +300,24 @@ def test_only_scores_on_other_rows_with_the_same_labels_call_for_a_re_score() ->
     three = two | {"test/support/meh": 2.0}
     assert not needs_rescore(StoredScores("2", three, "d1", "s2"), StoredScores("1", two, "d1", "s1"))
     assert not needs_rescore(StoredScores("2", two, "d1", "s2"), None)
+
+
+def test_logging_a_model_version_prints_no_mlflow_info_line(project: Project) -> None:
+    """Every run registers a model; MLflow's "Validating input example" INFO line is noise there."""
+    import logging
+
+    from tasks.registry import log_model
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append  # type: ignore[method-assign]
+    pyfunc_log = logging.getLogger("mlflow.pyfunc")
+    pyfunc_log.addHandler(handler)
+    try:
+        run = tracking.start_run(project.settings, "log-model", {"bitune.phase": "retrain"})
+        uri = log_model(project.settings, run, project.better.model_dir, ["good", "bad"])
+    finally:
+        pyfunc_log.removeHandler(handler)
+    assert uri == f"runs:/{run}/model"
+    assert [r.getMessage() for r in records if r.levelno < logging.WARNING] == []
+    assert pyfunc_log.level == logging.NOTSET  # put back as it was

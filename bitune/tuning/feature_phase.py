@@ -61,6 +61,7 @@ def run_on_features(
         data.pad_token_id,
         device,
         ctx.autocast,
+        quiet=ctx.quiet,
     )
     encode_seconds = time.perf_counter() - t0
     train_x, val_x = feats["train"].to(device), feats["validation"].to(device)

@@ -53,17 +53,18 @@ def encode_rows(
     pad_token_id: int,
     device: torch.device,
     autocast: Autocast = nullcontext,
+    quiet: bool = False,
 ) -> torch.Tensor:
     """`model.encode` over all rows, in the rows' order (batches are length-sorted for speed).
 
     `autocast` makes a fresh context per batch (accelerate's is single-use), so the encoding pass runs
-    in the phase's precision: bf16 where training is bf16.
+    in the phase's precision: bf16 where training is bf16. `quiet` hides the bar (every DDP rank encodes).
     """
     was_training = model.training
     model.eval()
     out: list[torch.Tensor | None] = [None] * len(rows)
     batches = length_grouped_batches([len(r["input_ids"]) for r in rows], batch_size, 0, shuffle=False)
-    for batch_ids in tqdm(batches, desc="encode features", leave=False):
+    for batch_ids in tqdm(batches, desc="encode features", leave=False, disable=quiet):
         batch = pad_batch([rows[i] for i in batch_ids], pad_token_id)
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         with autocast():
@@ -82,6 +83,7 @@ def cached_features(
     pad_token_id: int,
     device: torch.device,
     autocast: Autocast = nullcontext,
+    quiet: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Features per split, read from `cache_file` when it exists, written to it otherwise."""
     if cache_file is not None and cache_file.exists():
@@ -89,7 +91,7 @@ def cached_features(
         if all(name in loaded and len(loaded[name]) == len(rows) for name, rows in splits.items()):
             return {name: loaded[name] for name in splits}
     feats = {
-        name: encode_rows(model, rows, batch_size, pad_token_id, device, autocast)
+        name: encode_rows(model, rows, batch_size, pad_token_id, device, autocast, quiet)
         for name, rows in splits.items()
     }
     if cache_file is not None:
