@@ -45,7 +45,8 @@ def run_pipeline(root: Path, params: Params, force: bool) -> RetrainSummary:
     """The stages in order, for a project this process holds."""
     settings = TrackingSettings.from_params(params.tracking, root)
 
-    preflight(settings, params)  # tracking store and model: before the data step changes anything
+    # tracking store, model, writable folders: before the data step changes anything
+    preflight(settings, params, str(root))
     data = version_data(params.data, str(root))
     key = pipeline_key(data.md5, params, data.columns)
     previous = previous_success(settings, key)

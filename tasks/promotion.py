@@ -36,7 +36,7 @@ from bitune.promotion import (
     decide_on_stored_scores,
     needs_rescore,
 )
-from tasks.tracking import PIPELINE_TAG, TrackingSettings, check_reachable
+from tasks.tracking import PIPELINE_TAG, TrackingSettings, check_reachable, damaged_store
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -77,11 +77,18 @@ class Promotion:
 
 @contextmanager
 def registry_errors(settings: TrackingSettings) -> Iterator[None]:
-    """MLflow failures as one-line TrackingErrors; the store is checked before anything is asked of it."""
+    """MLflow failures as one-line TrackingErrors; the store is checked before anything is asked of it.
+
+    Open the client inside: on SQLite, `settings.client()` opens the store, and opening a missing file
+    creates an empty store (and MLflow's "Creating initial MLflow database tables" lines).
+    """
     ensure_store(settings)
     try:
         yield
     except MlflowException as exc:
+        damaged = damaged_store(settings, exc)  # a page past the header: MLflow wraps SQLite's error
+        if damaged is not None:
+            raise damaged from None
         first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         shown = redact(settings.uri_setting, settings.uri)
         if "Max retries exceeded" in first or "Connection refused" in first:
@@ -93,19 +100,20 @@ def registry_errors(settings: TrackingSettings) -> Iterator[None]:
 
 
 def ensure_store(settings: TrackingSettings) -> None:
-    """Fail fast: a missing SQLite file would be created empty, a down server retried for minutes."""
+    """Fail fast, writing nothing: a missing (or empty) SQLite file would be created as an empty store,
+    a damaged one fail as SQLAlchemy's error, a down server be retried for minutes."""
     uri = settings.uri
     if uri.startswith("sqlite:///"):
         path = Path(uri.removeprefix("sqlite:///"))
-        if not path.is_file():
+        if not path.is_file() or path.stat().st_size == 0:
             raise TrackingError(
-                f"tracking.uri: no MLflow store at {path}; run `bitune run` first, "
-                "or pass --project / set MLFLOW_TRACKING_URI"
+                f"{settings.uri_setting}: no MLflow store at {path}, so no runs or models yet; run "
+                "`bitune run` first (or pass --project / set MLFLOW_TRACKING_URI if they are elsewhere)"
             )
-    elif uri.startswith(("http://", "https://")):
-        # one authenticated request without retries: a server that is down, or that refuses the
-        # credentials in MLFLOW_TRACKING_USERNAME/PASSWORD, is one line now, not after minutes
-        check_reachable(settings)
+    # one request without retries: a damaged SQLite file, a server that is down, or one that refuses
+    # the credentials in MLFLOW_TRACKING_USERNAME/PASSWORD is one line now (a damaged file is only
+    # read: SQLite refuses it at its header)
+    check_reachable(settings)
 
 
 def version_number(text: str, command: str = "promote") -> str:
@@ -122,8 +130,8 @@ def version_number(text: str, command: str = "promote") -> str:
 def version_to_serve(settings: TrackingSettings, name: str, version: str | None) -> ModelVersion:
     """The registered version `bitune serve` starts: `version`, or the champion when None; pinned to
     its number at start, so what serves does not change when the alias moves."""
-    client = settings.client()
     with registry_errors(settings):
+        client = settings.client()
         if version is not None:
             return get_version(client, name, version_number(version, "serve"))
         champion = get_champion(client, name)
@@ -282,13 +290,13 @@ def promote(
     there lets the gate decide on fresh scores (see `rescore_on_local_split`).
     """
     version = version_number(version)
-    client = settings.client()
     rules = params.registry
     name = rules.model_name
     rescored: tuple[Rescore, Path] | None = None
     with registry_errors(settings):
         from tasks.registry import set_champion
 
+        client = settings.client()
         target = get_version(client, name, version)
         version = str(target.version)
         current = get_champion(client, name)
@@ -326,10 +334,10 @@ def promote(
 
 def rollback(settings: TrackingSettings, name: str) -> Promotion:
     """Move `champion` back to the version it replaced (tag `bitune.previous_champion`)."""
-    client = settings.client()
     with registry_errors(settings):
         from tasks.registry import CHAMPION
 
+        client = settings.client()
         current = get_champion(client, name)
         if current is None:
             raise TrackingError(
@@ -362,8 +370,8 @@ def rollback(settings: TrackingSettings, name: str) -> Promotion:
 
 def compare_runs(settings: TrackingSettings, model_name: str) -> list[RunRow]:
     """Parent runs of the retrain flow, oldest first, with their test scores and registry aliases."""
-    client = settings.client()
     with registry_errors(settings):
+        client = settings.client()
         experiment = client.get_experiment_by_name(settings.experiment)
         if experiment is None:
             raise TrackingError(

@@ -14,10 +14,13 @@ from pathlib import Path
 
 from mlflow.entities import Dataset, DatasetInput, InputTag
 from prefect import task
+from prefect.exceptions import TerminationSignal
 
 from bitune.data.splits import SPLIT_METHOD
+from bitune.errors import TrackingError
 from bitune.model.pretrained import check_strategy_fits_model
 from bitune.params import Params
+from bitune.params.folders import check_writable_folders
 from tasks import tracking
 from tasks.data import DataVersion
 from tasks.preprocess import PreparedData, check_model
@@ -45,14 +48,17 @@ def pipeline_key(data_md5: str, params: Params, columns: tuple[str, str] | None 
     return f"{data_md5.removesuffix('.dir')[:12]}-{digest}"
 
 
-def preflight_fn(settings: TrackingSettings, params: Params) -> None:
+def preflight_fn(settings: TrackingSettings, params: Params, root: Path) -> None:
     """What the run needs besides the data, checked before the data step versions anything.
 
-    A tracking store that is down or a model that cannot load would otherwise fail the run only
-    after data.dvc and the remote had changed (or, for MLflow, after minutes of retries).
+    A tracking store that is down, a model that cannot load or a checkpoint folder that cannot be
+    written would otherwise fail the run only after data.dvc and the remote had changed (or, for
+    MLflow, after minutes of retries). `bitune run` checks the folders too, before Prefect starts; a
+    scheduled run has only this.
     """
     check_model(params.model)  # first: it writes nothing, while a first query creates a SQLite store
     check_strategy_fits_model(params)  # `layers[i:j]` within the model's layers
+    check_writable_folders(params, root, tracking_server=settings.uri.startswith(("http://", "https://")))
     tracking.check_reachable(settings)
 
 
@@ -101,12 +107,41 @@ def open_parent_run_fn(
         **tracking.git_state(root),
     }
     run_id = tracking.start_run(settings, f"{params.strategy.name}-{data.md5[:8]}", tags)
+    try:
+        log_run_inputs(settings, run_id, params, data, prepared, resolved_params)
+    except BaseException as exc:
+        # the run exists now: one that failed (or was stopped) while opening must not stay RUNNING
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt | TerminationSignal) else "FAILED"
+        try:
+            tracking.end_run(settings, run_id, status)
+        except Exception:  # the store itself may be what failed: the first error is the one to report
+            log.warning("could not mark MLflow run %s %s", run_id, status, exc_info=True)
+        raise
+    return run_id
+
+
+def log_run_inputs(
+    settings: TrackingSettings,
+    run_id: str,
+    params: Params,
+    data: DataVersion,
+    prepared: PreparedData,
+    resolved_params: Path,
+) -> None:
+    """What produced the run: params, library versions, the resolved params file, the data version."""
     client = settings.client()
     tracking.log_params(settings, run_id, params.flat() | {"data.version": data.md5})
     tracking.set_tags(settings, run_id, tracking.library_versions())
     resolved_params.parent.mkdir(parents=True, exist_ok=True)
     resolved_params.write_text(json.dumps(params.redacted(), indent=2))
-    client.log_artifact(run_id, str(resolved_params))
+    try:
+        client.log_artifact(run_id, str(resolved_params))
+    except OSError as exc:  # the experiment's artifact folder, fixed when the experiment was created
+        raise TrackingError(
+            f"tracking: cannot write the run's artifacts to {exc.filename or 'the artifact folder'} "
+            f"({exc.strerror or exc}); experiment {settings.experiment!r} keeps them where it was created: "
+            "make that folder writable, or set tracking.experiment to a new experiment name"
+        ) from None
     source = json.dumps({"dvc_remote": data.remote, "md5": data.md5, "path": "data"})
     dataset = Dataset(
         name="data", digest=data.md5, source_type="dvc", source=source, profile=json.dumps(data.stats)
@@ -119,12 +154,11 @@ def open_parent_run_fn(
     data_metrics = {f"data/{split}/rows": float(n) for split, n in prepared.sizes.items()}
     data_metrics |= {f"data/{split}/truncation_rate": rate for split, rate in prepared.truncation.items()}
     tracking.log_metrics(settings, run_id, data_metrics)
-    return run_id
 
 
 @task(name="preflight", retries=0)
-def preflight(settings: TrackingSettings, params: Params) -> None:
-    preflight_fn(settings, params)
+def preflight(settings: TrackingSettings, params: Params, root: str) -> None:
+    preflight_fn(settings, params, Path(root))
 
 
 @task(name="find-previous-run")

@@ -64,6 +64,9 @@ def tracking_errors(settings: TrackingSettings) -> Iterator[None]:
     except BituneError:
         raise
     except MlflowException as exc:
+        damaged = damaged_store(settings, exc)  # MLflow wraps some of SQLite's errors in its own
+        if damaged is not None:
+            raise damaged from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "failed with exception" in first or "Max retries exceeded" in first:  # no HTTP answer at all
             raise _unreachable(settings, "no answer") from None
@@ -72,18 +75,26 @@ def tracking_errors(settings: TrackingSettings) -> Iterator[None]:
             "server, its credentials (MLFLOW_TRACKING_USERNAME/PASSWORD) or the URI"
         ) from None
     except Exception as exc:  # connection errors come as requests/sqlalchemy types
-        damaged = _DAMAGED_SQLITE.search(str(exc)) if settings.uri.startswith("sqlite") else None
-        if damaged:
-            raise TrackingError(
-                f"{settings.uri_setting}: the MLflow store {_shown(settings)} is damaged "
-                f"({damaged.group(0)}); restore the file from a backup, or move it aside to start an "
-                "empty store"
-            ) from None
+        damaged = damaged_store(settings, exc)
+        if damaged is not None:
+            raise damaged from None
         raise _unreachable(settings, type(exc).__name__) from None
 
 
 # SQLite's own words for a file that is not (or no longer) a database: not a connection problem
 _DAMAGED_SQLITE = re.compile(r"file is not a database|database disk image is malformed|file is encrypted")
+
+
+def damaged_store(settings: TrackingSettings, exc: BaseException) -> TrackingError | None:
+    """The one-line error for `exc` when it is SQLite saying the store's file is not a database (any
+    query may be the first to hit a damaged page); None for anything else."""
+    damaged = _DAMAGED_SQLITE.search(str(exc)) if settings.uri.startswith("sqlite") else None
+    if damaged is None:
+        return None
+    return TrackingError(
+        f"{settings.uri_setting}: the MLflow store {_shown(settings)} is damaged ({damaged.group(0)}); "
+        "restore the file from a backup, or move it aside to start an empty store"
+    )
 
 
 def _shown(settings: TrackingSettings) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import json
+import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any, cast
 
 import numpy as np
 import torch
-from huggingface_hub import try_to_load_from_cache
+from huggingface_hub import is_offline_mode, try_to_load_from_cache
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 from safetensors.torch import load_model, save_model
@@ -65,11 +66,28 @@ def _check_local(source: str) -> None:
 
 
 def _load_error(model: ModelParams, exc: Exception) -> ModelError:
+    offline = _offline_setting()
+    local = Path(resolve_model_source(model.name_or_path)).expanduser().exists()
+    if offline and not local and hub_snapshot(model) is None:
+        # the library's words ("couldn't connect to huggingface.co") point at the network, not the setting
+        at = f" at revision {model.revision}" if model.revision else ""
+        return ModelError(
+            f"model.name_or_path: {model.name_or_path!r}{at} is not in the local Hugging Face cache and "
+            f"offline mode is on ({offline} is set); unset {offline} to download it, or point "
+            "model.name_or_path at a local model folder"
+        )
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return ModelError(
         f"model.name_or_path: cannot load {model.name_or_path!r} ({first[:160]}); use a local folder "
         "with safetensors weights or a hub id reachable from here"
     )
+
+
+def _offline_setting() -> str | None:
+    """The variable that put the Hugging Face hub in offline mode, as huggingface_hub read it."""
+    if not is_offline_mode():
+        return None
+    return "HF_HUB_OFFLINE" if os.environ.get("HF_HUB_OFFLINE") else "TRANSFORMERS_OFFLINE"
 
 
 def load_tokenizer(model: ModelParams) -> PreTrainedTokenizerBase:
