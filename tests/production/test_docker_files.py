@@ -167,6 +167,8 @@ def test_no_plaintext_credentials_in_compose(services: dict[str, dict[str, Any]]
         for key, value in _env(service).items():
             if SECRET_WORDS.search(key) and not key.endswith("_FILE"):
                 pytest.fail(f"{name}: {key} holds a credential in plain text; use {key}_FILE and a secret")
+            if SECRET_WORDS.search(key):  # file-env reads only /run/secrets/; any other path stays a path
+                assert value.startswith("/run/secrets/"), f"{name}: {key}={value} is not a docker secret"
             assert not URL_WITH_PASSWORD.search(value), f"{name}: {key} has a password in its URL"
         for arg in _argv(service) if "command" in service else []:
             assert not URL_WITH_PASSWORD.search(arg), f"{name}: a password in its command line"
@@ -238,17 +240,45 @@ def test_example_secrets_are_usable_and_real_secrets_are_ignored_by_git() -> Non
 
 
 def test_file_env_exports_secret_files_and_fails_on_missing_ones(tmp_path: Path) -> None:
-    secret = tmp_path / "pg"
+    secrets_dir = tmp_path / "secrets"
+    secrets_dir.mkdir()
+    secret = secrets_dir / "pg"
     secret.write_text("s3cr3t value\n")
-    env = {"PATH": os.environ["PATH"], "PGPASSWORD_FILE": str(secret)}
+    # FILE_ENV_DIR stands in for /run/secrets, which a test cannot create
+    env = {"PATH": os.environ["PATH"], "FILE_ENV_DIR": str(secrets_dir), "PGPASSWORD_FILE": str(secret)}
     script = str(DOCKER / "file-env.sh")
     shown = subprocess.run(["sh", script, "env"], env=env, capture_output=True, text=True, check=True).stdout
     assert "PGPASSWORD=s3cr3t value\n" in shown
     assert "PGPASSWORD_FILE" not in shown
 
-    env["PGPASSWORD_FILE"] = str(tmp_path / "absent")
+    env["PGPASSWORD_FILE"] = str(secrets_dir / "absent")
     failed = subprocess.run(["sh", script, "true"], env=env, capture_output=True, text=True, check=False)
     assert failed.returncode == 1 and "PGPASSWORD_FILE" in failed.stderr
+
+
+def test_file_env_leaves_path_variables_outside_the_secrets_folder_alone(tmp_path: Path) -> None:
+    """SSL_CERT_FILE, AWS_CONFIG_FILE and the like name files their programs read themselves: turned
+    into SSL_CERT=<a CA bundle> they vanish (TLS to an internal CA fails), or the bundle overflows
+    the environment and every later exec fails with 'Argument list too long'."""
+    secrets_dir = tmp_path / "secrets"
+    secrets_dir.mkdir()
+    bundle = tmp_path / "ca-bundle.crt"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n" + "A" * 200_000 + "\n-----END CERTIFICATE-----\n")
+    aws_config = tmp_path / "aws-config"
+    aws_config.write_text("[default]\nregion = eu-west-1\n")
+    env = {
+        "PATH": os.environ["PATH"],
+        "FILE_ENV_DIR": str(secrets_dir),
+        "SSL_CERT_FILE": str(bundle),
+        "AWS_CONFIG_FILE": str(aws_config),
+    }
+    proc = subprocess.run(
+        ["sh", str(DOCKER / "file-env.sh"), "env"], env=env, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    shown = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
+    assert shown.get("SSL_CERT_FILE") == str(bundle) and "SSL_CERT" not in shown
+    assert shown.get("AWS_CONFIG_FILE") == str(aws_config) and "AWS_CONFIG" not in shown
 
 
 def test_dockerfiles_install_the_project_with_constraints_as_a_non_root_user() -> None:
