@@ -184,3 +184,34 @@ def test_bitune_log_lines_reach_the_flow_runs_log_on_the_prefect_server(
         )
     ours = [entry.message for entry in logs if entry.name == "bitune"]
     assert any("already trained this data version" in m for m in ours), [e.message for e in logs]
+
+
+@pytest.mark.production
+def test_bitune_log_lines_reach_the_log_of_a_flow_run_started_without_the_cli(
+    production_run: dict[str, Any], prefect_server: str, tmp_path: Path
+) -> None:
+    """A worker runs the flow function itself, not `bitune run`, so nothing the CLI sets up applies:
+    bitune's INFO lines (why the run skipped) must still reach the flow run's log on the server."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, LogFilter, LogFilterFlowRunId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    copy = tmp_path / "project"
+    shutil.copytree(production_run["root"], copy, ignore=shutil.ignore_patterns(".bitune"))
+    env = production_run["env"] | {"PREFECT_LOGGING_EXTRA_LOGGERS": "bitune"}  # as prefect.yaml sets it
+    code = (
+        "import sys; from flows.retrain import retrain; "
+        "retrain(params_file='params/production.yaml', overrides=sys.argv[2:], project_dir=sys.argv[1])"
+    )
+    sets = production_run["sets"][1::2]  # the values of its `--set` flags
+    argv = [str(VENV_BIN / "python"), "-c", code, str(copy), *sets]
+    proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=240, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with temporary_settings({PREFECT_API_URL: prefect_server}), get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["retrain"])), limit=200)
+        (run,) = [r for r in runs if r.parameters.get("project_dir") == str(copy)]
+        logs = client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])), limit=200
+        )
+    ours = [entry.message for entry in logs if entry.name == "bitune"]
+    assert any("already trained this data version" in m for m in ours), [e.message for e in logs]
