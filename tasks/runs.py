@@ -51,15 +51,16 @@ def pipeline_key(data_md5: str, params: Params, columns: tuple[str, str] | None 
 def preflight_fn(settings: TrackingSettings, params: Params, root: Path) -> None:
     """What the run needs besides the data, checked before the data step versions anything.
 
-    A tracking store that is down, a model that cannot load or a checkpoint folder that cannot be
-    written would otherwise fail the run only after data.dvc and the remote had changed (or, for
-    MLflow, after minutes of retries). `bitune run` checks the folders too, before Prefect starts; a
-    scheduled run has only this.
+    A tracking store that is down, a model that cannot load, or a checkpoint folder or the
+    experiment's artifact folder that cannot be written would otherwise fail the run only after
+    data.dvc and the remote had changed (or, for MLflow, after minutes of retries). `bitune run`
+    checks the params' folders too, before Prefect starts; a scheduled run has only this.
     """
     check_model(params.model)  # first: it writes nothing, while a first query creates a SQLite store
     check_strategy_fits_model(params)  # `layers[i:j]` within the model's layers
     check_writable_folders(params, root, tracking_server=settings.uri.startswith(("http://", "https://")))
     tracking.check_reachable(settings)
+    tracking.check_artifact_folder(settings)  # the experiment's own, fixed when it was created
 
 
 def previous_success_fn(settings: TrackingSettings, key: str) -> str | None:

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
+from mlflow.utils.file_utils import local_file_uri_to_path
 
 from bitune.errors import BituneError, TrackingError
 from bitune.params import TrackingParams, redact
@@ -111,21 +113,64 @@ def _unreachable(settings: TrackingSettings, why: str) -> TrackingError:
     return TrackingError(f"{settings.uri_setting}: cannot reach MLflow at {_shown(settings)} ({why}); {fix}")
 
 
-def check_reachable(settings: TrackingSettings, timeout_s: int = PREFLIGHT_TIMEOUT_S) -> None:
-    """One request without retries: a store that is down fails in seconds, not after MLflow's minutes
-    of retries (7 by default, backing off), and before the data step has versioned anything."""
+@contextmanager
+def _one_try(timeout_s: int) -> Iterator[None]:
+    """MLflow's HTTP requests without retries, for checks that must fail in seconds; restored after."""
     limits = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s)}
     saved = {name: os.environ.get(name) for name in limits}
     os.environ.update(limits)
     try:
-        with tracking_errors(settings):
-            settings.client().search_experiments(max_results=1)
+        yield
     finally:
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def check_reachable(settings: TrackingSettings, timeout_s: int = PREFLIGHT_TIMEOUT_S) -> None:
+    """One request without retries: a store that is down fails in seconds, not after MLflow's minutes
+    of retries (7 by default, backing off), and before the data step has versioned anything."""
+    with _one_try(timeout_s), tracking_errors(settings):
+        settings.client().search_experiments(max_results=1)
+
+
+def check_artifact_folder(settings: TrackingSettings, timeout_s: int = PREFLIGHT_TIMEOUT_S) -> None:
+    """The experiment's artifact folder, when it is local, can be created and written; creates nothing.
+
+    An experiment keeps the artifact location it was created with, whatever tracking.artifact_location
+    says now, so the CLI's check of that key does not cover it: a folder since replaced by a file
+    failed the run at its first artifact, after the data step had versioned new data. Object stores
+    and a server's proxied artifacts (s3://, http(s)://, mlflow-artifacts:) are the server's business.
+    """
+    if settings.uri.startswith("sqlite:///"):
+        store = Path(settings.uri.removeprefix("sqlite:///"))
+        if not store.is_file() or store.stat().st_size == 0:
+            return  # no store yet, so no experiment: opening it here would create it
+    with _one_try(timeout_s), tracking_errors(settings):
+        found = settings.client().get_experiment_by_name(settings.experiment)
+    if found is None or not found.artifact_location:
+        return  # this run creates it, at tracking.artifact_location, which the folder checks cover
+    location = found.artifact_location
+    scheme = urllib.parse.urlparse(location).scheme
+    if scheme not in ("", "file"):
+        return
+    folder = Path(local_file_uri_to_path(location))
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent  # nothing is created: the first ancestor that exists decides
+    if not existing.is_dir():
+        why = f"{existing} is a file, not a folder"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        why = f"no permission to write in {existing}"
+    else:
+        return
+    raise TrackingError(
+        f"tracking.experiment: experiment {settings.experiment!r} keeps its artifacts in {folder}, where "
+        f"they cannot be written ({why}); make that folder writable, or set tracking.experiment to a "
+        "new experiment name"
+    )
 
 
 def experiment_id(settings: TrackingSettings) -> str:
