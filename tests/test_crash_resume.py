@@ -144,12 +144,12 @@ def test_sigterm_marks_runs_killed_and_keeps_the_champion(uninterrupted, tiny_be
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err.decode()[-2000:]
     assert b"Traceback" not in err
+    # --force on the same data: the data step changed nothing, and --force had cleared the checkpoints
     said = (
-        "interrupted: the MLflow run is marked KILLED; data, registry and champion are unchanged; run again"
+        "interrupted: the MLflow run is marked KILLED; data, registry and champion are unchanged; "
+        "bitune run --force starts over"
     )
-    assert said in err.decode(), err.decode()[
-        -2000:
-    ]  # --force on the same data: the data step changed nothing
+    assert said in err.decode(), err.decode()[-2000:]
     newest_parent = max(
         (r for r in runs(root) if "mlflow.parentRunId" not in r.data.tags), key=lambda r: r.info.start_time
     )

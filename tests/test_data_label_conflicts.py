@@ -41,7 +41,8 @@ def test_drop_keeps_the_data_version_whole_and_drops_the_rows_before_splitting(
     base = [*tiny_overrides(tiny_bert_dir), f"data.source={source}", "data.text_column=review"]
 
     refused = load_params(REPO / "params" / "default.yaml", base)
-    with pytest.raises(DataError, match=r"^2 texts have more than one label.*set data.label_conflicts: drop"):
+    conflicts_named = r"^reviews\.csv: 2 texts have more than one label.*set data.label_conflicts: drop"
+    with pytest.raises(DataError, match=conflicts_named):
         version_data_fn(refused.data, root)
     assert not (root / "data.dvc").exists()
 
