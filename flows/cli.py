@@ -6,10 +6,13 @@ and the terminal gets one line naming the problem and the fix, with a non-zero e
 
 from __future__ import annotations
 
+import _thread
 import functools
 import os
 import signal
 import subprocess
+import sys
+import threading
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -136,6 +139,30 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def stop_on_signals() -> None:
+    """SIGTERM ends the run like Ctrl-C (a KeyboardInterrupt: MLflow runs marked KILLED), and an
+    interrupt that Python swallowed is delivered again.
+
+    A signal's KeyboardInterrupt raised while a finalizer runs (a weakref callback, a `__del__`) is
+    printed as "Exception ignored in ..." and dropped: found in a README walkthrough, Ctrl-C during
+    the bottom phase was lost that way and the run went on to register a model, exit 0. The hook
+    sends it again a moment later, when the main thread is back in ordinary code, as SIGTERM (our
+    handler, which a background run that ignores SIGINT still has).
+    """
+    signal.signal(signal.SIGTERM, _interrupt)
+    previous = sys.unraisablehook
+
+    def redeliver(unraisable: sys.UnraisableHookArgs) -> None:
+        if issubclass(unraisable.exc_type, KeyboardInterrupt):
+            again = threading.Timer(0.05, _thread.interrupt_main, args=(signal.SIGTERM,))
+            again.daemon = True  # never what keeps a finished process alive
+            again.start()
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = redeliver
+
+
 # what a bug report needs: bitune's version and those of the libraries whose behaviour it leans on
 REPORTED_VERSIONS = ("torch", "transformers", "mlflow", "prefect", "dvc", "datasets")
 
@@ -229,7 +256,7 @@ def _run_flow(
         raise fail(exc, log_file) from None
     start_detached_prefect_server()
     route_tracebacks(log_file)
-    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM ends the run like Ctrl-C: runs marked KILLED
+    stop_on_signals()
     before = data_version(root)
     try:
         return retrain(params_file=str(params_file), overrides=overrides, project_dir=str(root), force=force)

@@ -49,8 +49,9 @@ def run_pipeline(root: Path, params: Params, force: bool) -> RetrainSummary:
     preflight(settings, params, str(root))
     data = version_data(params.data, str(root))
     key = pipeline_key(data.md5, params, data.columns)
-    previous = previous_success(settings, key)
-    if previous and not force:
+    # a forced run retrains whatever ran before: looking would log "nothing new to learn unless --force"
+    previous = None if force else previous_success(settings, key)
+    if previous:
         skipped = RetrainSummary(
             data.md5,
             settings.uri,

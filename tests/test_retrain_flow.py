@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -119,7 +120,7 @@ def test_phases_change_only_what_they_unfroze(first_run, tiny_bert_dir) -> None:
     assert not torch.equal(head["head.1.weight"], bottom["head.1.weight"])
 
 
-def test_unchanged_rerun_is_skipped_and_force_registers_version_2(first_run, tiny_bert_dir) -> None:  # type: ignore[no-untyped-def]
+def test_unchanged_rerun_is_skipped_and_force_registers_version_2(first_run, tiny_bert_dir, caplog) -> None:  # type: ignore[no-untyped-def]
     from flows.retrain import retrain
 
     root, first = first_run
@@ -127,13 +128,17 @@ def test_unchanged_rerun_is_skipped_and_force_registers_version_2(first_run, tin
         params_file="params/default.yaml", overrides=tiny_overrides(tiny_bert_dir), project_dir=str(root)
     )
     assert again.skipped and first.run_id in again.reason
-    forced = retrain(
-        params_file="params/default.yaml",
-        overrides=tiny_overrides(tiny_bert_dir),
-        project_dir=str(root),
-        force=True,
-    )
+    caplog.clear()  # the skipped run's own "already trained" line
+    with caplog.at_level(logging.INFO, logger="bitune"):
+        forced = retrain(
+            params_file="params/default.yaml",
+            overrides=tiny_overrides(tiny_bert_dir),
+            project_dir=str(root),
+            force=True,
+        )
     assert forced.model_version == "2"
+    # `--force` asked for the retrain: its log must not say there is "nothing new to learn unless --force"
+    assert "already trained this data version" not in caplog.text, caplog.text
     # same data, same params, same seed: same metrics on the same machine
     assert forced.test_metrics["test/accuracy"] == pytest.approx(first.test_metrics["test/accuracy"])
     client = client_for(root)
