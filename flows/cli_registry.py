@@ -7,8 +7,11 @@ Each command resolves the MLflow store the way the flow does (params `tracking`,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -236,7 +239,33 @@ def ui(
     store = redact(settings.uri_setting, settings.uri)
     console.print(f"MLflow UI on http://{host}:{port} (store {store}); Ctrl-C stops it.")
     sys.stdout.flush()
-    os.execv(command[0], command)
+    # MLflow's job runner serves GenAI jobs bitune never submits: eight processes on a laptop's cores
+    # for nothing (a value the user exported wins)
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"} | dict(os.environ)
+    raise typer.Exit(run_until_interrupted(command, env, "MLflow UI"))
+
+
+def run_until_interrupted(command: list[str], env: dict[str, str], name: str) -> int:
+    """Run a server in a session of its own and turn Ctrl-C into SIGTERM for its whole group.
+
+    A terminal's Ctrl-C sends SIGINT to every process in the foreground group; uvicorn and MLflow's
+    workers each answered it with a KeyboardInterrupt traceback (a README walkthrough counted
+    eight), while SIGTERM shuts them down quietly.
+    """
+    proc = subprocess.Popen(command, env=env, start_new_session=True)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        for sig, wait_s in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            try:
+                proc.wait(timeout=wait_s)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        console.print(f"{name} stopped.")
+        return 0
 
 
 def serve(
