@@ -193,6 +193,7 @@ def _root(
         bool,
         typer.Option(
             "--version",
+            metavar="",
             help="print the versions of bitune and its libraries",
             is_eager=True,
             callback=_print_version,
@@ -207,10 +208,13 @@ def run(
     params: ParamsOpt = Path("params/default.yaml"),
     set_: SetOpt = None,
     data: Annotated[
-        str | None, typer.Option("--data", help="data source: a file, a folder of split files, hf:<id>")
+        str | None,
+        typer.Option(
+            "--data", metavar="SOURCE", help="data source: a file, a folder of split files, hf:<id>"
+        ),
     ] = None,
     force: Annotated[
-        bool, typer.Option("--force", help="retrain even when data and params are unchanged")
+        bool, typer.Option("--force", metavar="", help="retrain even when data and params are unchanged")
     ] = False,
     project: ProjectOpt = Path("."),
 ) -> None:

@@ -24,9 +24,13 @@ errors = Console(stderr=True)
 LOG_FILE = Path(".bitune/logs/bitune.log")
 EXIT_USER_ERROR = 2
 
-ParamsOpt = Annotated[Path, typer.Option("--params", help="params file (YAML)")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a param: key=value (repeatable)")]
-ProjectOpt = Annotated[Path, typer.Option("--project", help="project folder (holds data.dvc, mlflow.db)")]
+ParamsOpt = Annotated[Path, typer.Option("--params", metavar="FILE", help="params file (YAML)")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="override a param (repeatable)")
+]
+ProjectOpt = Annotated[
+    Path, typer.Option("--project", metavar="DIR", help="project folder (holds data.dvc, mlflow.db)")
+]
 
 
 def quiet_defaults() -> None:

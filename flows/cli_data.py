@@ -41,7 +41,9 @@ def register(app: typer.Typer) -> None:
 def versions(
     params: ParamsOpt = Path("params/default.yaml"),
     set_: SetOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", metavar="", help="print JSON instead of a table")
+    ] = False,
     project: ProjectOpt = Path("."),
 ) -> None:
     """List the data versions git, the DVC remote and MLflow runs know of, oldest first."""
@@ -71,7 +73,7 @@ def checkout(
     params: ParamsOpt = Path("params/default.yaml"),
     set_: SetOpt = None,
     force: Annotated[
-        bool, typer.Option("--force", help="discard edits in data/ that data.dvc lacks")
+        bool, typer.Option("--force", metavar="", help="discard edits in data/ that data.dvc lacks")
     ] = False,
     project: ProjectOpt = Path("."),
 ) -> None:
@@ -92,8 +94,10 @@ def diff(
     new: Annotated[
         str | None, typer.Argument(help="data version to compare to (default: the current one, data.dvc)")
     ] = None,
-    examples: Annotated[int, typer.Option("--examples", min=0, help="example rows per kind of change")] = 3,
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of tables")] = False,
+    examples: Annotated[
+        int, typer.Option("--examples", metavar="N", min=0, help="example rows per kind of change")
+    ] = 3,
+    as_json: Annotated[bool, typer.Option("--json", metavar="", help="print JSON instead of tables")] = False,
     params: ParamsOpt = Path("params/default.yaml"),
     set_: SetOpt = None,
     project: ProjectOpt = Path("."),

@@ -76,7 +76,9 @@ def serve_environment(settings: TrackingSettings) -> dict[str, str]:
 
 def promote(
     version: Annotated[str, typer.Argument(help="model version number to make champion")],
-    force: Annotated[bool, typer.Option("--force", help="skip the gate (scores, CKA, data version)")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", metavar="", help="skip the gate (scores, CKA, data version)")
+    ] = False,
     project: ProjectOpt = Path("."),
     params: ParamsOpt = DEFAULT_PARAMS,
 ) -> None:
@@ -187,10 +189,10 @@ def _print_comparison(rows: list[RunRow], experiment: str) -> None:
 
 def compare(
     experiment: Annotated[
-        str | None, typer.Option("--experiment", help="MLflow experiment (default: params)")
+        str | None, typer.Option("--experiment", metavar="NAME", help="MLflow experiment (default: params)")
     ] = None,
     plot: Annotated[
-        Path | None, typer.Option("--plot", help="also write a bar chart of the scores (PNG)")
+        Path | None, typer.Option("--plot", metavar="FILE", help="also write a bar chart of the scores (PNG)")
     ] = None,
     project: ProjectOpt = Path("."),
     params: ParamsOpt = DEFAULT_PARAMS,
@@ -215,9 +217,12 @@ def compare(
 
 
 def ui(
-    port: Annotated[int, typer.Option("--port", help="port to listen on")] = 5000,
+    port: Annotated[int, typer.Option("--port", metavar="PORT", help="port to listen on")] = 5000,
     host: Annotated[
-        str, typer.Option("--host", help="address to bind; keep loopback unless you mean to share")
+        str,
+        typer.Option(
+            "--host", metavar="HOST", help="address to bind; keep loopback unless you mean to share"
+        ),
     ] = "127.0.0.1",
     project: ProjectOpt = Path("."),
     params: ParamsOpt = DEFAULT_PARAMS,
@@ -272,9 +277,12 @@ def serve(
     version: Annotated[
         str | None, typer.Argument(help="model version to serve (default: the champion)")
     ] = None,
-    port: Annotated[int, typer.Option("--port", help="port to listen on")] = 5001,
+    port: Annotated[int, typer.Option("--port", metavar="PORT", help="port to listen on")] = 5001,
     host: Annotated[
-        str, typer.Option("--host", help="address to bind; keep loopback unless you mean to share")
+        str,
+        typer.Option(
+            "--host", metavar="HOST", help="address to bind; keep loopback unless you mean to share"
+        ),
     ] = "127.0.0.1",
     project: ProjectOpt = Path("."),
     params: ParamsOpt = DEFAULT_PARAMS,

@@ -13,16 +13,24 @@ from flows.cli_common import ParamsOpt, ProjectOpt, SetOpt, console, one_line_er
 def schedule(
     cron: Annotated[
         str | None,
-        typer.Option("--cron", help="cron line, e.g. '0 3 * * *' (the default when no --interval)"),
+        typer.Option(
+            "--cron", metavar="LINE", help="cron line, e.g. '0 3 * * *' (the default when no --interval)"
+        ),
     ] = None,
     interval: Annotated[
-        float | None, typer.Option("--interval", help="run every N seconds instead of a cron line", min=1)
+        float | None,
+        typer.Option(
+            "--interval", metavar="SECONDS", help="run every N seconds instead of a cron line", min=1
+        ),
     ] = None,
-    timezone: Annotated[str, typer.Option("--timezone", help="IANA time zone of the cron line")] = "UTC",
+    timezone: Annotated[
+        str, typer.Option("--timezone", metavar="TZ", help="IANA time zone of the cron line")
+    ] = "UTC",
     name: Annotated[
         str,
         typer.Option(
             "--name",
+            metavar="NAME",
             help="deployment name: retrain/<name> on the server (not the worker's retrain-nightly, "
             "which serving under the same name would replace)",
         ),
