@@ -14,6 +14,12 @@ the values. On CPU it runs a tiny config only to check the wiring; MFU is not me
 `--profile FILE` diagnoses a low MFU after the timed run, without touching its numbers: the GPU's clocks,
 power and throttle reasons (nvidia-smi) before and after, and a `torch.profiler` table of a few more
 warm steps, kernels sorted by device time, with the share of wall time the GPU was busy.
+
+`--matmul-check` asks what this particular card delivers before blaming the engine: bf16 TFLOP/s of
+a large square matmul and of the model's own FFN matmul at this batch, with nvidia-smi's clocks and
+power read while they run. MFU is also reported against that attainable rate, since a card held to a
+lower power limit or clock never reaches the datasheet peak. `--static-compile` compiles for fixed
+shapes (`dynamic=False`) to measure what the engine's dynamic-shape compile costs.
 """
 
 from __future__ import annotations
@@ -24,8 +30,10 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import BertConfig, BertModel
@@ -97,6 +105,22 @@ def gpu_state() -> str | None:
     return done.stdout.strip() or done.stderr.strip()
 
 
+def kernel_microseconds(events: Iterable[Any]) -> float:
+    """GPU time of the kernels alone, as the profiler's own table totals it.
+
+    An aten op's "self device time" is its kernels' time again, so summing every row counts most of
+    the GPU's work twice (the first H100 profile read 76% busy that way; the kernels said 98%)."""
+    from torch.autograd import DeviceType
+
+    return float(
+        sum(
+            e.self_device_time_total
+            for e in events
+            if e.device_type == DeviceType.CUDA and not e.is_user_annotation
+        )
+    )
+
+
 def profile_steps(
     model: BituneClassifier, spec: PhaseSpec, data: PhaseData, ctx: PhaseContext, steps: int
 ) -> dict[str, object]:
@@ -113,16 +137,48 @@ def profile_steps(
             torch.cuda.synchronize()
     wall = time.perf_counter() - wall
     events = prof.key_averages()
-    device_us = sum(e.self_device_time_total for e in events)
+    kernel_us = kernel_microseconds(events)
     sort = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
     return {
         "steps": steps,
-        "wall_s": wall,
-        "device_busy_s": device_us / 1e6,
-        "device_busy_share": device_us / 1e6 / wall if wall else None,
+        "wall_s": wall,  # includes the phase's set-up and its validation pass: not a step time
+        "kernel_s": kernel_us / 1e6,
+        "kernel_s_per_step": kernel_us / 1e6 / steps,  # to compare with the timed epoch's step time
         "gpu_state_before": before,
         "gpu_state_after": gpu_state(),
         "table": events.table(sort_by=sort, row_limit=30),
+    }
+
+
+def matmul_tflops(m: int, k: int, n: int, seconds: float = 2.0) -> dict[str, object]:
+    """bf16 TFLOP/s of an (m×k)·(k×n) matmul, timed with CUDA events over about `seconds` of work.
+
+    nvidia-smi is read while the queued work runs, so its clocks and power are those under load."""
+    a = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(k, n, device="cuda", dtype=torch.bfloat16)
+    for _ in range(5):
+        a @ b
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(10):
+        a @ b
+    end.record()
+    torch.cuda.synchronize()
+    per_ms = start.elapsed_time(end) / 10
+    iterations = max(20, int(seconds * 1000 / max(per_ms, 1e-3)))
+    start.record()
+    for _ in range(iterations):
+        a @ b
+    end.record()
+    under_load = gpu_state()  # the queue still holds most of the iterations
+    torch.cuda.synchronize()
+    elapsed_s = start.elapsed_time(end) / 1000
+    return {
+        "shape": [m, k, n],
+        "iterations": iterations,
+        "tflops": 2 * m * k * n * iterations / elapsed_s / 1e12,
+        "gpu_state_under_load": under_load,
     }
 
 
@@ -147,7 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="JSON file to write")
     parser.add_argument("--profile", type=Path, default=None, help="also write a profile (text) here")
     parser.add_argument("--profile-steps", type=int, default=8, help="warm steps to profile")
+    parser.add_argument("--matmul-check", action="store_true", help="measure this card's bf16 matmul rate")
+    parser.add_argument("--static-compile", action="store_true", help="with --compile: dynamic=False")
     args = parser.parse_args(argv)
+    if args.static_compile:  # a diagnostic: the engine compiles with dynamic=True (batches vary in length)
+        dynamic_compile = torch.compile
+        torch.compile = lambda model, **kw: dynamic_compile(model, **(kw | {"dynamic": False}))  # type: ignore[assignment]
 
     cuda = torch.cuda.is_available()
     if cuda:
@@ -208,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             "trained_layers": trained,
             "precision": accelerator.mixed_precision,
             "compile": args.compile,
+            "static_compile": args.static_compile,
             "attention": model.backbone.config._attn_implementation,
         },
         "trainable_params": result.trainable_params,
@@ -220,12 +282,24 @@ def main(argv: list[str] | None = None) -> int:
         "peak_tflops": peak,
         "mfu": mfu,
         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+        "gpu_state": gpu_state() if cuda else None,
         "note": None if cuda else "CPU wiring check on a tiny config: MFU is not meaningful on CPU",
     }
+    if args.matmul_check and cuda:
+        checks = [matmul_tflops(8192, 8192, 8192), matmul_tflops(batch * seq, hidden, ffn)]
+        attainable = max(float(c["tflops"]) for c in checks)  # type: ignore[arg-type]
+        report["matmul_check"] = checks
+        report["attainable_tflops"] = attainable
+        report["mfu_of_attainable"] = samples_per_s * flops / (attainable * 1e12)
     if args.profile:
         model.to(accelerator.device)
         found = profile_steps(model, spec, data, ctx, args.profile_steps if cuda else 2)
-        report["profile"] = {k: v for k, v in found.items() if k != "table"} | {"file": str(args.profile)}
+        step_s = batch / samples_per_s
+        report["profile"] = {k: v for k, v in found.items() if k != "table"} | {
+            "file": str(args.profile),
+            "timed_step_s": step_s,
+            "gpu_busy_share": float(found["kernel_s_per_step"]) / step_s if cuda else None,  # type: ignore[arg-type]
+        }
         args.profile.parent.mkdir(parents=True, exist_ok=True)
         args.profile.write_text(
             f"{name} {report['config']}\n{json.dumps(report['profile'], indent=2)}\n\n{found['table']}\n"

@@ -142,6 +142,23 @@ def test_gpu_throughput_profile_writes_a_kernel_table(tmp_path: Path) -> None:
     assert "aten::addmm" in table or "aten::mm" in table  # the encoder's matmuls were recorded
 
 
+def test_profile_kernel_time_counts_each_kernel_once() -> None:
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    def event(device: DeviceType, us: float, annotation: bool = False) -> SimpleNamespace:
+        return SimpleNamespace(device_type=device, self_device_time_total=us, is_user_annotation=annotation)
+
+    events = [
+        event(DeviceType.CPU, 120.0),  # aten::mm: its kernel's time again
+        event(DeviceType.CUDA, 113.0),  # the matmul kernel
+        event(DeviceType.CUDA, 31.0),  # a fused triton kernel
+        event(DeviceType.CUDA, 31.0, annotation=True),  # the same kernel's annotation row
+    ]
+    assert gpu_throughput.kernel_microseconds(events) == 144.0
+
+
 def _run(seed: int, dev: float, bottom_speed: float) -> dict:
     return {
         "seed": seed,
