@@ -31,6 +31,11 @@ SetOpt = Annotated[
 ProjectOpt = Annotated[
     Path, typer.Option("--project", metavar="DIR", help="project folder (holds data.dvc, mlflow.db)")
 ]
+PortOpt = Annotated[int, typer.Option("--port", metavar="PORT", help="port to listen on")]
+HostOpt = Annotated[
+    str,
+    typer.Option("--host", metavar="HOST", help="address to bind; keep loopback unless you mean to share"),
+]
 
 
 def quiet_defaults() -> None:

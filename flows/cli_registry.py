@@ -23,7 +23,7 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from bitune.evaluation.run_comparison import RunRow, duration_text, param_differences, plot_comparison
-from flows.cli_common import ParamsOpt, ProjectOpt, console, one_line_errors
+from flows.cli_common import HostOpt, ParamsOpt, PortOpt, ProjectOpt, console, one_line_errors
 
 if TYPE_CHECKING:
     from bitune.params import Params
@@ -217,13 +217,8 @@ def compare(
 
 
 def ui(
-    port: Annotated[int, typer.Option("--port", metavar="PORT", help="port to listen on")] = 5000,
-    host: Annotated[
-        str,
-        typer.Option(
-            "--host", metavar="HOST", help="address to bind; keep loopback unless you mean to share"
-        ),
-    ] = "127.0.0.1",
+    port: PortOpt = 5000,
+    host: HostOpt = "127.0.0.1",
     project: ProjectOpt = Path("."),
     params: ParamsOpt = DEFAULT_PARAMS,
 ) -> None:
@@ -277,13 +272,8 @@ def serve(
     version: Annotated[
         str | None, typer.Argument(help="model version to serve (default: the champion)")
     ] = None,
-    port: Annotated[int, typer.Option("--port", metavar="PORT", help="port to listen on")] = 5001,
-    host: Annotated[
-        str,
-        typer.Option(
-            "--host", metavar="HOST", help="address to bind; keep loopback unless you mean to share"
-        ),
-    ] = "127.0.0.1",
+    port: PortOpt = 5001,
+    host: HostOpt = "127.0.0.1",
     project: ProjectOpt = Path("."),
     params: ParamsOpt = DEFAULT_PARAMS,
 ) -> None:

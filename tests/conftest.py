@@ -12,6 +12,10 @@ from pathlib import Path
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+# pytest-xdist's workers inherit COLUMNS=80, and rich pins a console created while COLUMNS is set to
+# that width; the CLI's console is module-level, so the tests that pass COLUMNS to CliRunner (wide
+# tables, unwrapped lines) would see 80 columns. Without it, the console reads COLUMNS at each print.
+os.environ.pop("COLUMNS", None)
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
