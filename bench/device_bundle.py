@@ -9,7 +9,10 @@ folder to put on `PYTHONPATH` and restores the weights to fp32 (they then differ
 ones by at most 1e-3, which moves accuracies slightly, never throughput).
 
     .venv/bin/python bench/device_bundle.py pack .gpu           # here (git-ignore .gpu)
+    .venv/bin/python bench/device_bundle.py pack .gpu --wheels-only   # enough for gpu_throughput.py
     python3 bench/device_bundle.py unpack .gpu /tmp/device      # there; prints the exports to use
+
+`bench/device_check.sh` runs the GPU throughput checks from such a bundle in one device call.
 """
 
 from __future__ import annotations
@@ -42,7 +45,22 @@ def pinned(names: tuple[str, ...], constraints: Path) -> list[str]:
     return out
 
 
-def pack(dest: Path, data: Path, python_version: str) -> None:
+def pack(dest: Path, data: Path, python_version: str, wheels_only: bool = False) -> None:
+    if not wheels_only:
+        pack_model_and_data(dest, data)
+    wheels = dest / "whl"
+    wheels.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+         "--python-version", python_version, "--platform", "manylinux2014_x86_64",
+         "--dest", str(wheels), *pinned(WHEELS, ROOT / "constraints.txt")],
+        check=True,
+    )  # fmt: skip
+    packed = "whl/" if wheels_only else "model16/ (fp16), data/, whl/"
+    print(f"packed {dest}: {packed} ({len(list(wheels.glob('*.whl')))} wheels)")
+
+
+def pack_model_and_data(dest: Path, data: Path) -> None:
     import torch
     from safetensors.torch import load_file, save_file
 
@@ -66,15 +84,6 @@ def pack(dest: Path, data: Path, python_version: str) -> None:
             raise SystemExit(f"{source}: missing; pass --data, the folder with sst2/ and wikitext2/")
         (dest / "data" / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, dest / "data" / name)
-    wheels = dest / "whl"
-    wheels.mkdir(exist_ok=True)
-    subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-         "--python-version", python_version, "--platform", "manylinux2014_x86_64",
-         "--dest", str(wheels), *pinned(WHEELS, ROOT / "constraints.txt")],
-        check=True,
-    )  # fmt: skip
-    print(f"packed {dest}: model16/ (fp16), data/, whl/ ({len(list(wheels.glob('*.whl')))} wheels)")
 
 
 def unpack(bundle: Path, target: Path) -> None:
@@ -87,6 +96,9 @@ def unpack(bundle: Path, target: Path) -> None:
          "--upgrade", "--target", str(site), *map(str, sorted((bundle / "whl").glob("*.whl")))],
         check=True,
     )  # fmt: skip
+    if not (bundle / "model16").is_dir():  # packed with --wheels-only
+        print(f"export PYTHONPATH={site}:$PWD")
+        return
     shutil.copytree(bundle / "model16", model, dirs_exist_ok=True)
     weights = load_file(str(bundle / "model16" / "model.safetensors"))
     save_file(
@@ -104,12 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     p_pack.add_argument("dest", type=Path)
     p_pack.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     p_pack.add_argument("--python-version", default="3.12", help="the device's Python, for the wheels")
+    p_pack.add_argument("--wheels-only", action="store_true", help="no model or data (gpu_throughput.py)")
     p_unpack = sub.add_parser("unpack", help="install wheels and restore fp32 weights (run there)")
     p_unpack.add_argument("bundle", type=Path)
     p_unpack.add_argument("target", type=Path)
     args = parser.parse_args(argv)
     if args.command == "pack":
-        pack(args.dest, args.data, args.python_version)
+        pack(args.dest, args.data, args.python_version, args.wheels_only)
     else:
         unpack(args.bundle, args.target)
     return 0
