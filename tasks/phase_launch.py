@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -46,6 +48,41 @@ def launch_command(job_file: Path, processes: int, launch_args: list[str]) -> li
     return [*args, *launch_args, "-m", "tasks.phase_worker", str(job_file)]
 
 
+def run_process_group(command: list[str], cwd: Path, env: dict[str, str], log: IO[str]) -> int:
+    """Run `command` in a session of its own and wait; interrupted, stop every process it started.
+
+    Cancelling the flow run (or SIGTERM, Ctrl-C) lands here as an exception: subprocess.run would kill
+    only the launcher, and the training ranks it started would go on holding the GPUs, and the next
+    scheduled run would fail for want of memory. The whole group gets SIGTERM, then SIGKILL.
+    """
+    proc = subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        return proc.wait()
+    except BaseException:
+        stop_group(proc)
+        raise
+
+
+def stop_group(leader: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
+    """SIGTERM to every process of `leader`'s group, SIGKILL to whatever is left after `grace_s`."""
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(leader.pid, signum)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + grace_s
+        while signum == signal.SIGTERM and time.monotonic() < deadline:
+            leader.poll()  # reaped, or the leader's zombie keeps the group alive
+            try:
+                os.killpg(leader.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+    leader.wait()
+
+
 def run_distributed(
     job: dict[str, Any], job_file: Path, processes: int, launch_args: list[str], cwd: Path
 ) -> None:
@@ -54,15 +91,8 @@ def run_distributed(
     log_file = job_file.with_suffix(".log")
     env = os.environ | {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     with log_file.open("w") as log:
-        proc = subprocess.run(
-            launch_command(job_file, processes, launch_args),
-            cwd=cwd,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            check=False,
-        )
-    if proc.returncode != 0:
+        returncode = run_process_group(launch_command(job_file, processes, launch_args), cwd, env, log)
+    if returncode != 0:
         lines = log_file.read_text(errors="ignore").strip().splitlines()
         errors = [line for line in lines if "Error" in line and ":" in line] or lines[-1:] or ["no output"]
         raise TrainingError(

@@ -68,9 +68,19 @@ class Registration:
 
 
 def pip_requirements() -> list[str]:
-    """Exact versions of what the served model imports (offline, mlflow cannot infer them)."""
+    """Exact versions of what the served model imports (offline, mlflow cannot infer them).
+
+    Without a local version label: PyTorch's own wheels call themselves `2.13.0+cpu` or `+cu128`, a
+    version no package index but PyTorch's serves, so `torch==2.13.0+cpu` made the model's
+    environment (`mlflow models serve --env-manager uv`, `build-docker`) impossible to install.
+    """
     names = {"pyyaml": "PyYAML"}
-    return [f"{n}=={version(names.get(n, n))}" for n in SERVING_REQUIREMENTS]
+    return [f"{n}=={public_version(version(names.get(n, n)))}" for n in SERVING_REQUIREMENTS]
+
+
+def public_version(installed: str) -> str:
+    """`2.13.0+cpu` -> `2.13.0`: the release any index serves (PEP 440's public version)."""
+    return installed.partition("+")[0]
 
 
 def log_model(settings: TrackingSettings, run_id: str, model_dir: Path, example_texts: list[str]) -> str:
@@ -223,6 +233,50 @@ def set_champion(
     client.set_registered_model_alias(name, CHAMPION, version)
 
 
+SHOWN_SCORES = ("test/accuracy", "test/macro_f1", "test/ece", "test/loss", CKA)
+RUN_NOTE = "mlflow.note.content"  # the run page's Description
+
+
+def registration_text(
+    name: str, version: str, decision: GateDecision, metrics: dict[str, float], data_md5: str
+) -> str:
+    """The gate's decision and the test scores in Markdown: what the run page and the model version
+    page show first, instead of a tag among dozens."""
+    outcome = "promoted to **champion**" if decision.promote else "kept as **challenger**"
+    scores = [f"| {key} | {metrics[key]:.4f} |" for key in SHOWN_SCORES if key in metrics]
+    return "\n".join(
+        [
+            f"{name} version {version}, {outcome} at registration (data version `{data_md5}`).",
+            "",
+            f"Gate: {'; '.join(decision.reasons)}",
+            "",
+            "| test score | value |",
+            "|---|---|",
+            *scores,
+        ]
+    )[:5000]
+
+
+def describe(
+    settings: TrackingSettings,
+    run_id: str,
+    name: str,
+    version: str,
+    decision: GateDecision,
+    evaluation: Evaluation,
+    data_md5: str,
+) -> None:
+    """The registration on both sides: the version's description, the run's description, and the
+    version in the run's name, which repeated across reruns of one strategy on one data version."""
+    client = settings.client()
+    text = registration_text(name, version, decision, evaluation.metrics, data_md5)
+    client.update_model_version(name, version, description=text)
+    client.set_tag(run_id, RUN_NOTE, f"{text}\n\nModel: `models:/{name}/{version}`")
+    run_name = client.get_run(run_id).info.run_name
+    if run_name:
+        client.update_run(run_id, name=f"{run_name}-v{version}")
+
+
 def register_fn(
     params: Params,
     prepared: PreparedData,
@@ -265,6 +319,7 @@ def register_fn(
         for key, tag in (champion.rows.tags() if champion.rows else {}).items():
             client.set_model_version_tag(rules.model_name, mv.version, key, tag)
         client.set_model_version_tag(rules.model_name, mv.version, "bitune.gate", decision.summary()[:5000])
+        describe(settings, parent_run_id, rules.model_name, str(mv.version), decision, evaluation, data_md5)
         if decision.promote:
             set_champion(settings, rules.model_name, mv.version, champion.version, decision.summary())
         client.set_tag(parent_run_id, "bitune.model_version", mv.version)

@@ -15,6 +15,7 @@ from pathlib import Path
 from mlflow.entities import Dataset, DatasetInput, InputTag
 from prefect import task
 from prefect.exceptions import TerminationSignal
+from prefect.runtime import flow_run
 
 from bitune.data.splits import SPLIT_METHOD
 from bitune.errors import TrackingError
@@ -90,6 +91,14 @@ def previous_success_fn(settings: TrackingSettings, key: str) -> str | None:
     return run_id
 
 
+def prefect_flow_run() -> dict[str, str]:
+    """The Prefect flow run that opened the MLflow run, so a run in the MLflow UI leads to its logs and
+    its summary in the Prefect UI; empty outside a flow run."""
+    if flow_run.id is None:
+        return {}
+    return {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name)}
+
+
 def open_parent_run_fn(
     settings: TrackingSettings,
     params: Params,
@@ -104,8 +113,9 @@ def open_parent_run_fn(
         "bitune.pipeline_key": key,
         "bitune.strategy": params.strategy.name,
         "bitune.data_version": data.md5,
-        "bitune.closed_stale_runs": ",".join(stale),
+        **({"bitune.closed_stale_runs": ",".join(stale)} if stale else {}),  # an empty tag on every run
         **tracking.git_state(root),
+        **prefect_flow_run(),
     }
     run_id = tracking.start_run(settings, f"{params.strategy.name}-{data.md5[:8]}", tags)
     try:

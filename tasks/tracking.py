@@ -7,6 +7,7 @@ flow, from params and environment; nothing happens at import.
 
 from __future__ import annotations
 
+import getpass
 import os
 import re
 import signal
@@ -30,6 +31,7 @@ from bitune.errors import BituneError, TrackingError
 from bitune.params import TrackingParams, redact
 
 PIPELINE_TAG = "bitune.pipeline"
+SOURCE_NAME = "bitune retrain"  # the flow, whether `bitune run` or a Prefect worker started it
 MAX_BATCH = 900
 PREFLIGHT_TIMEOUT_S = 10
 
@@ -211,11 +213,22 @@ def signals_held() -> Iterator[None]:
 def start_run(
     settings: TrackingSettings, name: str, tags: dict[str, str], parent_run_id: str | None = None
 ) -> str:
-    all_tags = {PIPELINE_TAG: "retrain", **tags}
+    """A run with who and what started it, as MLflow's fluent `start_run` records them: the client API
+    records neither, so the UI's User column read `unknown` and its Source column stayed empty."""
+    all_tags = {PIPELINE_TAG: "retrain", **source_tags(), **tags}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     run = settings.client().create_run(experiment_id(settings), run_name=name, tags=all_tags)
     return run.info.run_id
+
+
+def source_tags() -> dict[str, str]:
+    """MLflow's system tags for the user and the source of a run (`mlflow.utils.mlflow_tags`)."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a container's uid with no passwd entry and no USER variable
+        user = "unknown"
+    return {"mlflow.user": user, "mlflow.source.type": "LOCAL", "mlflow.source.name": SOURCE_NAME}
 
 
 def end_run(settings: TrackingSettings, run_id: str, status: str = "FINISHED") -> None:
@@ -271,8 +284,17 @@ def log_artifacts(
             client.log_artifact(run_id, str(path), folder)
 
 
+# what DVC writes as the data step versions data: a run's own bookkeeping, not an uncommitted edit
+DVC_BOOKKEEPING = (":(exclude)*.dvc", ":(exclude).dvc", ":(exclude).dvcignore", ":(exclude).gitignore")
+
+
 def git_state(root: Path) -> dict[str, str]:
-    """Commit and dirty flag of the project, when it is a git checkout."""
+    """Commit and dirty flag of the project, when it is a git checkout.
+
+    Dirty means a tracked file differs from the commit, apart from DVC's own files: the data step runs
+    before the run opens and rewrites data.dvc (and `dvc init` stages .dvc/), so counting them marked
+    every run of a new data version, and every first run, dirty.
+    """
 
     def git(*args: str) -> str:
         proc = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
@@ -281,7 +303,7 @@ def git_state(root: Path) -> dict[str, str]:
     commit = git("rev-parse", "HEAD")
     if not commit:
         return {"git.commit": "none"}
-    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", *DVC_BOOKKEEPING))
     return {"git.commit": commit, "git.dirty": str(dirty).lower(), "mlflow.source.git.commit": commit}
 
 

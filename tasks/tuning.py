@@ -230,10 +230,12 @@ def tune_phase_fn(
             tracking.set_tags(
                 settings,
                 run_id,
-                {
-                    "bitune.feature_cache": str(result.used_feature_cache).lower(),
-                    "bitune.resumed_from_epoch": str(result.resumed_from_epoch),
-                },
+                {"bitune.feature_cache": str(result.used_feature_cache).lower()}
+                | (  # only on a resumed phase: a "None" tag on every other run said nothing
+                    {"bitune.resumed_from_epoch": str(result.resumed_from_epoch)}
+                    if result.resumed_from_epoch is not None
+                    else {}
+                ),
             )
             tracking.end_run(settings, run_id)
         (out_dir / RESULT).write_text(json.dumps(asdict(output), indent=2))

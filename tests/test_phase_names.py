@@ -9,7 +9,7 @@ import pytest
 from bitune.params import load_params
 from bitune.tuning.phase import PhaseResult
 from bitune.tuning.phase_names import epoch_metrics, phase_field, phase_summary, step_metrics
-from bitune.tuning.schedule import expand_strategy
+from bitune.tuning.schedule import PhaseRun, expand_strategy
 
 PARAMS = Path(__file__).resolve().parents[1] / "params" / "default.yaml"
 
@@ -78,3 +78,20 @@ def test_phase_summary_reports_best_and_kept_epochs_apart() -> None:
         "bottom/drift/layers.0": 0.02,
     }
     assert all(isinstance(v, float) for v in summary.values())  # MLflow metrics are floats
+
+
+def test_the_training_loop_s_step_numbers_get_the_documented_names() -> None:
+    """The loop's per-step keys, through `step_metrics`: `bottom/train/step_loss`, not
+    `step_train_loss` (the loop once passed the epoch's key, `train_loss`)."""
+    from test_tuning_engine import DATA, context, model_for, phase
+
+    from bitune.tuning.phase import run_phase
+
+    model, logged = model_for(), []
+    ctx = context(model, log_every=1, on_step=lambda metrics, step: logged.append(metrics))
+    run_phase(model, PhaseRun(0, 1, phase(epochs=1)), DATA, ctx)
+    assert logged and set(step_metrics("bottom", logged[0])) == {
+        "bottom/train/step_loss",
+        "bottom/train/step_anchor",
+        "bottom/train/step_lr",
+    }

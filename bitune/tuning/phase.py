@@ -219,7 +219,7 @@ def run_phase(model: BituneClassifier, run: PhaseRun, data: PhaseData, ctx: Phas
                 if ctx.on_step and step % ctx.log_every == 0:  # after the guard: never log a NaN as a metric
                     ctx.on_step(
                         {
-                            "train_loss": task_loss.item(),
+                            "loss": task_loss.item(),
                             "anchor": anchor.term(),
                             "lr": float(scheduler.get_last_lr()[0]),
                         },
