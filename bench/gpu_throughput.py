@@ -20,6 +20,13 @@ a large square matmul and of the model's own FFN matmul at this batch, with nvid
 power read while they run. MFU is also reported against that attainable rate, since a card held to a
 lower power limit or clock never reaches the datasheet peak. `--static-compile` compiles for fixed
 shapes (`dynamic=False`) to measure what the engine's dynamic-shape compile costs.
+
+Two more diagnostics ask where the memory-bound third of a step could go (the H100 profile of
+2026-11-27: matmuls at the card's ceiling, the rest element-wise). `--compile-mode max-autotune-no-cudagraphs`
+lets Inductor pick Triton matmul templates that fuse bias + GELU into the matmul's epilogue.
+`--bf16-weights` trains with the weights themselves in bf16 and no autocast, so LayerNorm and the
+residual stream stay bf16 instead of autocast's fp32: an upper bound on what a bf16 residual stream
+(fp32 master weights kept by the optimizer) would gain, not a way to train (no fp32 master copy).
 """
 
 from __future__ import annotations
@@ -205,10 +212,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-steps", type=int, default=8, help="warm steps to profile")
     parser.add_argument("--matmul-check", action="store_true", help="measure this card's bf16 matmul rate")
     parser.add_argument("--static-compile", action="store_true", help="with --compile: dynamic=False")
+    parser.add_argument("--compile-mode", default=None, help="with --compile: torch.compile's mode")
+    parser.add_argument("--bf16-weights", action="store_true", help="bf16 weights, no autocast (upper bound)")
     args = parser.parse_args(argv)
+    compile_options: dict[str, object] = {}
     if args.static_compile:  # a diagnostic: the engine compiles with dynamic=True (batches vary in length)
-        dynamic_compile = torch.compile
-        torch.compile = lambda model, **kw: dynamic_compile(model, **(kw | {"dynamic": False}))  # type: ignore[assignment]
+        compile_options["dynamic"] = False
+    if args.compile_mode:
+        compile_options["mode"] = args.compile_mode
+    if compile_options:
+        engine_compile = torch.compile
+        torch.compile = lambda model, **kw: engine_compile(model, **(kw | compile_options))  # type: ignore[assignment]
 
     cuda = torch.cuda.is_available()
     if cuda:
@@ -228,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     torch.manual_seed(0)
     model = BituneClassifier(BertModel(config, add_pooling_layer=False), 2, "mean", 0.1)
+    if args.bf16_weights:
+        model.to(torch.bfloat16)
     groups = resolve_layer_groups(model.backbone)
     spec = PhaseSpec(
         name="bottom",
@@ -238,7 +254,9 @@ def main(argv: list[str] | None = None) -> int:
         anchor=0.01,
         batch_size=batch,
     )
-    accelerator = make_accelerator(TrainParams(device="auto", precision="auto"))
+    # bf16 weights run without autocast: autocast would cast LayerNorm back to fp32
+    precision = "fp32" if args.bf16_weights else "auto"
+    accelerator = make_accelerator(TrainParams(device="auto", precision=precision))
     pretrained = {n: p.detach().clone().to(accelerator.device) for n, p in model.backbone.named_parameters()}
     ctx = PhaseContext(
         accelerator, groups, pretrained, eval_batch_size=batch, progress=False, compile=args.compile
@@ -270,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
             "precision": accelerator.mixed_precision,
             "compile": args.compile,
             "static_compile": args.static_compile,
+            "compile_mode": args.compile_mode,
+            "bf16_weights": args.bf16_weights,
+            "weights_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
             "attention": model.backbone.config._attn_implementation,
         },
         "trainable_params": result.trainable_params,

@@ -131,6 +131,16 @@ def test_gpu_throughput_runs_the_engine_on_cpu_as_a_wiring_check(tmp_path: Path)
     assert report["trainable_params"] > 0
 
 
+def test_gpu_throughput_bf16_weights_trains_the_weights_in_bf16_without_autocast(tmp_path: Path) -> None:
+    import json
+
+    out = tmp_path / "gpu.json"
+    assert gpu_throughput.main(["--out", str(out), "--bf16-weights"]) == 0
+    report = json.loads(out.read_text())
+    assert report["config"]["weights_dtype"] == "bfloat16" and report["config"]["precision"] == "no"
+    assert report["samples_per_s"] > 0
+
+
 def test_gpu_throughput_profile_writes_a_kernel_table(tmp_path: Path) -> None:
     import json
 
