@@ -4,6 +4,7 @@ backbone weights, applied either as that term's gradient inside the optimizer or
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -61,6 +62,19 @@ class PretrainedAnchor:
         grads, params, refs = (list(x) for x in zip(*pairs, strict=True))
         torch._foreach_add_(grads, params, alpha=2.0 * weight)
         torch._foreach_add_(grads, refs, alpha=-2.0 * weight)
+
+    def optimizer_step(
+        self, weight: float, mode: Literal["gradient", "decoupled"], optimizer: torch.optim.Optimizer
+    ) -> None:
+        """One optimizer step with the anchor applied as the phase's `anchor_mode` says: its
+        gradient added before the step, or the decoupled pull after it (at this step's lr, before the
+        scheduler moves it). Both training paths step through here, so the anchor means the same on
+        tokens and on cached features."""
+        if self.params and mode != "decoupled":
+            self.add_gradient(weight)
+        optimizer.step()
+        if self.params and mode == "decoupled":
+            self.pull(weight, optimizer)
 
     @torch.no_grad()
     def pull(self, weight: float, optimizer: torch.optim.Optimizer) -> None:

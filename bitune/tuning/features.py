@@ -7,6 +7,7 @@ keyed by model, data version, tokenizer settings and pooling when the backbone i
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -24,6 +26,8 @@ from bitune.tuning.batching import length_grouped_batches, pad_batch
 
 Rows = list[dict]
 Autocast = Callable[[], AbstractContextManager[Any]]
+
+log = logging.getLogger(__name__)
 
 
 def feature_cache_file(root: Path, params: Params, data_key: str, precision: str) -> Path | None:
@@ -85,9 +89,13 @@ def cached_features(
     autocast: Autocast = nullcontext,
     quiet: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """Features per split, read from `cache_file` when it exists, written to it otherwise."""
+    """Features per split, read from `cache_file` when it exists, written to it otherwise.
+
+    A file that cannot be read (a run killed mid-copy, a full disk, bit rot) is a cache miss, not
+    an error: the features are encoded again and replace it whole (`save_features`).
+    """
     if cache_file is not None and cache_file.exists():
-        loaded = load_file(str(cache_file))
+        loaded = _read_features(cache_file)
         if all(name in loaded and len(loaded[name]) == len(rows) for name, rows in splits.items()):
             return {name: loaded[name] for name in splits}
     feats = {
@@ -97,6 +105,15 @@ def cached_features(
     if cache_file is not None:
         save_features(feats, cache_file)
     return feats
+
+
+def _read_features(cache_file: Path) -> dict[str, torch.Tensor]:
+    """The cached tensors, or none when the file is not a readable safetensors file."""
+    try:
+        return load_file(str(cache_file))
+    except SafetensorError as exc:
+        log.warning("feature cache %s is unreadable (%s); encoding the features again", cache_file, exc)
+        return {}
 
 
 def save_features(feats: dict[str, torch.Tensor], cache_file: Path) -> None:

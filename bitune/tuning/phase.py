@@ -203,12 +203,7 @@ def run_phase(model: BituneClassifier, run: PhaseRun, data: PhaseData, ctx: Phas
                 running += task_loss.detach()
                 if not sync:
                     continue
-                decoupled = spec.anchor_mode == "decoupled"
-                if anchor.params and not decoupled:
-                    anchor.add_gradient(anchor_weight)
-                optimizer.step()
-                if anchor.params and decoupled:
-                    anchor.pull(anchor_weight, optimizer)  # at this step's lr, before the scheduler moves it
+                anchor.optimizer_step(anchor_weight, spec.anchor_mode, optimizer)
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 if average is not None:
