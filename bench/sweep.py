@@ -273,7 +273,25 @@ def lr_shape_grid() -> dict[str, list[str]]:
     }
 
 
+def rounds_grid() -> dict[str, list[str]]:
+    """The method's R rounds at the afternoon preset: head → bottom twice, each bottom phase half as
+    long (the same bottom-phase time in all), at the preset's lr and a hotter one. The second head
+    phase trains on features of the encoder the first bottom phase tuned."""
+    preset = AFTERNOON_BOTTOM
+    return {
+        "preset (R1)": preset,
+        "R2 bottom 3 ep": [*preset, "strategy.rounds=2", f"{BOTTOM}.epochs=3"],
+        "R2 bottom 3 ep lr 2.5e-4": [
+            *preset,
+            "strategy.rounds=2",
+            f"{BOTTOM}.epochs=3",
+            f"{BOTTOM}.lr=2.5e-4",
+        ],
+    }
+
+
 GRIDS = {
+    "rounds": rounds_grid,
     "anchor": anchor_grid,
     "averaging": averaging_grid,
     "bottom": bottom_grid,
