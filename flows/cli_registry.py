@@ -1,4 +1,4 @@
-"""`bitune promote | rollback | compare | ui`: the model registry and experiment comparison.
+"""`bitune promote | rollback | history | compare | ui | serve`: the model registry and experiment comparison.
 
 Each command resolves the MLflow store the way the flow does (params `tracking`, env
 `MLFLOW_TRACKING_URI` wins), calls the plain functions in `tasks.promotion`, and turns any
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -27,6 +28,7 @@ from flows.cli_common import HostOpt, ParamsOpt, PortOpt, ProjectOpt, console, o
 
 if TYPE_CHECKING:
     from bitune.params import Params
+    from tasks.champion_moves import ChampionMove
     from tasks.tracking import TrackingSettings
 
 DEFAULT_PARAMS = Path("params/default.yaml")
@@ -123,6 +125,61 @@ def rollback(project: ProjectOpt = Path("."), params: ParamsOpt = DEFAULT_PARAMS
         f"[green]Rolled back:[/] champion of {done.name} is version {done.version} again"
         f"{_still_holds(done.replaced, done.replaced_aliases)}."
     )
+
+
+def history(
+    as_json: Annotated[
+        bool, typer.Option("--json", metavar="", help="print JSON instead of a table")
+    ] = False,
+    project: ProjectOpt = Path("."),
+    params: ParamsOpt = DEFAULT_PARAMS,
+) -> None:
+    """Every move of the champion alias, oldest first: when, from and to which version, how (the
+    flow's gate, promote, rollback), who and why."""
+    with one_line_errors(project):
+        from tasks.promotion import champion_moves
+
+        loaded, settings = load_settings(project, params)
+        name = loaded.registry.model_name
+        moves, current = champion_moves(settings, name)
+    if as_json:
+        console.print_json(json.dumps([move.as_dict() for move in moves]))
+        return
+    if not moves:
+        console.print(
+            f"No champion moves recorded for {name} yet"
+            + (f" (champion: version {current})." if current else "; `bitune run` registers one.")
+        )
+        return
+    console.print(_history_table(moves, name))
+    now = f"version {current}" if current else "none"
+    console.print(f"Champion now: {now}. Undo the last move with [bold]bitune rollback[/].")
+
+
+def _history_table(moves: list[ChampionMove], name: str) -> Table:
+    """Fits 80 columns: the number, time and versions never cut; only the reason wraps."""
+    table = Table(
+        title=f"champion moves of {name}",
+        caption="time: local; how: gate = the flow's gate at registration",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        padding=(0, 1, 0, 0),
+    )
+    for column in ("#", "time", "move", "how", "by"):
+        table.add_column(column, no_wrap=True, justify="right" if column == "#" else "left")
+    table.add_column("why", overflow="fold", ratio=1)
+    how = {"registration": "gate"}
+    for move in moves:
+        table.add_row(
+            str(move.number),
+            move.at.astimezone().strftime("%Y-%m-%d %H:%M"),
+            f"{'v' + move.from_version if move.from_version else '-'} → v{move.to_version}",
+            how.get(move.action, move.action),
+            escape(move.by),
+            escape(move.why),
+        )
+    return table
 
 
 def _still_holds(version: str | None, aliases: list[str]) -> str:
@@ -303,5 +360,5 @@ def serve(
 
 def register(app: typer.Typer) -> None:
     """Attach this module's commands to the `bitune` app."""
-    for command in (promote, rollback, compare, ui, serve):
+    for command in (promote, rollback, history, compare, ui, serve):
         app.command()(command)

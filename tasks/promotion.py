@@ -7,7 +7,8 @@ test split is prepared on this machine (`.bitune/prepared/*/test.parquet`), both
 again on its rows that neither trained on (each model folder records its training rows, as for the
 flow's gate); without such a split the gate refuses. The `champion` alias moves in one write and the
 version it replaced is recorded on the new champion, so the registry never holds two champions or
-none and `rollback` can walk back the chain.
+none and `rollback` can walk back the chain; each move is added to the champion history
+(`tasks.champion_moves`, `bitune history`) and to the affected versions' descriptions.
 """
 
 from __future__ import annotations
@@ -36,16 +37,24 @@ from bitune.promotion import (
     decide_on_stored_scores,
     needs_rescore,
 )
+from tasks.champion_moves import (
+    CHAMPION,
+    PREVIOUS,
+    PROMOTE,
+    ROLLBACK,
+    ChampionMove,
+    champion_history,
+    move_champion,
+)
 from tasks.tracking import PIPELINE_TAG, TrackingSettings, check_reachable, damaged_store
 
 if TYPE_CHECKING:
     import pandas as pd
 
-# tasks.registry (alias names, set_champion) is imported inside the functions that move aliases:
-# it pulls in torch and prefect, seconds that `bitune compare` and every error path need not pay.
-# So are pandas and the model code, which only a re-score needs.
+# tasks.registry (the re-score's code path) is imported inside the functions that need it: it pulls in
+# torch and prefect, seconds that `bitune compare` and every error path need not pay. So are pandas and
+# the model code, which only a re-score needs.
 
-PREVIOUS = "bitune.previous_champion"
 DATA_VERSION = "bitune.data_version"
 TEST_SPLIT = "bitune.test_split"  # `bitune.data.seen.split_digest` of the rows its test scores are on
 MANUAL_GATE = "bitune.manual_gate"
@@ -154,8 +163,6 @@ def get_version(client: MlflowClient, name: str, version: str) -> ModelVersion:
 
 
 def get_champion(client: MlflowClient, name: str) -> ModelVersion | None:
-    from tasks.registry import CHAMPION
-
     try:
         return client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException as exc:
@@ -294,8 +301,6 @@ def promote(
     name = rules.model_name
     rescored: tuple[Rescore, Path] | None = None
     with registry_errors(settings):
-        from tasks.registry import set_champion
-
         client = settings.client()
         target = get_version(client, name, version)
         version = str(target.version)
@@ -321,7 +326,7 @@ def promote(
             raise PromotionRefused(
                 f"promote: the gate kept version {replaced} as champion over version {version} ({why}){hint}"
             )
-        set_champion(settings, name, version, replaced, f"manual {decision.summary()}")
+        move_champion(client, name, version, replaced, PROMOTE, f"manual {decision.summary()}")
     return Promotion(
         name,
         version,
@@ -335,8 +340,6 @@ def promote(
 def rollback(settings: TrackingSettings, name: str) -> Promotion:
     """Move `champion` back to the version it replaced (tag `bitune.previous_champion`)."""
     with registry_errors(settings):
-        from tasks.registry import CHAMPION
-
         client = settings.client()
         current = get_champion(client, name)
         if current is None:
@@ -358,7 +361,14 @@ def rollback(settings: TrackingSettings, name: str) -> Promotion:
         )
         # the restored version keeps its own `bitune.previous_champion` and `bitune.promotion` tags, so a
         # second rollback goes one step further back and the original promotion reason survives
-        client.set_registered_model_alias(name, CHAMPION, str(restored.version))
+        move_champion(
+            client,
+            name,
+            str(restored.version),
+            str(current.version),
+            ROLLBACK,
+            f"rollback: version {current.version} had replaced version {restored.version}",
+        )
     return Promotion(
         name,
         str(restored.version),
@@ -419,3 +429,20 @@ def compare_runs(settings: TrackingSettings, model_name: str) -> list[RunRow]:
                 )
             )
     return rows
+
+
+def champion_moves(settings: TrackingSettings, name: str) -> tuple[list[ChampionMove], str | None]:
+    """The recorded moves of `name`'s champion, oldest first, and the version that holds it now."""
+    with registry_errors(settings):
+        client = settings.client()
+        try:
+            moves = champion_history(client, name)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            raise TrackingError(
+                f"history: no registered model {name!r} at {redact(settings.uri_setting, settings.uri)}; "
+                "`bitune run` registers one (or check registry.model_name)"
+            ) from None
+        current = get_champion(client, name)
+    return moves, str(current.version) if current is not None else None

@@ -4,13 +4,25 @@ The champion is scored again on the challenger's test split before the gate comp
 comparison is always on the same data version, and only on the rows the champion has not trained on
 (its model folder records them); when some are left out the challenger is scored again on the rest.
 Aliases move one at a time and the previous champion is recorded on the new one, so `bitune rollback`
-can restore it; the registry is never left without a champion or with two.
+can restore it; the registry is never left without a champion or with two, and every move is kept
+(`tasks.champion_moves`).
+
+The model is an MLflow 3 logged model of the parent run (the experiment's Models tab), with the test
+scores on its page, and each version's source is `models:/<model_id>`. Versions registered before
+were a folder of the run's artifacts (source `<run artifact uri>/model`): everything that reads a
+version goes through `get_model_version_download_uri`, which serves both.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -18,8 +30,10 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import torch
+from mlflow.entities import LoggedModel, LoggedModelOutput, Metric
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
+from mlflow.models import Model, infer_signature
+from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 from prefect import task
 from transformers import PreTrainedTokenizerBase
 
@@ -35,12 +49,14 @@ from bitune.model.layer_groups import resolve_layer_groups
 from bitune.params import Params, RegistryParams
 from bitune.promotion import CKA, GateDecision, decide
 from bitune.tuning.phase import PhaseContext
+from tasks.champion_moves import REGISTRATION, RUN_NOTE, move_champion
 from tasks.evaluate import Evaluation
 from tasks.preprocess import PreparedData
 from tasks.promotion import DATA_VERSION, TEST_SPLIT, download_classifier, get_champion
-from tasks.tracking import TrackingSettings, log_metrics
+from tasks.tracking import MAX_BATCH, TrackingSettings, signals_held, source_tags
 
-CHAMPION, CHALLENGER = "champion", "challenger"
+CHALLENGER = "challenger"
+MODEL_TYPE = "bitune-text-classifier"  # the logged model's type: the Models tab can filter on it
 MODEL_CODE = Path(__file__).parent / "serving" / "pyfunc_model.py"
 SERVING_REQUIREMENTS = (
     "mlflow",
@@ -83,40 +99,146 @@ def public_version(installed: str) -> str:
     return installed.partition("+")[0]
 
 
-def log_model(settings: TrackingSettings, run_id: str, model_dir: Path, example_texts: list[str]) -> str:
-    """Save the pyfunc locally and upload it to the run: thread-safe, no active run needed."""
-    with tempfile.TemporaryDirectory() as tmp:
-        target = Path(tmp) / "model"
-        example = pd.DataFrame({"text": example_texts[:3]})
-        model, tokenizer, meta = load_classifier(model_dir)
-        enc = tokenizer(example["text"].tolist(), truncation=True, padding=True, return_tensors="pt")
-        with torch.inference_mode():
-            probs = torch.softmax(model(enc["input_ids"], enc["attention_mask"]), -1)
-        output = pd.DataFrame(
-            {
-                "label": [meta.labels[i] for i in probs.argmax(-1).tolist()],
-                "score": probs.max(-1).values.tolist(),
-            }
+def save_pyfunc(
+    target: Path, model_dir: Path, example_texts: list[str], mlflow_model: Model | None = None
+) -> None:
+    """The classifier as an MLflow pyfunc folder at `target` ("models from code", safetensors weights),
+    with its signature, an input example and pinned requirements; `mlflow_model` carries the logged
+    model's ids into its MLmodel file."""
+    example = pd.DataFrame({"text": example_texts[:3]})
+    model, tokenizer, meta = load_classifier(model_dir)
+    enc = tokenizer(example["text"].tolist(), truncation=True, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        probs = torch.softmax(model(enc["input_ids"], enc["attention_mask"]), -1)
+    output = pd.DataFrame(
+        {
+            "label": [meta.labels[i] for i in probs.argmax(-1).tolist()],
+            "score": probs.max(-1).values.tolist(),
+        }
+    )
+    for j, label in enumerate(meta.labels):
+        output[f"prob_{label}"] = probs[:, j].tolist()
+    pyfunc_log = logging.getLogger("mlflow.pyfunc")
+    level = pyfunc_log.level
+    pyfunc_log.setLevel(logging.WARNING)  # its "Validating input example" INFO line on every run
+    try:
+        mlflow.pyfunc.save_model(
+            path=str(target),
+            python_model=str(MODEL_CODE),
+            artifacts={"classifier": str(model_dir)},
+            code_paths=[str(Path(bitune.__file__).parent)],
+            pip_requirements=pip_requirements(),
+            signature=infer_signature(example, output),
+            input_example=example,
+            mlflow_model=mlflow_model,
         )
-        for j, label in enumerate(meta.labels):
-            output[f"prob_{label}"] = probs[:, j].tolist()
-        pyfunc_log = logging.getLogger("mlflow.pyfunc")
-        level = pyfunc_log.level
-        pyfunc_log.setLevel(logging.WARNING)  # its "Validating input example" INFO line on every run
-        try:
-            mlflow.pyfunc.save_model(
-                path=str(target),
-                python_model=str(MODEL_CODE),
-                artifacts={"classifier": str(model_dir)},
-                code_paths=[str(Path(bitune.__file__).parent)],
-                pip_requirements=pip_requirements(),
-                signature=infer_signature(example, output),
-                input_example=example,
+    finally:
+        pyfunc_log.setLevel(level)
+
+
+def logged_model_name(run_name: str | None) -> str:
+    """The parent run's name (strategy and data version) as a logged model name, which MLflow allows
+    no `/ : . % " '` in."""
+    name = "".join("-" if c in "/:.%\"'" else c for c in (run_name or "").strip())
+    return name or "model"
+
+
+def log_model(
+    settings: TrackingSettings,
+    run_id: str,
+    model_dir: Path,
+    example_texts: list[str],
+    tags: dict[str, str] | None = None,
+    metrics: dict[str, float] | None = None,
+) -> LoggedModel:
+    """The classifier as an MLflow 3 logged model of run `run_id`: READY once its files are uploaded,
+    FAILED if they are not. Its params are the run's (as `mlflow.pyfunc.log_model` copies them), the
+    run lists it as an output, and `metrics` are logged to the run with its id, so the model's page and
+    the experiment's Models tab show them. Client calls only: thread-safe, no active run needed."""
+    client = settings.client()
+    run = client.get_run(run_id)
+    logged = client.create_logged_model(
+        run.info.experiment_id,
+        name=logged_model_name(run.info.run_name),
+        source_run_id=run_id,
+        tags={**source_tags(), **(tags or {})},
+        params=dict(run.data.params),
+        model_type=MODEL_TYPE,
+    )
+    try:
+        with signals_held():
+            client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
+        log_model_metrics(settings, run_id, logged.model_id, metrics or {})
+        with tempfile.TemporaryDirectory() as tmp:
+            target = Path(tmp) / "model"
+            ids = Model(
+                artifact_path=logged.artifact_location,
+                model_uuid=logged.model_id,
+                run_id=run_id,
+                model_id=logged.model_id,
             )
+            save_pyfunc(target, model_dir, example_texts, ids)
+            client.log_model_artifacts(logged.model_id, str(target))
+    except BaseException:
+        with suppress(MlflowException):  # the upload's own error is the one to report
+            client.finalize_logged_model(logged.model_id, "FAILED")
+        raise
+    with signals_held():
+        return client.finalize_logged_model(logged.model_id, "READY")
+
+
+def log_model_metrics(
+    settings: TrackingSettings, run_id: str, model_id: str, metrics: dict[str, float]
+) -> None:
+    """`metrics` on the run (for MLflow's compare view and `bitune compare`) and on the logged model."""
+    now = int(time.time() * 1000)
+    items = [Metric(k, float(v), now, 0, model_id=model_id) for k, v in metrics.items()]
+    with signals_held():
+        for i in range(0, len(items), MAX_BATCH):
+            settings.client().log_batch(run_id, metrics=items[i : i + MAX_BATCH])
+
+
+_PROCESS_URI = threading.Lock()
+
+
+@contextmanager
+def process_tracking_uri(uri: str) -> Iterator[None]:
+    """The process-wide tracking URI pointed at `uri` for the duration, when the store is a local one.
+
+    MLflow's SQL registry looks up a `models:/<model_id>` source through `MlflowClient()`, the process's
+    tracking URI, not the calling client's (a TODO in `mlflow/store/model_registry/sqlalchemy_store.py`):
+    from any folder but the project it found no such model, in an empty `mlflow.db` it created there.
+    A tracking server resolves the source against its own store and needs nothing. Restored after,
+    environment variable included; bitune itself never reads the process-wide URI.
+    """
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    if uri.startswith(("http://", "https://")) or mlflow.get_tracking_uri() == uri:
+        yield
+        return
+    with _PROCESS_URI:
+        explicit = tracking_utils._tracking_uri
+        env = os.environ.get("MLFLOW_TRACKING_URI")
+        mlflow.set_tracking_uri(uri)
+        try:
+            yield
         finally:
-            pyfunc_log.setLevel(level)
-        settings.client().log_artifacts(run_id, str(target), "model")
-    return f"runs:/{run_id}/model"
+            mlflow.set_tracking_uri(explicit)  # type: ignore[arg-type]  # None: back to env / default
+            if env is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = env
+
+
+def link_version_to_model(settings: TrackingSettings, model_id: str, name: str, version: str) -> None:
+    """The logged model's `mlflow.modelVersions` tag, which its page reads to list the registered
+    versions; `mlflow.register_model` writes it client-side, a tracking server on its own."""
+    client = settings.client()
+    current = client.get_logged_model(model_id).tags.get(MLFLOW_MODEL_VERSIONS)
+    listed = json.loads(current) if current else []
+    entry = {"name": name, "version": str(version)}
+    if entry not in [{"name": e.get("name"), "version": str(e.get("version"))} for e in listed]:
+        client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps([*listed, entry])})
 
 
 @dataclass(frozen=True)
@@ -223,18 +345,19 @@ def gate(
 
 
 def set_champion(
-    settings: TrackingSettings, name: str, version: str, previous: str | None, reason: str
+    settings: TrackingSettings,
+    name: str,
+    version: str,
+    previous: str | None,
+    reason: str,
+    run_id: str | None = None,
 ) -> None:
-    """Move `champion` to `version` in one alias write; remember the previous one for rollback."""
-    client = settings.client()
-    if previous:
-        client.set_model_version_tag(name, version, "bitune.previous_champion", previous)
-    client.set_model_version_tag(name, version, "bitune.promotion", reason[:5000])
-    client.set_registered_model_alias(name, CHAMPION, version)
+    """The gate's promotion: `champion` to `version` in one alias write, the previous one kept for
+    rollback and the move in the champion history."""
+    move_champion(settings.client(), name, str(version), previous, REGISTRATION, reason, run_id)
 
 
 SHOWN_SCORES = ("test/accuracy", "test/macro_f1", "test/ece", "test/loss", CKA)
-RUN_NOTE = "mlflow.note.content"  # the run page's Description
 
 
 def registration_text(
@@ -290,27 +413,30 @@ def register_fn(
     client = settings.client()
     test = pd.read_parquet(prepared.split_file("test"))
     texts = test["text"].tolist()
+    identity = {
+        DATA_VERSION: data_md5,
+        TEST_SPLIT: split_digest(texts, test["label"].tolist()),
+        "bitune.strategy": params.strategy.name,
+        "bitune.params_digest": params.digest(),
+    }
     try:
         # the parent run carries the test scores too, for MLflow's compare view and `bitune compare`
-        log_metrics(settings, parent_run_id, evaluation.metrics)
-        source = log_model(settings, parent_run_id, Path(model_dir), texts)
+        logged = log_model(settings, parent_run_id, Path(model_dir), texts, identity, evaluation.metrics)
+        source = f"models:/{logged.model_id}"
         try:
             client.create_registered_model(rules.model_name, description="Text classifier trained by bitune")
         except MlflowException:
             pass  # already registered
         champion = champion_metrics(settings, rules.model_name, params, prepared)
-        mv = client.create_model_version(
-            rules.model_name,
-            source=f"{client.get_run(parent_run_id).info.artifact_uri}/model",
-            run_id=parent_run_id,
-            tags={
-                DATA_VERSION: data_md5,
-                TEST_SPLIT: split_digest(texts, test["label"].tolist()),
-                "bitune.strategy": params.strategy.name,
-                "bitune.params_digest": params.digest(),
-                "bitune.source": source,
-            },
-        )
+        with process_tracking_uri(settings.uri):
+            mv = client.create_model_version(
+                rules.model_name,
+                source=source,
+                run_id=parent_run_id,
+                tags={**identity, "bitune.source": source},
+                model_id=logged.model_id,
+            )
+        link_version_to_model(settings, logged.model_id, rules.model_name, str(mv.version))
         client.set_registered_model_alias(rules.model_name, CHALLENGER, mv.version)
         decision = gate(evaluation, Path(model_dir), params, prepared, champion, str(mv.version))
         for key, value in evaluation.metrics.items():
@@ -321,7 +447,9 @@ def register_fn(
         client.set_model_version_tag(rules.model_name, mv.version, "bitune.gate", decision.summary()[:5000])
         describe(settings, parent_run_id, rules.model_name, str(mv.version), decision, evaluation, data_md5)
         if decision.promote:
-            set_champion(settings, rules.model_name, mv.version, champion.version, decision.summary())
+            set_champion(
+                settings, rules.model_name, mv.version, champion.version, decision.summary(), parent_run_id
+            )
         client.set_tag(parent_run_id, "bitune.model_version", mv.version)
         client.set_tag(parent_run_id, "bitune.gate", decision.summary()[:5000])
     except MlflowException as exc:

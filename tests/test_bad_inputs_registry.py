@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-COMMANDS = [["compare"], ["rollback"], ["promote", "1"], ["serve"], ["ui"]]
+COMMANDS = [["compare"], ["rollback"], ["promote", "1"], ["serve"], ["ui"], ["history"]]
 MODEL = "bitune-classifier"  # params/default.yaml registry.model_name
 
 
@@ -117,8 +117,9 @@ def test_a_store_of_random_bytes_is_named_damaged_and_not_written(tmp_path: Path
         (["rollback"], ("registered_model_aliases", "model_versions")),
         (["serve"], ("registered_model_aliases", "model_versions")),
         (["promote", "1"], ("model_versions",)),
+        (["history"], ("registered_models", "registered_model_tags")),
     ],
-    ids=["experiments", "compare", "rollback", "serve", "promote"],
+    ids=["experiments", "compare", "rollback", "serve", "promote", "history"],
 )
 def test_a_store_damaged_past_its_header_is_named_damaged_when_a_table_is_read(
     tmp_path: Path, real_store: Path, command: list[str], tables: tuple[str, ...]

@@ -21,7 +21,7 @@ def test_version_names_bitune_and_the_libraries_it_leans_on(tmp_path, monkeypatc
     assert list(tmp_path.iterdir()) == []
 
 
-COMMANDS = ["run", "promote", "rollback", "compare", "ui", "serve", "schedule"]
+COMMANDS = ["run", "promote", "rollback", "history", "compare", "ui", "serve", "schedule"]
 COMMANDS += ["data versions", "data checkout", "data diff"]
 
 

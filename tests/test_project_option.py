@@ -19,6 +19,7 @@ COMMANDS = [
     ["compare"],
     ["promote", "1"],
     ["rollback"],
+    ["history"],
     ["ui"],
     ["data", "versions"],
     ["data", "checkout", "abc123"],

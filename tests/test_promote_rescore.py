@@ -306,6 +306,8 @@ def test_logging_a_model_version_prints_no_mlflow_info_line(project: Project) ->
     """Every run registers a model; MLflow's "Validating input example" INFO line is noise there."""
     import logging
 
+    from mlflow.entities import LoggedModelStatus
+
     from tasks.registry import log_model
 
     records: list[logging.LogRecord] = []
@@ -315,9 +317,9 @@ def test_logging_a_model_version_prints_no_mlflow_info_line(project: Project) ->
     pyfunc_log.addHandler(handler)
     try:
         run = tracking.start_run(project.settings, "log-model", {"bitune.phase": "retrain"})
-        uri = log_model(project.settings, run, project.better.model_dir, ["good", "bad"])
+        logged = log_model(project.settings, run, project.better.model_dir, ["good", "bad"])
     finally:
         pyfunc_log.removeHandler(handler)
-    assert uri == f"runs:/{run}/model"
+    assert (logged.source_run_id, logged.status.to_int()) == (run, LoggedModelStatus.READY.to_int())
     assert [r.getMessage() for r in records if r.levelno < logging.WARNING] == []
     assert pyfunc_log.level == logging.NOTSET  # put back as it was

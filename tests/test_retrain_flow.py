@@ -92,8 +92,12 @@ def test_mlflow_has_parent_and_nested_runs_with_params_metrics_artifacts(first_r
         "learning_curves.png",
         "drift_per_layer.png",
     } <= names
-    model_files = {a.path for a in client.list_artifacts(summary.run_id, "model")}
-    assert "model/MLmodel" in model_files
+    # the model is a logged model of the parent run (the experiment's Models tab), its version's source
+    (output,) = parent.outputs.model_outputs
+    version = client.get_model_version("bitune-classifier", summary.model_version)
+    assert version.source == f"models:/{output.model_id}"
+    model_files = {a.path for a in client.list_logged_model_artifacts(output.model_id)}
+    assert "MLmodel" in model_files
 
 
 def test_phases_change_only_what_they_unfroze(first_run, tiny_bert_dir) -> None:  # type: ignore[no-untyped-def]

@@ -87,10 +87,14 @@ def test_model_artifacts_are_in_the_s3_bucket_and_the_champion_serves(
     import pandas as pd
 
     champion, parent = _champion_run(mlflow_client)
-    prefix = f"mlflow/{parent.info.experiment_id}/{parent.info.run_id}/artifacts/"
+    # a logged model of the parent run: its files under the experiment's `models/<model_id>/artifacts/`
+    assert champion.source.startswith("models:/m-"), champion.source
+    model_id = champion.source.removeprefix("models:/")
+    assert mlflow_client.get_logged_model(model_id).source_run_id == parent.info.run_id
+    prefix = f"mlflow/{parent.info.experiment_id}/models/{model_id}/artifacts/"
     keys = [k.removeprefix(prefix) for k in s3_server.keys(prefix)]
-    assert "model/MLmodel" in keys, keys
-    assert [k for k in keys if k.startswith("model/artifacts/") and k.endswith(".safetensors")], keys
+    assert "MLmodel" in keys, keys
+    assert [k for k in keys if k.startswith("artifacts/") and k.endswith(".safetensors")], keys
     evaluation = [k for k in s3_server.keys("mlflow/") if k.endswith("/artifacts/evaluation_report.md")]
     assert evaluation, "the evaluate run's report is not in the bucket"
 
@@ -102,7 +106,6 @@ def test_model_artifacts_are_in_the_s3_bucket_and_the_champion_serves(
     model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
     predicted = model.predict(pd.DataFrame({"text": ["a great film", "a dull film"]}))
     assert list(predicted.columns[:2]) == ["label", "score"] and len(predicted) == 2
-    assert champion.source.startswith(("runs:/", "models:/", "mlflow-artifacts:"))
 
 
 @pytest.mark.production
