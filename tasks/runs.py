@@ -19,6 +19,7 @@ from prefect.runtime import flow_run
 
 from bitune.data.splits import SPLIT_METHOD
 from bitune.errors import TrackingError
+from bitune.model.content_digest import pretrained_content_digest
 from bitune.model.pretrained import check_strategy_fits_model
 from bitune.params import Params
 from bitune.params.folders import check_writable_folders
@@ -33,8 +34,9 @@ log = logging.getLogger("bitune")
 
 def pipeline_key(data_md5: str, params: Params, columns: tuple[str, str] | None = None) -> str:
     """What a trained model is a function of: the data version, the params that shape training
-    (`Params.digest`), and how rows are split (a new split method must not resume phases trained on
-    another split).
+    (`Params.digest`), the pretrained model's files (`model.name_or_path` names a folder, which can be
+    overwritten in place with other weights), and how rows are split (a new split method must not
+    resume phases trained on another split).
 
     `columns`: the data/ columns the run reads (`DataVersion.columns`). They stand in for
     `data.text_column`/`data.label_column`, which name the source's columns: a plain run after
@@ -45,7 +47,8 @@ def pipeline_key(data_md5: str, params: Params, columns: tuple[str, str] | None 
         text_column, label_column = columns
         data = params.data.model_copy(update={"text_column": text_column, "label_column": label_column})
         params = params.model_copy(update={"data": data})
-    digest = hashlib.sha256(f"{params.digest()}-{SPLIT_METHOD}".encode()).hexdigest()[:16]
+    pretrained = pretrained_content_digest(params.model)
+    digest = hashlib.sha256(f"{params.digest()}-{pretrained}-{SPLIT_METHOD}".encode()).hexdigest()[:16]
     return f"{data_md5.removesuffix('.dir')[:12]}-{digest}"
 
 
