@@ -45,7 +45,7 @@ def schedule(
     root = project.resolve()
     overrides = list(set_ or [])
     with one_line_errors(root):
-        load_params(params if params.is_absolute() else root / params, overrides)  # fail before serving
+        loaded = load_params(params if params.is_absolute() else root / params, overrides)  # fail first
         from flows.schedule import deployment_parameters, make_schedule, require_api_server, serve_retrain
 
         when = make_schedule(cron, interval, timezone)
@@ -55,13 +55,21 @@ def schedule(
         f"Serving [bold]retrain/{name}[/] from {api_url}: {when.describe()}, "
         f"params {parameters['params_file']} in {parameters['project_dir']}.\n"
         "At most one retrain at a time: a run that comes due while another is training is cancelled "
-        "(Prefect shows it Cancelled: 'Deployment concurrency limit reached.').\n"
+        "(Prefect shows it Cancelled: 'Deployment concurrency limit reached.'); "
+        f"{run_time_limit(loaded.train.timeout_minutes)}\n"
         f"Run one now: prefect deployment run 'retrain/{name}'. "
         "Ctrl-C stops serving and pauses the schedule.",
         soft_wrap=True,
         highlight=False,
     )
     serve_retrain(name, when, parameters)  # Ctrl-C or SIGTERM: pauses the schedule, stops serving
+
+
+def run_time_limit(minutes: float | None) -> str:
+    """What keeps a hung run from holding the one slot: said when serving starts, when it can be fixed."""
+    if minutes is None:
+        return "no run time limit: a run that hangs holds the slot until stopped (set train.timeout_minutes)."
+    return f"a run still going after train.timeout_minutes={minutes:g} is stopped and fails as TimedOut."
 
 
 def register(app: typer.Typer) -> None:

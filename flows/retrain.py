@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import cast
 
 from prefect import flow
 from prefect.exceptions import TerminationSignal
+from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
-from prefect.states import Completed, State
+from prefect.states import Completed, Failed, State
 
 from bitune.params import Params, load_params
 from bitune.project_lock import hold_project
 from bitune.retrain_summary import RetrainSummary
 from bitune.tuning.schedule import expand_strategy
+from flows.run_deadline import RunDeadline, RunTimeoutError
 from tasks.data import version_data
 from tasks.evaluate import evaluate
 from tasks.preprocess import preprocess
@@ -63,6 +66,31 @@ def label_flow_run(strategy: str, data_md5: str) -> None:
         client.update_flow_run(run.id, name=name, tags=tags)
     # prefect.runtime reads the run as it started: the MLflow run's link to this one names it as it is now
     context.flow_run = run.model_copy(update={"name": name, "tags": tags})
+    RENAMED_RUNS.names[str(run.id)] = name
+
+
+class RenamedRuns(logging.Filter):
+    """Prefect's own lines about a renamed run (its closing "Finished in state ...") carry the new name.
+
+    The engine's logger holds the name the run started with, copied into its `extra` before the flow
+    body runs, and the engine is out of the flow body's reach; a filter on the logger it writes to
+    (`prefect.flow_runs`) sets `flow_run_name`, which the console format shows, on the records of each
+    run `label_flow_run` renamed. The Prefect UI files lines by run id and shows the current name anyway.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: dict[str, str] = {}  # flow run id -> its name now
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        name = self.names.get(str(getattr(record, "flow_run_id", "")))
+        if name is not None:
+            record.flow_run_name = name
+        return True
+
+
+RENAMED_RUNS = RenamedRuns()
+logging.getLogger("prefect.flow_runs").addFilter(RENAMED_RUNS)
 
 
 def outcome(summary: RetrainSummary) -> str:
@@ -77,7 +105,38 @@ def outcome(summary: RetrainSummary) -> str:
     return f"{summary.model_name} version {summary.model_version} {verdict}; data {summary.data_version[:8]}"
 
 
-@flow(name="retrain", flow_run_name=strategy_run_name)
+PREFECT_RESULTS = Path(".bitune/prefect-results")
+
+
+def keep_results_in_project(root: Path) -> None:
+    """What Prefect still writes of this run's results goes to `<project>/.bitune/prefect-results/`.
+
+    `retrain` persists no results (`persist_result=False`, which its tasks inherit): it has no task
+    retries or Prefect caching to feed, a rerun resumes from bitune's own phase outputs and checkpoints
+    under `.bitune/`, and the caller gets the summary in memory (the Prefect UI, as an artifact and the
+    final state's message). Prefect still writes the exception of a run that fails, whatever that
+    setting says; by default to ~/.prefect/storage, outside the project, never cleaned, readable by
+    other users of a shared machine. A result storage the user configured (a block, or
+    PREFECT_RESULTS_LOCAL_STORAGE_PATH) is left as it is.
+    """
+    from prefect.context import FlowRunContext
+    from prefect.filesystems import LocalFileSystem
+    from prefect.settings import get_current_settings
+
+    context = FlowRunContext.get()
+    if context is None or context.result_store is None:
+        return
+    storage = context.result_store.result_storage
+    if not isinstance(storage, LocalFileSystem) or not storage.basepath:
+        return
+    if Path(storage.basepath).expanduser() != get_current_settings().home.expanduser() / "storage":
+        return
+    folder = LocalFileSystem(basepath=str(root / PREFECT_RESULTS))
+    context.result_store = context.result_store.model_copy(update={"result_storage": folder})
+
+
+# persist_result=False: retrain needs no stored results (why: keep_results_in_project)
+@flow(name="retrain", flow_run_name=strategy_run_name, persist_result=False)
 def retrain(
     params_file: str = "params/default.yaml",
     overrides: list[str] | None = None,
@@ -85,14 +144,52 @@ def retrain(
     force: bool = False,
 ) -> RetrainSummary:
     """Calling it returns the RetrainSummary; the run's final state says the outcome in words
-    (named Skipped when nothing was new), so the Prefect UI shows it without opening the artifact."""
+    (named Skipped when nothing was new), so the Prefect UI shows it without opening the artifact.
+
+    A run past train.timeout_minutes is stopped as SIGTERM stops it and ends Failed, named TimedOut
+    as Prefect's own flow timeouts are; the caller gets a RunTimeoutError.
+    """
     root = Path(project_dir).resolve()
+    keep_results_in_project(root)
     params = load_params(root / params_file, overrides or [])
+    deadline = RunDeadline(params.train.timeout_minutes)
     with hold_project(root):  # a manual run and a scheduled one must not share data/ and checkpoints
-        summary = run_pipeline(root, params, force)
+        try:
+            with deadline:
+                summary = run_pipeline(root, params, force)
+        except (KeyboardInterrupt, TerminationSignal) as interrupt:
+            if not deadline.passed:
+                raise
+            return cast(
+                RetrainSummary,
+                timed_out(deadline, shown_params_file(root, params_file), overrides, interrupt),
+            )
     name = "Skipped" if summary.skipped else "Completed"
     final: State[RetrainSummary] = Completed(name=name, message=outcome(summary), data=summary)
     return cast(RetrainSummary, final)  # Prefect ends the run in this state; the caller gets its data
+
+
+def shown_params_file(root: Path, params_file: str) -> str:
+    """The params file as the user would open it: relative to the project when inside it."""
+    path = (root / params_file).resolve()
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def timed_out(
+    deadline: RunDeadline, params_file: str, overrides: list[str] | None, interrupt: BaseException
+) -> State[RetrainSummary]:
+    """The run's final state once the deadline stopped it (the runs are closed, the lock released).
+
+    The traceback of where the run was when the limit passed goes to the flow run's log: it is the
+    first clue to what hung.
+    """
+    error = RunTimeoutError(deadline.describe(params_file, overrides or []))
+    error.__cause__ = interrupt
+    get_run_logger().error(str(error), exc_info=error)
+    return Failed(name="TimedOut", message=str(error), data=error)
 
 
 def run_pipeline(root: Path, params: Params, force: bool) -> RetrainSummary:

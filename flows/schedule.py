@@ -5,7 +5,8 @@ each one as a subprocess. Prefect's temporary local server (what `bitune run` st
 is configured) has no scheduler worth the name and dies with the process, so serving against it is
 refused. Two retrains never overlap: the deployment carries a concurrency limit of 1, and a run that
 comes due while another is still training is cancelled by the server (it would train on the same
-data version), shown as Cancelled with "Deployment concurrency limit reached.".
+data version), shown as Cancelled with "Deployment concurrency limit reached.". A run that hangs would
+hold that one slot for good: `train.timeout_minutes` (read by each run from its params file) stops it.
 """
 
 from __future__ import annotations

@@ -51,7 +51,8 @@ def launch_command(job_file: Path, processes: int, launch_args: list[str]) -> li
 def run_process_group(command: list[str], cwd: Path, env: dict[str, str], log: IO[str]) -> int:
     """Run `command` in a session of its own and wait; interrupted, stop every process it started.
 
-    Cancelling the flow run (or SIGTERM, Ctrl-C) lands here as an exception: subprocess.run would kill
+    Cancelling the flow run (or SIGTERM, Ctrl-C, train.timeout_minutes passing) lands here as an
+    exception, raised even while this waits (a signal handler raises it): subprocess.run would kill
     only the launcher, and the training ranks it started would go on holding the GPUs, and the next
     scheduled run would fail for want of memory. The whole group gets SIGTERM, then SIGKILL.
     """

@@ -46,7 +46,12 @@ PRESET = PARAMS.parent / "strategies" / "bidirectional.yaml"
         (  # bitune's own validators quote the value already
             "strategy.phases.0.train=[headz]",
             "--set strategy.phases.0.train: unknown group 'headz'; use head, pooler, embeddings, extras, "
-            "layers[i:j]",
+            "layers[i:j] (layers[:] for all)",
+        ),
+        (  # a bare `layers` once passed here and failed mid-run, after the data step and the head phase
+            "strategy.phases.1.train=[embeddings, layers, head]",
+            "--set strategy.phases.1.train: unknown group 'layers'; use head, pooler, embeddings, extras, "
+            "layers[i:j] (layers[:] for all)",
         ),
         (
             "strategy=nonsense",

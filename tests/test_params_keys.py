@@ -50,6 +50,7 @@ def test_every_preset_has_unique_keys_over_rounds() -> None:
         "train.torch_threads=3",
         "train.checkpoint_dir=elsewhere/ckpt",
         "train.feature_cache_dir=null",
+        "train.timeout_minutes=30",  # a run it stopped resumes under a longer limit
         "data.source=reviews.csv",
         "data.demo_rows=900",
         "data.remote=s3://bucket/prefix",

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from bitune.params.redaction import flatten, redact, redact_tree
 
 LAYER_SLICE = re.compile(r"^layers\[(-?\d*):(-?\d*)\]$")
-GROUP_NAMES = ("head", "pooler", "embeddings", "layers", "extras")
+GROUP_NAMES = ("head", "pooler", "embeddings", "extras")  # plus layers[i:j]; a bare "layers" is no group
 # Params that do not change the trained model, left out of `Params.digest` (why: its docstring).
 MODEL_IRRELEVANT = (
     "tracking",
@@ -29,6 +29,7 @@ MODEL_IRRELEVANT = (
     "train.torch_threads",
     "train.checkpoint_dir",
     "train.feature_cache_dir",
+    "train.timeout_minutes",
 )
 
 
@@ -180,7 +181,8 @@ class PhaseSpec(Strict):
         for group in groups:
             if group not in GROUP_NAMES and not LAYER_SLICE.match(group):
                 raise ValueError(
-                    f"unknown group {group!r}; use head, pooler, embeddings, extras, layers[i:j]"
+                    f"unknown group {group!r}; use head, pooler, embeddings, extras, layers[i:j] "
+                    "(layers[:] for all)"
                 )
         return groups
 
@@ -247,6 +249,14 @@ class TrainParams(Strict):
     compile: bool = Field(
         False,
         description="torch.compile the model in the tuning phases (pays off on GPUs; first batches compile)",
+    )
+    timeout_minutes: float | None = Field(
+        None,
+        gt=0,
+        description="longest a retrain run may take, data step to registration; past it the run stops as "
+        "on SIGTERM (MLflow runs KILLED, training processes stopped, checkpoints kept, so the next run "
+        "resumes) and fails as TimedOut. A hung run otherwise holds `bitune schedule`'s one slot "
+        "forever. None: no limit",
     )
 
 
@@ -331,7 +341,8 @@ class Params(Strict):
         data came from and is stored (`data.source`, `data.demo_rows`, `data.remote`: the data
         version already pins the rows); `train.eval_batch_size` (evaluation and feature-encoding
         batches: padding is masked, so it moves nothing beyond float rounding); `train.torch_threads`
-        (speed only); and where checkpoints and cached features live. `train.processes` and
+        (speed only); where checkpoints and cached features live; and `train.timeout_minutes`
+        (a run stopped by it resumes under a longer one). `train.processes` and
         `train.launch_args` stay in: the number of processes changes the batches each optimizer
         step sees.
         """
