@@ -77,14 +77,20 @@ def checkout(
     ] = False,
     project: ProjectOpt = Path("."),
 ) -> None:
-    """Restore data/ and data.dvc to VERSION from the DVC remote; on failure both stay as they were."""
+    """Restore data/ and data.dvc to VERSION from the DVC remote; on failure both stay as they were.
+
+    Holds the project's retrain lock: a run in progress would version data/ over the checkout.
+    """
+    from bitune.project_lock import hold_project
+
     root = project.resolve()
     with one_line_errors(root):
         loaded = _params(root, params, set_)
         known = dvc_store.known_versions(root, loaded.data.remote, _mlflow_sightings(root, loaded)[0])
         wanted = dvc_store.resolve_version(version, known)  # a bad version: before anything is written
-        dvc_store.ensure_repo(root, loaded.data.remote)
-        full = dvc_store.checkout(root, wanted, str(loaded.data.dir), force)
+        with hold_project(root):
+            dvc_store.ensure_repo(root, loaded.data.remote)
+            full = dvc_store.checkout(root, wanted, str(loaded.data.dir), force, [v.md5 for v in known])
     console.print(escape(f"{loaded.data.dir}/ and data.dvc are at data version {full}."))
     console.print("Train on it with [bold]bitune run[/]; commit data.dvc to keep it.")
 
@@ -118,7 +124,7 @@ def diff(
         new_md5 = _dir_md5(dvc_store.resolve_version(new, known) if new else _current_version(root))
         frames = _read_versions(root, loaded, [old_md5, new_md5])
         changes = diff_versions(frames[old_md5], frames[new_md5])
-        uncommitted = new is None and dvc_store.has_local_changes(root)
+        uncommitted = new is None and dvc_store.has_local_changes(root, str(loaded.data.dir))
     if uncommitted:  # on stderr, so it reaches a user who pipes the JSON too
         errors.print(
             f"[yellow]note:[/] {escape(str(loaded.data.dir))}/ has edits data.dvc does not record; "

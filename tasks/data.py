@@ -8,6 +8,7 @@ from pathlib import Path
 
 from prefect import task
 
+from bitune.data.remote import missing_aws_credentials
 from bitune.data.sources import STORED_COLUMNS, columns_in_store, materialise
 from bitune.data.validation import validate_frames
 from bitune.data.versioning import read_to_version, source_name, source_to_version
@@ -42,9 +43,11 @@ def version_data_fn(data: DataParams, root: Path) -> DataVersion:
     for warning in report.warnings:
         log.warning("data: %s", warning)
     dvc_store.ensure_repo(root, data.remote)
-    if data.source != "data":
-        materialise(raw, data_dir)
-    md5 = dvc_store.add_and_push(root, str(data.dir))
+    # a failed push (remote down, a DVC plugin missing) puts data/ and data.dvc back byte for byte
+    with dvc_store.data_kept_aside(root, str(data.dir)):
+        if data.source != "data":
+            materialise(raw, data_dir)
+        md5 = dvc_store.add_and_push(root, str(data.dir))
     return DataVersion(
         md5=md5,
         path=str(data_dir),
@@ -54,6 +57,13 @@ def version_data_fn(data: DataParams, root: Path) -> DataVersion:
         stats={k: float(v) for k, v in report.stats.items() if isinstance(v, int | float)},
         columns=columns_in_store(data, data_dir),
     )
+
+
+def warn_remote_credentials(data: DataParams) -> None:
+    """For the preflight: an s3:// remote with no AWS credentials in sight is said before the data step,
+    not found out at its push; only said, since an instance role cannot be seen from here."""
+    if (warning := missing_aws_credentials(data.remote)) is not None:
+        log.warning("data: %s", warning)
 
 
 @task(name="version-data", retries=0)

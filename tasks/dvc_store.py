@@ -8,13 +8,14 @@ ingest or checkout leaves the project as it was.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -92,12 +93,36 @@ def data_version(root: Path, dvc_file: str = DVC_FILE) -> str | None:
     return outs[0].get("md5")
 
 
-@contextmanager
-def _restored_on_failure(root: Path) -> Iterator[None]:
-    """On any exception: data.dvc back to its exact bytes (or gone, if it was) and data/ checked out to it.
+# Data folders a `data_kept_aside` block holds a copy of: `add_and_push` inside one leaves data/ to it.
+_kept_aside: set[Path] = set()
 
-    data/ comes back from the local cache, which holds every version `dvc add` has seen here.
-    """
+
+@contextmanager
+def data_kept_aside(root: Path, data_dir: str = "data") -> Iterator[None]:
+    """On any exception: data/ back exactly as it was before the block (from a copy kept beside it, not
+    through DVC, whose restore fails the way the push did, e.g. a missing plugin) and data.dvc back to
+    its exact bytes (or gone, if it was). Wrap an ingest's write of data/ and `add_and_push` in it."""
+    target = (root / data_dir).resolve()
+    aside = _sibling(target, "old")
+    if target.exists():
+        shutil.copytree(target, aside, symlinks=False)
+    _kept_aside.add(target)
+    try:
+        with _data_dvc_restored(root):
+            yield
+    except BaseException:
+        _remove(target)
+        if aside.exists():
+            aside.rename(target)
+        raise
+    finally:
+        _kept_aside.discard(target)
+        _remove(aside)
+
+
+@contextmanager
+def _data_dvc_restored(root: Path) -> Iterator[None]:
+    """On any exception: data.dvc back to its exact bytes (or gone, if it was)."""
     dvc_file = root / DVC_FILE
     before = dvc_file.read_bytes() if dvc_file.exists() else None
     try:
@@ -107,28 +132,51 @@ def _restored_on_failure(root: Path) -> Iterator[None]:
             dvc_file.unlink(missing_ok=True)
         else:
             dvc_file.write_bytes(before)
-            _dvc(root, "checkout", "-q", "--force", DVC_FILE, check=False)
         raise
 
 
 def add_and_push(root: Path, data_dir: str = "data") -> str:
     """Version `data/` and push it to the remote; returns the data version (md5).
 
-    When `dvc add` or the push fails, data.dvc and data/ go back to the previous version: a version
-    that is not in the remote must not become the project's current one.
+    When `dvc add` or the push fails, data.dvc goes back to its exact bytes and data/ to what it was:
+    a version that is not in the remote must not become the project's current one. Inside a
+    `data_kept_aside` block that block restores data/; alone, data/ is rebuilt from the local cache's
+    copy of the previous version (read and checked here, not by DVC), or left as it is when the cache
+    lacks it.
     """
-    with _restored_on_failure(root):
-        _dvc(root, "add", "-q", data_dir)
-        version = data_version(root)
-        if version is None:
-            raise DataError(f"{root / DVC_FILE}: dvc add wrote no md5; check that {data_dir}/ is not empty")
-        proc = _dvc(root, "push", "-r", REMOTE_NAME, DVC_FILE, check=False)  # no -q: it hides the error
-        if proc.returncode != 0:
-            raise DataError(
-                f"cannot push data version {version} to the DVC remote ({_last_line(proc)}); check "
-                "data.remote and its credentials — data.dvc was left at the previous version"
-            )
+    previous = data_version(root)
+    try:
+        with _data_dvc_restored(root):
+            _dvc(root, "add", "-q", data_dir)
+            version = data_version(root)
+            if version is None:
+                raise DataError(
+                    f"{root / DVC_FILE}: dvc add wrote no md5; check that {data_dir}/ is not empty"
+                )
+            proc = _dvc(root, "push", "-r", REMOTE_NAME, DVC_FILE, check=False)  # no -q: it hides the error
+            if proc.returncode != 0:
+                raise DataError(
+                    f"cannot push data version {version} to the DVC remote ({_last_line(proc)}); check "
+                    "data.remote and its credentials — data.dvc was left at the previous version"
+                )
+    except BaseException:
+        if (root / data_dir).resolve() not in _kept_aside and previous is not None:
+            _restore_from_cache(root, previous, data_dir)
+        raise
     return version
+
+
+def _restore_from_cache(root: Path, version: str, data_dir: str) -> None:
+    """data/ rebuilt as `version` from the local cache when it holds every file intact; else untouched."""
+    try:
+        cache = cache_dir(root)
+        entries = _cached_entries(cache, version)
+        if entries is None or _damaged(cache, version, entries):
+            return
+        with _swapped_in(root / data_dir, lambda new: _copy_verified(cache, version, entries, new)):
+            pass
+    except (OSError, DataError):
+        return  # the failure being raised says what went wrong; this restore is a best effort
 
 
 def remote_has_current(root: Path) -> bool:
@@ -137,45 +185,186 @@ def remote_has_current(root: Path) -> bool:
     return json.loads(proc.stdout or "{}") == {}
 
 
-def has_local_changes(root: Path) -> bool:
-    """True when data/ holds edits that `data.dvc` does not record (a checkout would discard them)."""
-    if not (root / DVC_FILE).exists():
-        return False
-    proc = _dvc(root, "status", "--json", DVC_FILE)
-    changes = json.loads(proc.stdout or "{}").get(DVC_FILE, [])
-    return any(
-        state == "modified"
-        for change in changes
-        if isinstance(change, dict)
-        for state in (change.get("changed outs") or {}).values()
+def folder_version(folder: Path) -> str | None:
+    """The md5 `dvc add` would record for `folder`, from its bytes as they are now (DVC's own status
+    trusts its state db, and says "not in cache" rather than "modified" for a version it lacks).
+    None when the folder is missing or holds no file."""
+    if not folder.is_dir():
+        return None
+    entries = [
+        {"md5": _file_md5(path), "relpath": path.relative_to(folder).as_posix()}
+        for path in folder.rglob("*")
+        if path.is_file()
+    ]
+    if not entries:
+        return None
+    entries.sort(key=lambda entry: entry["relpath"])
+    return hashlib.md5(json.dumps(entries, sort_keys=True).encode("utf-8")).hexdigest() + ".dir"
+
+
+def has_local_changes(root: Path, data_dir: str = "data") -> bool:
+    """True when data/ holds files and they are not the version `data.dvc` records."""
+    current = data_version(root)
+    here = folder_version(root / data_dir)
+    return current is not None and here is not None and here != _as_dir(current)
+
+
+def _refuse_unversioned(root: Path, data_dir: str, known: Iterable[str]) -> None:
+    """Refuse when data/ holds files that are no data version bitune knows: a checkout would lose them.
+
+    data/ may hold another version than data.dvc records (after a `git pull` of a teammate's data.dvc):
+    that is no edit, it can be checked out again.
+    """
+    here = folder_version(root / data_dir)
+    if here is None:
+        return
+    current = data_version(root)
+    versions = {_as_dir(md5) for md5 in [current, *known, *(s.md5 for s in _git_sightings(root))] if md5}
+    if here in versions:
+        return
+    raise DataError(
+        f"{data_dir}/ holds edits that no data version records (its files hash to {here}; {DVC_FILE} "
+        f"records {current or 'no version'}), and a checkout would discard them; version them with "
+        "`bitune run --set data.source=data`, or pass --force to discard them"
     )
 
 
-def checkout(root: Path, version: str, data_dir: str = "data", force: bool = False) -> str:
+def checkout(
+    root: Path, version: str, data_dir: str = "data", force: bool = False, known: Iterable[str] = ()
+) -> str:
     """Restore data/ and data.dvc to `version` (an md5, with or without `.dir`) from the cache or remote.
 
-    data.dvc ends as `dvc add` writes it for that version. On any failure data.dvc keeps its exact
-    bytes and data/ its content; uncommitted edits in data/ stop the checkout unless `force`.
+    The version is fetched into the cache and every file checked against its manifest (by reading its
+    bytes) before data/ is touched; the new data/ is built beside the old one, which is kept aside until
+    the new one is in place and data.dvc written. data.dvc ends as `dvc add` writes it for that version.
+    On any failure data.dvc keeps its exact bytes and data/ its content. Files in data/ that are no
+    known version (data.dvc's, git's history of it, `known`) stop the checkout unless `force`.
     """
     version = _dir_version(version)
-    if not force and has_local_changes(root):
-        raise DataError(
-            f"{data_dir}/ has changes that {DVC_FILE} does not record; version them with "
-            f"`bitune run --set data.source=data`, or pass --force to discard them"
-        )
-    with _restored_on_failure(root):
-        _write_spec(root, version, data_dir)
-        proc = _fetch(root, DVC_FILE)
-        if not _object_path(cache_dir(root), version).is_file():
-            raise DataError(_not_restorable(root, version, proc))
-        _dvc(root, "checkout", "-q", "--force", DVC_FILE)
-        (root / DVC_FILE).unlink()  # written afresh, data.dvc reads as the ingest of `version` wrote it
-        _dvc(root, "add", "-q", data_dir)
-        if data_version(root) != version:
-            raise DataError(
-                f"checked out {version} but {data_dir}/ hashes to {data_version(root)}; run `dvc doctor`"
-            )
+    if not force:
+        _refuse_unversioned(root, data_dir, known)
+    cache = cache_dir(root)
+    entries = _verified_entries(root, cache, version, lambda: _fetch_version(root, version))
+    with _data_dvc_restored(root):
+
+        def fill(new: Path) -> None:
+            _copy_verified(cache, version, entries, new)
+            (root / DVC_FILE).unlink(missing_ok=True)  # written afresh, as the ingest of `version` wrote it
+
+        with _swapped_in(root / data_dir, fill, after=lambda: _dvc(root, "add", "-q", data_dir)):
+            if data_version(root) != version:
+                raise DataError(
+                    f"checked out {version} but {data_dir}/ hashes to {data_version(root)}; run `dvc doctor`"
+                )
     return version
+
+
+@contextmanager
+def _swapped_in(
+    target: Path, fill: Callable[[Path], None], after: Callable[[], object] = lambda: None
+) -> Iterator[None]:
+    """`target` replaced by a folder `fill` builds beside it; the old one is renamed aside, not deleted,
+    until `after` and the block succeed, and renamed back on any failure (a kill leaves it beside
+    `target`, named .NAME.bitune-old-*)."""
+    new, aside = _sibling(target, "new"), _sibling(target, "old")
+    try:
+        new.mkdir(parents=True)
+        fill(new)
+        moved = target.exists() or target.is_symlink()
+        if moved:
+            target.rename(aside)
+        try:
+            new.rename(target)
+            after()
+            yield
+        except BaseException:
+            if moved:
+                _remove(target)
+                aside.rename(target)
+            raise
+    finally:
+        _remove(new)
+        _remove(aside)
+
+
+def _sibling(target: Path, kind: str) -> Path:
+    return target.parent / f".{target.name}.bitune-{kind}-{uuid.uuid4().hex[:12]}"
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
+
+
+def _as_dir(md5: str) -> str:
+    return md5 if md5.endswith(".dir") else f"{md5}.dir"
+
+
+def _file_md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _verified_entries(
+    root: Path, cache: Path, version: str, fetch: Callable[[], subprocess.CompletedProcess[str]]
+) -> list[tuple[str, str]]:
+    """(relpath, md5) of `version`'s files, every one in the cache with the bytes its md5 says.
+
+    The cache is tried first; what it lacks is fetched. A damaged copy already in the cache is dropped
+    and fetched again; one that comes damaged from the remote is dropped (so no later `dvc` command
+    trusts it) and is a one-line error naming the file. Nothing outside the cache changes.
+    """
+    entries = _cached_entries(cache, version)
+    if entries is None or _damaged(cache, version, entries):
+        for _, md5, _ in _damaged(cache, version, entries or []):  # dropped: fetched again below
+            _object_path(cache, md5).unlink(missing_ok=True)
+        proc = fetch()
+        entries = _cached_entries(cache, version)
+        if entries is None:
+            manifest = _object_path(cache, version)
+            if not manifest.is_file() or _file_md5(manifest) == version.removesuffix(".dir"):
+                raise DataError(_not_restorable(root, version, proc))
+            entries = []  # an unreadable manifest that does not hash to its md5: named as damaged below
+    damaged = _damaged(cache, version, entries)
+    if damaged:
+        for _, md5, _ in damaged:
+            _object_path(cache, md5).unlink(missing_ok=True)
+        name, expected, actual = damaged[0]
+        raise DataError(
+            f"data version {version}: {name} from the DVC remote has md5 {actual}, not {expected}: the "
+            "remote's copy is corrupt (nothing was changed here); restore it in the remote, or push the "
+            "version again from a machine that has it (`dvc push`)"
+        )
+    return entries
+
+
+def _damaged(cache: Path, version: str, entries: list[tuple[str, str]]) -> list[tuple[str, str, str]]:
+    """(file, expected md5, actual md5) of each of `version`'s cached objects, manifest first, whose
+    bytes do not hash to their md5."""
+    checks = [(f"its manifest ({version})", version), *entries]
+    out = []
+    for name, md5 in checks:
+        path = _object_path(cache, md5)
+        actual = _file_md5(path) if path.is_file() else "missing"
+        if actual != md5.removesuffix(".dir"):
+            out.append((name, md5, actual))
+    return out
+
+
+def _copy_verified(cache: Path, version: str, entries: list[tuple[str, str]], dest: Path) -> None:
+    """Copy each file of `version` from the cache (checked by `_verified_entries`) into the existing
+    folder `dest`."""
+    for relpath, md5 in entries:
+        if Path(relpath).is_absolute() or ".." in Path(relpath).parts:
+            raise DataError(f"data version {version}: its manifest names {relpath!r}, outside its folder")
+        target = dest / relpath
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(_object_path(cache, md5), target)  # a copy: cache files stay read-only, untouched
 
 
 def _dir_version(version: str) -> str:
@@ -208,21 +397,19 @@ def materialise_version(root: Path, version: str, remote: str, dest: Path) -> li
     """
     version = _dir_version(version)
     cache = cache_dir(root) if (root / ".dvc").is_dir() else root / ".dvc" / "cache"
-    entries = _cached_entries(cache, version)
-    if entries is None:
+    repo_ready = False
+
+    def fetch() -> subprocess.CompletedProcess[str]:
+        if not repo_ready:
+            ensure_repo(root, remote)
+        return _fetch_version(root, version)
+
+    if _cached_entries(cache, version) is None:  # a fetch follows: DVC's cache folder once a repo exists
         ensure_repo(root, remote)
-        cache = cache_dir(root)
-        proc = _fetch_version(root, version)
-        entries = _cached_entries(cache, version)
-        if entries is None:
-            raise DataError(_not_restorable(root, version, proc))
+        cache, repo_ready = cache_dir(root), True
+    entries = _verified_entries(root, cache, version, fetch)
     dest.mkdir(parents=True)
-    for relpath, md5 in entries:
-        if Path(relpath).is_absolute() or ".." in Path(relpath).parts:
-            raise DataError(f"data version {version}: its manifest names {relpath!r}, outside its folder")
-        target = dest / relpath
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(_object_path(cache, md5), target)  # a copy: cache files stay read-only, untouched
+    _copy_verified(cache, version, entries, dest)
     return sorted(relpath for relpath, _ in entries)
 
 
@@ -247,15 +434,17 @@ def _fetch_version(root: Path, version: str) -> subprocess.CompletedProcess[str]
 
 
 def _not_restorable(root: Path, version: str, fetch: subprocess.CompletedProcess[str]) -> str:
-    """Why `version` cannot be checked out here, and what can be done: a version git records (data.dvc
-    history) was versioned elsewhere and never pushed, so only the machine that has it can help."""
+    """Why `version` cannot be checked out here, and what can be done. A version git records (data.dvc
+    history) was versioned somewhere, but whether it never reached the remote or was deleted from it
+    since cannot be told apart: either way only a machine that has it can help."""
     remote = _dvc(root, "config", "--local", f"remote.{REMOTE_NAME}.url", check=False).stdout.strip()
     where = f"the DVC remote {remote}" if remote else "the DVC remote"
     detail = f" ({_last_line(fetch)})" if fetch.returncode != 0 else ""
     if any(seen.md5.removesuffix(".dir") == version.removesuffix(".dir") for seen in _git_sightings(root)):
         return (
-            f"data version {version} is recorded in git ({DVC_FILE} history) but its files were never "
-            f"pushed to {where} and are not in the local cache{detail}, so it cannot be restored here; "
+            f"data version {version} is recorded in git ({DVC_FILE} history) but its files are not in "
+            f"{where} (never pushed there, or deleted from it since) nor in the local cache{detail}, so it "
+            "cannot be restored here; "
             "run `dvc push` on a machine that has it, or pick a version in the remote "
             "(`bitune data versions`)"
         )

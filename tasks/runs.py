@@ -24,7 +24,7 @@ from bitune.model.pretrained import check_strategy_fits_model
 from bitune.params import Params
 from bitune.params.folders import check_writable_folders
 from tasks import tracking
-from tasks.data import DataVersion
+from tasks.data import DataVersion, warn_remote_credentials
 from tasks.preprocess import PreparedData, check_model
 from tasks.tracking import TrackingSettings
 from tasks.tuning import pipeline_dir
@@ -63,6 +63,7 @@ def preflight_fn(settings: TrackingSettings, params: Params, root: Path) -> None
     check_model(params.model)  # first: it writes nothing, while a first query creates a SQLite store
     check_strategy_fits_model(params)  # `layers[i:j]` within the model's layers
     check_writable_folders(params, root, tracking_server=settings.uri.startswith(("http://", "https://")))
+    warn_remote_credentials(params.data)  # an s3:// remote without AWS credentials, said before the push
     tracking.check_reachable(settings)
     tracking.check_artifact_folder(settings)  # the experiment's own, fixed when it was created
 

@@ -1,6 +1,8 @@
 """read_source on every source kind, its one-line errors, and materialise's atomic swap of data/."""
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import datasets
@@ -294,7 +296,7 @@ def test_data_source_with_empty_data_dir(tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / ".gitignore").write_text("*\n")
     message = error_of("data", tmp_path)
-    assert "holds no data files" in message and "dvc pull" in message
+    assert "holds no data files" in message and "`bitune data checkout <md5>`" in message
 
 
 def test_hf_failure_names_the_id_and_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -317,6 +319,17 @@ def test_materialise_replaces_contents_but_keeps_gitignore(tmp_path: Path) -> No
     assert sorted(p.name for p in data_dir.iterdir()) == [".gitignore", "new.csv"]
     assert (data_dir / ".gitignore").read_text() == "/keep-me\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no staging folders left behind
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o755), (0o002, 0o775)])
+def test_materialise_gives_data_dir_the_umasks_mode(tmp_path: Path, umask: int, mode: int) -> None:
+    """As `mkdir data` would: a temporary folder's 0700 would lock teammates out of a shared project."""
+    previous = os.umask(umask)
+    try:
+        materialise(RawData({}, {"new.csv": b"text,label\n"}), tmp_path / "data")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "data").stat().st_mode) == mode
 
 
 def test_failed_materialise_leaves_data_dir_untouched(tmp_path: Path) -> None:

@@ -50,7 +50,7 @@ def test_the_demo_is_written_while_there_is_no_data_version(tmp_path: Path) -> N
 def test_the_demo_replaces_an_unedited_demo(tmp_path: Path) -> None:
     write(tmp_path / "data", demo_files(40, 0))  # another demo size: still a demo
     assert holds_demo(tmp_path / "data")
-    assert source_to_version(DEMO, tmp_path, OTHER_VERSION).data.source == "demo"
+    assert source_to_version(DEMO, tmp_path, dir_md5(demo_files(40, 0))).data.source == "demo"
 
 
 @pytest.mark.parametrize(
@@ -63,23 +63,31 @@ def test_a_fresh_clone_of_the_demo_writes_the_demo(tmp_path: Path, recorded: dic
 
 
 def test_an_empty_data_folder_of_real_data_is_refused_with_the_fix(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match=r"records data version 01234567.*`dvc pull`.*checkout 01234567"):
+    with pytest.raises(DataError, match=r"records data version 01234567.*`bitune data checkout 01234567`"):
         source_to_version(DEMO, tmp_path, OTHER_VERSION)
     assert not (tmp_path / "data").exists()  # nothing written
 
 
 def test_the_demo_never_replaces_the_users_data(tmp_path: Path) -> None:
-    write(tmp_path / "data", {"reviews.csv": b"text,label\ngood,positive\n"})
-    chosen = source_to_version(DEMO, tmp_path, OTHER_VERSION)
+    files = {"reviews.csv": b"text,label\ngood,positive\n"}
+    write(tmp_path / "data", files)
+    chosen = source_to_version(DEMO, tmp_path, dir_md5(files))  # data.dvc records what data/ holds
     assert chosen.data.source == "data"
     assert chosen.data.model_copy(update={"source": "demo"}) == DEMO  # nothing else changed
-    assert chosen.warning is not None and OTHER_VERSION in chosen.warning and "not the demo" in chosen.warning
+    assert chosen.warning is not None
+    assert dir_md5(files) in chosen.warning and "not the demo" in chosen.warning
 
 
-def test_an_edited_demo_is_the_users_data(tmp_path: Path) -> None:
+def test_an_edited_demo_is_the_users_data_versioned_only_when_asked(tmp_path: Path) -> None:
+    """Hand edits of the demo are never overwritten: a plain run stops and names both versions,
+    `data.source=data` versions the edits."""
     edited = {**DEMO_FILES, DEMO_FILE: DEMO_FILES[DEMO_FILE] + b"my own row,positive\n"}
     write(tmp_path / "data", edited)
-    assert source_to_version(DEMO, tmp_path, OTHER_VERSION).data.source == "data"
+    with pytest.raises(DataError, match=rf"holds data version {dir_md5(edited)} but data.dvc records"):
+        source_to_version(DEMO, tmp_path, dir_md5(DEMO_FILES))
+    as_data = DataParams(source="data", demo_rows=60)
+    assert source_to_version(as_data, tmp_path, dir_md5(DEMO_FILES)).data is as_data
+    assert source_to_version(DEMO, tmp_path, dir_md5(edited)).data.source == "data"  # once versioned
 
 
 def test_files_in_ignores_gitignore_and_reads_nothing_from_a_missing_folder(tmp_path: Path) -> None:

@@ -136,8 +136,9 @@ def test_checkout_of_a_version_git_records_but_nobody_pushed_says_what_can_be_do
     assert proc.returncode == 2 and "Traceback" not in proc.stderr + proc.stdout
     message = " ".join(proc.stderr.split())
     assert (
-        f"data version {unpushed} is recorded in git (data.dvc history) but its files were never pushed "
-        f"to the DVC remote {(root / '.dvc-storage').resolve()} and are not in the local cache"
+        f"data version {unpushed} is recorded in git (data.dvc history) but its files are not in the DVC "
+        f"remote {(root / '.dvc-storage').resolve()} (never pushed there, or deleted from it since) nor in "
+        "the local cache"
     ) in message
     assert "run `dvc push` on a machine that has it, or pick a version in the remote" in message
     assert (root / "data.dvc").read_bytes() == current and data_files(root) == files

@@ -81,11 +81,17 @@ def test_a_demo_version_is_regenerated_when_the_demo_params_change(project: Path
 
 
 def test_an_edited_demo_is_the_users_data(project: Path) -> None:
-    version_data_fn(DEMO, project)
+    """A plain run neither regenerates nor silently versions hand edits; data.source=data versions them."""
+    demo = version_data_fn(DEMO, project)
     edited = project / "data" / DEMO_FILE
     edited.write_bytes(edited.read_bytes() + b"A row the user added by hand.,positive\n")
-    version = version_data_fn(DEMO, project)
+    before = data_state(project)
+    with pytest.raises(DataError, match=rf"but data.dvc records {demo.md5}.*--set data.source=data"):
+        version_data_fn(DEMO, project)
+    assert data_state(project) == before
+    version = version_data_fn(DataParams(source="data", demo_rows=60), project)
     assert version.changed and b"by hand" in edited.read_bytes()  # versioned as is, not regenerated
+    assert version_data_fn(DEMO, project).md5 == version.md5  # and plain runs reuse it
 
 
 def test_real_version_without_data_dir_is_refused_and_left_alone(project: Path) -> None:
@@ -94,7 +100,8 @@ def test_real_version_without_data_dir_is_refused_and_left_alone(project: Path) 
     real = version_data_fn(DataParams(source=str(reviews)), project)
     shutil.rmtree(project / "data")  # a fresh clone of a project whose data.dvc names real data
     dvc_file = (project / "data.dvc").read_bytes()
-    with pytest.raises(DataError, match=rf"records data version {real.md5}, not the demo.*dvc pull.*--data"):
+    fix = f"`bitune data checkout {real.md5[:8]}`"
+    with pytest.raises(DataError, match=rf"records data version {real.md5}, not the demo.*{fix}"):
         version_data_fn(DEMO, project)
     assert (project / "data.dvc").read_bytes() == dvc_file and not (project / "data").exists()
 

@@ -18,8 +18,8 @@ import io
 import json
 import math
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,8 +79,9 @@ def read_source(data: DataParams, data_dir: Path) -> RawData:
     if source == "data":
         if not data_dir.is_dir() or not _data_files(data_dir):
             raise DataError(
-                f"data.source is 'data' but {data_dir}/ holds no data files; run once with "
-                "data.source=demo or a file, or `dvc pull` the data version"
+                f"data.source is 'data' but {data_dir}/ holds no data files; restore a data version "
+                "with `bitune data checkout <md5>` (`bitune data versions` lists them), or run once "
+                "with data.source=demo or a file"
             )
         return _read_folder(data_dir, data, stored=True)
     path = Path(source).expanduser()
@@ -124,9 +125,11 @@ def materialise(raw: RawData, data_dir: Path) -> list[Path]:
     if data_dir.exists() and not data_dir.is_dir():
         raise DataError(f"{data_dir} is a file, not a folder; move it away or set data.dir elsewhere")
     data_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{data_dir.name}.new-", dir=data_dir.parent))
-    old = data_dir.parent / f".{data_dir.name}.old-{staging.name.rsplit('-', 1)[-1]}"
+    suffix = secrets.token_hex(6)
+    staging = data_dir.parent / f".{data_dir.name}.new-{suffix}"
+    old = data_dir.parent / f".{data_dir.name}.old-{suffix}"
     try:
+        staging.mkdir()  # the umask's mode, as data/ had before: mkdtemp's 0700 would lock others out
         for name, content in raw.files.items():
             (staging / name).parent.mkdir(parents=True, exist_ok=True)
             (staging / name).write_bytes(content)

@@ -8,6 +8,7 @@ Per-row checks are a pandera schema; checks across rows and splits are plain pan
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -79,6 +80,7 @@ def validate_frames(frames: dict[str, pd.DataFrame], data: DataParams) -> Valida
         return report
     rows = pd.concat([f.assign(split=s, row=f.index + 2) for s, f in usable.items()], ignore_index=True)
     labelled = rows[rows["label"].notna() & (rows["label"].astype(str).str.strip() != "")]
+    _check_label_spellings(labelled, data, report)
     _check_classes(labelled, frames, data, report)
     _check_duplicates(rows, data, report)
     _check_conflicts(rows, labelled, data, report)
@@ -168,6 +170,40 @@ def _row_problems(split: str, frame: pd.DataFrame, data: DataParams) -> list[str
             "the labels to data.labels"
         )
     return problems
+
+
+def label_key(label: str) -> str:
+    """A label without surrounding spaces or a trailing '.0': two labels with one key are one class
+    written two ways (' 1' and '1', or '1.0' from a spreadsheet and '1')."""
+    return re.sub(r"^([+-]?\d+)\.0+$", r"\1", label.strip())
+
+
+def _check_label_spellings(labelled: pd.DataFrame, data: DataParams, report: ValidationReport) -> None:
+    """Refused, not merged: labels become the model's class names and the data version keeps the file
+    as written, so the user picks the spelling. With data.labels set, other spellings are reported
+    as labels outside it. The message names the rarer spelling's first row, the likelier typo."""
+    if data.labels:
+        return
+    labels = labelled["label"].astype(str)
+    keys = labels.map(label_key)
+    spellings = labels.groupby(keys, sort=False).unique()
+    clashes = spellings[spellings.map(len) > 1]
+    if clashes.empty:
+        return
+    key = clashes.index[0]
+    counts = labels[keys == key].value_counts()  # most rows first; ties in order of first appearance
+    common, rare = counts.index[0], counts.index[-1]
+
+    def first_row(label: str) -> str:
+        row = labelled[labels == label].iloc[0]
+        return _where(row["split"], int(row["row"]))
+
+    more = f" (+{len(clashes) - 1} more labels like it)" if len(clashes) > 1 else ""
+    report.errors.append(
+        f"label {rare!r} at {first_row(rare)} and {common!r} at {first_row(common)} differ only by "
+        f"spaces or a trailing '.0', so they would be two classes{more}; write every {key!r} label the "
+        "same way in the source"
+    )
 
 
 def _check_classes(

@@ -21,9 +21,12 @@ from bitune.params import DataParams
 
 def dir_md5(files: dict[str, bytes]) -> str:
     """The md5 `dvc add` records for a folder holding exactly `files` (DVC 3's directory manifest)."""
+    return _manifest_md5({name: hashlib.md5(content).hexdigest() for name, content in files.items()})
+
+
+def _manifest_md5(file_md5s: dict[str, str]) -> str:
     manifest = sorted(
-        ({"md5": hashlib.md5(content).hexdigest(), "relpath": name} for name, content in files.items()),
-        key=lambda entry: entry["relpath"],
+        ({"md5": md5, "relpath": name} for name, md5 in file_md5s.items()), key=lambda e: e["relpath"]
     )
     return hashlib.md5(json.dumps(manifest, sort_keys=True).encode("utf-8")).hexdigest() + ".dir"
 
@@ -39,16 +42,24 @@ class SourceToVersion:
 def source_to_version(data: DataParams, root: Path, current: str | None) -> SourceToVersion:
     """`data` with the source this run really versions: the demo never replaces the user's data.
 
-    `current` is the md5 data.dvc records (None: no data version yet). 'demo' writes the demo only
-    while there is no data version yet or the current one is itself a demo: data/ holds an unedited
-    demo (its marker says so), or data/ is empty and `current` is exactly the demo these params
-    write (a fresh clone). Otherwise the run retrains on the current data version, read from data/.
-    Raises DataError when data/ is empty and `current` is not the demo: only `dvc pull` can help.
+    `current` is the md5 data.dvc records (None: no data version yet). A run given no new source
+    ('demo', the default) trains on that version: when data/ holds another one (`git checkout REV
+    -- data.dvc`, or hand edits), it stops before anything changes and names both, rather than
+    versioning data/ and rewriting data.dvc back. Only `data.source=data` versions what data/ holds.
+    'demo' writes the demo only while there is no data version yet or the current one is itself a
+    demo: data/ holds an unedited demo (its marker says so), or data/ is empty and `current` is
+    exactly the demo these params write (a fresh clone). Otherwise the run retrains on the current
+    data version, read from data/. Raises DataError when data/ is empty and `current` is not the
+    demo: only a checkout of that version can help.
     """
-    if data.source.strip() != "demo":
-        return SourceToVersion(data)
+    source = data.source.strip()
     data_dir = root / data.dir
-    if current is None or holds_demo(data_dir):
+    if source == "data" and current is not None and files_in(data_dir) is None:
+        raise DataError(
+            f"data.source is 'data' but {data.dir}/ is empty while data.dvc records data version "
+            f"{current}; restore it with `bitune data checkout {current[:8]}`"
+        )
+    if source != "demo" or current is None:
         return SourceToVersion(data)
     files = demo_files(data.demo_rows, data.split.seed)
     before_markers = {DEMO_FILE: files[DEMO_FILE]}  # how demos were written before the marker existed
@@ -58,16 +69,61 @@ def source_to_version(data: DataParams, root: Path, current: str | None) -> Sour
             return SourceToVersion(data)
         raise DataError(
             f"data.source is 'demo' but data.dvc records data version {current}, not the demo, and "
-            f"{data.dir}/ is empty; restore it with `dvc pull` (or `bitune data checkout {current[:8]}`), "
-            "or pass --data PATH to version new data"
+            f"{data.dir}/ is empty; restore it with `bitune data checkout {current[:8]}` (it reads "
+            "data.remote; a bare `dvc pull` needs the remote in .dvc/config.local), or pass --data "
+            "PATH to version new data"
         )
-    if present == before_markers:
+    held = folder_md5(root, data_dir)
+    if held is not None and held != current:
+        raise DataError(mismatch_message(data, held, current))
+    if holds_demo(data_dir) or present == before_markers:
         return SourceToVersion(data)
     return SourceToVersion(
         data.model_copy(update={"source": "data"}),
         f"data.source is 'demo' but {data.dir}/ holds data version {current}, which is not the demo: "
         "using that version (pass --data PATH to version new data)",
     )
+
+
+def mismatch_message(data: DataParams, held: str, current: str) -> str:
+    """One line: data/ and data.dvc name different versions; the two ways out, neither taken for the user."""
+    return (
+        f"{data.dir}/ holds data version {held} but data.dvc records {current}; nothing was changed. "
+        f"To train on {current[:8]}: `bitune data checkout {current[:8]} --force` (or `dvc checkout "
+        f"--force data.dvc`), which replaces {data.dir}/; to version what {data.dir}/ holds instead: "
+        "rerun with --set data.source=data (or `dvc add` it)"
+    )
+
+
+def folder_md5(root: Path, folder: Path) -> str | None:
+    """The md5 `dvc add` would record for `folder` now: every file below it, hidden ones too.
+
+    None when that cannot be told without DVC (a .dvcignore may leave files out) or the folder holds
+    no file; a caller then does not compare it with data.dvc.
+    """
+    if not folder.is_dir():
+        return None
+    found = [p for p in folder.rglob("*") if p.is_file()]
+    if any(_ignores_files(p) for p in [root / ".dvcignore", *(p for p in found if p.name == ".dvcignore")]):
+        return None
+    if not found:
+        return None
+    md5s = {}
+    for path in found:
+        try:
+            with path.open("rb") as stream:  # streamed: data/ may be larger than memory
+                md5s[path.relative_to(folder).as_posix()] = hashlib.file_digest(stream, "md5").hexdigest()
+        except OSError:
+            return None  # an unreadable file: reading the data says so, in its own words
+    return _manifest_md5(md5s)
+
+
+def _ignores_files(dvcignore: Path) -> bool:
+    """A .dvcignore with a pattern (`dvc init` writes one holding only comments)."""
+    if not dvcignore.is_file():
+        return False
+    lines = dvcignore.read_text(errors="replace").splitlines()
+    return any(line.strip() and not line.lstrip().startswith("#") for line in lines)
 
 
 def files_in(folder: Path) -> dict[str, bytes] | None:
