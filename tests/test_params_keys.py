@@ -78,3 +78,14 @@ def test_digest_ignores_what_does_not_change_the_model(override: str) -> None:
 )
 def test_digest_follows_what_changes_the_model(override: str) -> None:
     assert load_params(PARAMS, [override]).digest() != load_params(PARAMS).digest()
+
+
+def test_the_documented_multi_node_launch_args_load_as_command_line_text() -> None:
+    """README's and docs/production.md's example: YAML reads 2, 0 and 29500 as numbers."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (override,) = re.findall(r'--set "(train\.launch_args=\[[^"]+\])"', readme)
+    params = load_params(Path(__file__).resolve().parents[1] / "params/default.yaml", [override])
+    assert params.train.launch_args[:4] == ["--num_machines", "2", "--machine_rank", "0"]
+    assert params.train.launch_args[-1] == "29500"

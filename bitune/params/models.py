@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from bitune.data.remote import remote_problem
 from bitune.params.redaction import flatten, redact, redact_tree
 
 LAYER_SLICE = re.compile(r"^layers\[(-?\d*):(-?\d*)\]$")
@@ -75,6 +76,14 @@ class DataParams(Strict):
     split: SplitParams = SplitParams()
     max_duplicate_fraction: float = Field(0.05, ge=0, le=1)
     max_length_chars: int = Field(20_000, gt=0, description="texts longer than this are an error")
+
+    @field_validator("remote")
+    @classmethod
+    def _remote_is_a_folder_or_a_url(cls, value: str) -> str:
+        # DVC takes a mistyped URL (s3:/bucket) for a local folder: refused here, with the fix
+        if (problem := remote_problem(value)) is not None:
+            raise ValueError(problem)
+        return value
 
 
 class PreprocessParams(Strict):
@@ -258,6 +267,14 @@ class TrainParams(Strict):
         "resumes) and fails as TimedOut. A hung run otherwise holds `bitune schedule`'s one slot "
         "forever. None: no limit",
     )
+
+    @field_validator("launch_args", mode="before")
+    @classmethod
+    def _numbers_as_text(cls, value: Any) -> Any:
+        """`[--num_machines, 2]` as YAML and `--set` read it: the numbers are command-line text."""
+        if isinstance(value, list):
+            return [str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v for v in value]
+        return value
 
 
 class ForgettingParams(Strict):

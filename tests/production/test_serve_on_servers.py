@@ -89,7 +89,8 @@ def test_bitune_serve_on_the_auth_server_answers_like_the_registry_model(
     # the weights came through the server, not from presigned URLs on its S3 endpoint, which compose
     # names `minio:9000`: a host that serves cannot resolve that
     requests = server_log.read_bytes()[seen:].decode(errors="replace")
-    assert "/mlflow-artifacts/artifacts/" in requests and "/model/MLmodel" in requests, requests[-2000:]
+    # a logged model's files: .../artifacts/<experiment>/models/<model_id>/artifacts/MLmodel
+    assert "/mlflow-artifacts/artifacts/" in requests and "/artifacts/MLmodel" in requests, requests[-2000:]
     assert "/mlflow-artifacts/presigned/" not in requests, "artifacts downloaded past the server"
     assert (
         f"Serving {MODEL_NAME} version {champion.version} (" in output
