@@ -32,6 +32,8 @@ from flows.cli_common import (
     errors,
     fail,
     fail_unexpected,
+    not_a_project,
+    project_log,
     project_root,
     quiet_defaults,
     route_tracebacks,
@@ -220,11 +222,13 @@ def run(
 ) -> None:
     """Run the retrain flow: version data, preprocess, head phase, bottom phase, evaluate, register."""
     from bitune.data.versioning import check_new_source
+    from bitune.model.hub_reachable import check_hub_reachable
     from bitune.params import load_params
     from bitune.params.folders import check_writable_folders
     from bitune.project_lock import hold_project
 
     root = project_root(project)
+    quiet_defaults()
     log_file = root / LOG_FILE
     overrides = list(set_ or []) + ([f"data.source={data}"] if data else [])
     params_file = params if params.is_absolute() else root / params
@@ -235,11 +239,12 @@ def run(
         # and a checkpoint or artifact folder that cannot be written
         tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or loaded.tracking.uri
         check_writable_folders(loaded, root, tracking_server=tracking_uri.startswith("http"))
+        check_hub_reachable(loaded.model)  # a hub id to download and no network: said in seconds
         # held from here to the end (the flow takes it again, re-entrantly): a second run is refused
         # now, not after Prefect's temporary server has taken seconds to start
         held.enter_context(hold_project(root))
-    except BituneError as exc:
-        raise fail(exc, log_file) from None
+    except BituneError as exc:  # no log file in a folder that is no project (`cd docs && bitune run`)
+        raise fail(not_a_project(root, exc), project_log(root)) from None
     with held:
         summary = _run_flow(root, params_file, overrides, force, log_file)
     print_summary(summary)

@@ -44,6 +44,11 @@ def quiet_defaults() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # huggingface_hub warns twice a line while it retries a download it cannot reach (five retries a
+    # file, a minute in all): forty lines before bitune's one-line error says the same
+    os.environ.setdefault("HF_HUB_VERBOSITY", "error")
+    if os.environ["HF_HUB_VERBOSITY"] == "error":  # read at import: already imported, tell its logger
+        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # saving and mapping the splits
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -104,6 +109,35 @@ def route_tracebacks(log_file: Path) -> None:
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
 
+def is_project(folder: Path) -> bool:
+    """A bitune project folder: it holds params/, data.dvc or mlflow.db (a clone has the first two)."""
+    return (folder / "params").is_dir() or (folder / "data.dvc").is_file() or (folder / "mlflow.db").is_file()
+
+
+def project_log(root: Path) -> Path | None:
+    """The log file of a command run in `root`; None outside a project, so that running `bitune` in
+    the wrong folder (docs/, a home folder) leaves no `.bitune/logs/` there."""
+    return root / LOG_FILE if is_project(root) else None
+
+
+def not_a_project(root: Path, exc: BituneError) -> BituneError:
+    """A params file missing from a folder that is no project: the fix is the folder, not --params.
+    Names the enclosing project when the folder is inside one (`cd docs && bitune run`)."""
+    from bitune.params.loading import ParamsFileNotFound
+
+    if not isinstance(exc, ParamsFileNotFound) or is_project(root):
+        return exc
+    enclosing = next((folder for folder in root.parents if is_project(folder)), None)
+    fix = (
+        f"run bitune from {enclosing} or pass --project {enclosing}"
+        if enclosing is not None
+        else "run bitune from the project folder or pass --project DIR"
+    )
+    moved = BituneError(f"{root}: not a bitune project folder (no params/ or data.dvc); {fix}")
+    moved.__cause__ = exc
+    return moved
+
+
 def fail(exc: BaseException, log_file: Path | None) -> typer.Exit:
     """One line on the terminal; the traceback appended to the log file (none: no log, nothing written)."""
     if log_file is not None:
@@ -123,7 +157,7 @@ def fail(exc: BaseException, log_file: Path | None) -> typer.Exit:
 _ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
 
 
-def fail_unexpected(exc: Exception, log_file: Path) -> NoReturn:
+def fail_unexpected(exc: Exception, log_file: Path | None) -> NoReturn:
     """A bug, not a user error: one line and exit 1 all the same; the traceback goes to the log.
 
     An OSError the machine caused (no permission, a read-only or full disk) is the user's to fix:
@@ -179,8 +213,8 @@ def one_line_errors(project: Path) -> Iterator[None]:
     try:
         yield
     except BituneError as exc:
-        raise fail(exc, root / LOG_FILE) from None
+        raise fail(not_a_project(root, exc), project_log(root)) from None
     except _CLI_EXITS:
         raise
     except Exception as exc:
-        fail_unexpected(exc, root / LOG_FILE)
+        fail_unexpected(exc, project_log(root))

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -23,6 +28,7 @@ from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
 
+from bitune.errors import BituneError
 from bitune.evaluation.run_comparison import RunRow, duration_text, param_differences, plot_comparison
 from flows.cli_common import HostOpt, ParamsOpt, PortOpt, ProjectOpt, console, one_line_errors
 
@@ -137,11 +143,12 @@ def history(
     """Every move of the champion alias, oldest first: when, from and to which version, how (the
     flow's gate, promote, rollback), who and why."""
     with one_line_errors(project):
-        from tasks.promotion import champion_moves
+        from tasks.promotion import champion_moves, rollback_target
 
         loaded, settings = load_settings(project, params)
         name = loaded.registry.model_name
         moves, current = champion_moves(settings, name)
+        target = rollback_target(settings, name) if moves and not as_json else None
     if as_json:
         console.print_json(json.dumps([move.as_dict() for move in moves]))
         return
@@ -153,7 +160,10 @@ def history(
         return
     console.print(_history_table(moves, name))
     now = f"version {current}" if current else "none"
-    console.print(f"Champion now: {now}. Undo the last move with [bold]bitune rollback[/].")
+    # offered only when `bitune rollback` would do it: not for a first champion, nor after a rollback
+    # to one (which replaced no earlier champion)
+    undo = f" [bold]bitune rollback[/] makes version {target} champion again." if target else ""
+    console.print(f"Champion now: {now}.{undo}")
 
 
 def _history_table(moves: list[ChampionMove], name: str) -> Table:
@@ -292,6 +302,8 @@ def ui(
             "open that address in a browser."
         )
         return
+    with one_line_errors(project):
+        check_port_free(host, port, "bitune ui")
     command = ui_command(settings, host, port)
     store = redact(settings.uri_setting, settings.uri)
     console.print(f"MLflow UI on http://{host}:{port} (store {store}); Ctrl-C stops it.")
@@ -302,27 +314,91 @@ def ui(
     raise typer.Exit(run_until_interrupted(command, env, "MLflow UI"))
 
 
+def check_port_free(host: str, port: int, command: str) -> None:
+    """A BituneError when (host, port) cannot be listened on, said before the server starts: a busy
+    port was uvicorn's `[Errno 98]` and exit 0 under `bitune ui`, a 25-line MLflow traceback under
+    `bitune serve`. Binds with SO_REUSEADDR as uvicorn does, so a port left in TIME_WAIT by a server
+    just stopped counts as free."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise BituneError(
+            f"--host {host}: not an address of this machine ({exc}); pass --host 127.0.0.1"
+        ) from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise BituneError(
+                    f"port {port} on {host} is in use (another `{command}`?); pass --port N"
+                ) from None
+            raise BituneError(
+                f"--host {host} --port {port}: cannot listen there ({exc.strerror}); pass another "
+                "--port N (above 1023) or --host 127.0.0.1"
+            ) from None
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # `kill`, a service manager; a closed terminal
+
+
+def _stop_like_ctrl_c(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def stop_signals_as_interrupts() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise KeyboardInterrupt while the block runs; the previous handlers after.
+
+    The server runs in a session of its own, so neither reaches it: without this, `kill` or closing
+    the terminal ended bitune and left `mlflow ui` and its uvicorn holding the port.
+    """
+    if threading.current_thread() is not threading.main_thread():  # only the main thread sets handlers
+        yield
+        return
+    previous = {sig: signal.signal(sig, _stop_like_ctrl_c) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def run_until_interrupted(command: list[str], env: dict[str, str], name: str) -> int:
-    """Run a server in a session of its own and turn Ctrl-C into SIGTERM for its whole group.
+    """Run a server in a session of its own and turn Ctrl-C, SIGTERM or SIGHUP into SIGTERM for its
+    whole group.
 
     A terminal's Ctrl-C sends SIGINT to every process in the foreground group; uvicorn and MLflow's
     workers each answered it with a KeyboardInterrupt traceback (a README walkthrough counted
     eight), while SIGTERM shuts them down quietly.
     """
-    proc = subprocess.Popen(command, env=env, start_new_session=True)
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        for sig, wait_s in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-            try:
-                proc.wait(timeout=wait_s)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+    with stop_signals_as_interrupts():
+        proc = subprocess.Popen(command, env=env, start_new_session=True)
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            stop_group(proc)
+    with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
         console.print(f"{name} stopped.")
-        return 0
+    return 0
+
+
+def stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the server's process group, SIGKILL if it is still there 30 s later; a second
+    stop signal meanwhile does not cut the wait short (it would leave the server running)."""
+    for sig, wait_s in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                return
+            except subprocess.TimeoutExpired:
+                break
+            except KeyboardInterrupt:
+                continue
 
 
 def serve(
@@ -341,6 +417,7 @@ def serve(
 
         loaded, settings = load_settings(project, params)
         chosen = version_to_serve(settings, loaded.registry.model_name, version)
+        check_port_free(host, port, "bitune serve")  # else MLflow's 25-line traceback, after the model loads
     name, number = loaded.registry.model_name, str(chosen.version)
     aliases = f" ({', '.join(sorted(chosen.aliases))})" if chosen.aliases else ""
     command = serve_command(f"models:/{name}/{number}", host, port)

@@ -15,6 +15,7 @@ from bitune.data.splits import SPLIT_METHOD, make_splits
 from bitune.data.validation import drop_label_conflicts
 from bitune.errors import ModelError
 from bitune.model.classifier import load_tokenizer, resolve_model_source, tokenizer_files_identity
+from bitune.model.hub_reachable import check_hub_reachable
 from bitune.model.pretrained import check_weight_files
 from bitune.params import ModelParams, Params
 
@@ -45,6 +46,7 @@ def check_model(model: ModelParams) -> None:
     """`model.name_or_path` loads here: config and tokenizer (a hub id from the cache when offline)
     and, for a local folder, safetensors weights whose headers read whole; otherwise a one-line
     ModelError with the fix."""
+    check_hub_reachable(model)  # no network for a hub id to download: seconds, not a minute of retries
     load_tokenizer(model)
     folder = Path(resolve_model_source(model.name_or_path)).expanduser()
     if folder.is_dir() and not any(folder.glob("*.safetensors")):

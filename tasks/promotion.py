@@ -378,6 +378,14 @@ def rollback(settings: TrackingSettings, name: str) -> Promotion:
     )
 
 
+def rollback_target(settings: TrackingSettings, name: str) -> str | None:
+    """The version `rollback` would make champion now; None where it refuses (no champion, or one
+    that replaced no earlier champion). `bitune history` offers the rollback only then."""
+    with registry_errors(settings):
+        current = get_champion(settings.client(), name)
+    return (current.tags.get(PREVIOUS) or None) if current is not None else None
+
+
 def compare_runs(settings: TrackingSettings, model_name: str) -> list[RunRow]:
     """Parent runs of the retrain flow, oldest first, with their test scores and registry aliases."""
     with registry_errors(settings):

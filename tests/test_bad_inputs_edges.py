@@ -215,6 +215,7 @@ def test_a_bad_checkout_version_on_a_new_project_writes_nothing(tmp_path: Path) 
 def run_in_one_line_errors(tmp_path: Path, exc: BaseException, capsys: pytest.CaptureFixture[str]) -> int:
     from flows.cli_common import one_line_errors
 
+    (tmp_path / "params").mkdir(exist_ok=True)  # a project folder: the one place the log is written
     try:
         with one_line_errors(tmp_path):
             raise exc

@@ -200,7 +200,8 @@ def test_bitune_history_lists_the_moves(registry: Registry) -> None:
         ["3", *rows[2][1:3], f"v{two}", "→", f"v{one}", "rollback"],
     ]
     assert all(r[7] == user for r in rows)
-    assert lines[-1] == f"Champion now: version {one}. Undo the last move with bitune rollback."
+    # back on the first champion, which replaced none: `bitune rollback` would refuse, so no offer
+    assert lines[-1] == f"Champion now: version {one}."
 
     listed = json.loads(bitune(registry.root, "history", "--json").stdout)
     assert [(m["move"], m["action"], m["from"], m["to"]) for m in listed] == [
@@ -209,6 +210,9 @@ def test_bitune_history_lists_the_moves(registry: Registry) -> None:
         (3, "rollback", two, one),
     ]
     assert listed[0]["run_id"] == registry.runs[one] and listed[1]["why"].startswith("manual promote")
+    promote(registry.settings, params, two, force=True)
+    again = bitune(registry.root, "history", columns=200).stdout.splitlines()[-1]
+    assert again == f"Champion now: version {two}. bitune rollback makes version {one} champion again."
 
 
 def test_history_of_a_model_that_is_not_registered_is_one_line(registry: Registry) -> None:

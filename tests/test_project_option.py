@@ -54,6 +54,7 @@ def test_a_file_as_the_project_is_named_as_not_a_folder(tmp_path: Path) -> None:
 
 def test_an_existing_project_still_logs_the_error(tmp_path: Path) -> None:
     """The check only stops a missing folder: other errors keep their log and its pointer."""
+    (tmp_path / "params").mkdir()  # a project (a clone's params/) that lacks its params file
     result = bitune("run", "--project", str(tmp_path))
     assert result.exit_code == 2, result.output
     error, details = result.stderr.strip().splitlines()

@@ -8,6 +8,7 @@ closest known key for a typo, the expected type and the value given for a type e
 from __future__ import annotations
 
 import difflib
+import re
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +42,7 @@ def explain(exc: ValidationError, model: type[BaseModel], origins: ParamsOrigins
         message = f"unknown key; {_known_keys_hint(model, loc)}"
     elif override is not None and _is_type_error(first["type"]):
         described = _describe(_annotation_at(model, loc))
-        message = f"expected {described}, got {first['input']!r}"
+        message = f"expected {described}, got {first['input']!r}{_quote_hint(first['input'])}"
     elif override is not None and loc == override and first["type"] not in VALIDATOR_ERRORS:
         message = f"{message} (got {first['input']!r})"
     if override is None:
@@ -80,6 +81,19 @@ def _known_keys_hint(model: type[BaseModel], loc: tuple[str, ...]) -> str:
     if close:
         return f"did you mean {'.'.join((*loc[:-1], close[0]))}?"
     return f"{'.'.join(loc[:-1]) or 'the top level'} has {', '.join(known)}"
+
+
+def _quote_hint(given: Any) -> str:
+    """For a list typed with an unquoted `layers[0:2]` in it (YAML reads its brackets as a nested
+    list, so the whole `--set` value stayed text): the same list with those items quoted."""
+    if not isinstance(given, str):
+        return ""
+    text = given.strip()
+    if not (text.startswith("[") and text.endswith("]") and "[" in text[1:-1]):
+        return ""
+    items = [item.strip() for item in re.split(r",(?![^\[]*\])", text[1:-1])]  # commas outside brackets
+    quoted = [f"'{item}'" if "[" in item and item[:1] not in "'\"" else item for item in items]
+    return f"; quote items with brackets: [{', '.join(quoted)}]"
 
 
 def _is_type_error(error_type: str) -> bool:

@@ -14,6 +14,14 @@ from bitune.params.explain import ParamsOrigins, explain
 from bitune.params.models import Params
 
 
+class ParamsFileNotFound(ParamsError):
+    """The params file is not there: the CLI says more when the folder it ran in is no project."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"{path}: params file not found; pass an existing file with --params")
+        self.path = path
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """'a.b=3' -> (['a', 'b'], 3); the value is read as YAML so types come out right."""
     key, sep, raw = text.partition("=")
@@ -69,7 +77,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ParamsError(f"{path}: params file not found; pass an existing file with --params") from None
+        raise ParamsFileNotFound(path) from None
     except IsADirectoryError:
         raise ParamsError(f"{path}: a folder, not a params file; pass a YAML file with --params") from None
     except UnicodeDecodeError as exc:
@@ -96,6 +104,13 @@ def compose(params_file: Path, overrides: list[str] = ()) -> dict[str, Any]:  # 
 
 def _compose(params_file: Path, overrides: list[str]) -> tuple[dict[str, Any], Path | None]:
     """The composed mapping, and the strategy preset file composed into it (None: strategy inline)."""
+    if params_file.parent.name == "strategies" and params_file.is_file():
+        # a preset passed as the params file: it holds only the strategy's keys, and composing it
+        # looked for presets in strategies/strategies/
+        raise ParamsError(
+            f"--params {params_file}: a strategy preset, not a params file; keep --params on a params "
+            f"file (params/default.yaml) and choose the preset with --set strategy={params_file.stem}"
+        )
     tree = _read_yaml(params_file)
     if not tree:
         raise ParamsError(
