@@ -290,7 +290,23 @@ def rounds_grid() -> dict[str, list[str]]:
     }
 
 
+def head_grid() -> dict[str, list[str]]:
+    """How far the head phase fits before the bottom phase starts. Two rounds lost because the second
+    head phase fits the training rows almost perfectly and leaves the bottom phase little gradient;
+    does the first one do the same? Shorter, slower and decayed head phases, on the afternoon preset."""
+    head = "strategy.phases.0"
+    preset = AFTERNOON_BOTTOM
+    return {
+        "preset (head 30 ep at 3e-3)": preset,
+        "head 3 ep": [*preset, f"{head}.epochs=3"],
+        "head 10 ep": [*preset, f"{head}.epochs=10"],
+        "head 30 ep at 1e-3": [*preset, f"{head}.lr=1e-3"],
+        "head 30 ep wd 0.1": [*preset, f"{head}.weight_decay=0.1"],
+    }
+
+
 GRIDS = {
+    "head": head_grid,
     "rounds": rounds_grid,
     "anchor": anchor_grid,
     "averaging": averaging_grid,
