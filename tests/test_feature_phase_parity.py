@@ -110,6 +110,27 @@ def test_grad_accum_takes_the_same_optimizer_steps_and_lrs_on_both_paths() -> No
     assert rates[True] == pytest.approx(rates[False])
 
 
+def test_cached_features_log_the_same_step_curve_as_tokens() -> None:
+    """MLflow's step charts (loss, anchor, lr every `log_every` steps) exist for a head phase on
+    cached features too, at the same steps and lrs as on tokens: 96 rows in batches of 8, 24 steps."""
+    spec = phase(
+        name="head", train=["head", "pooler"], epochs=2, lr=1e-2, batch_size=8, warmup=0.25, anchor=1.0
+    )
+    logged: dict[bool, list[tuple[int, dict[str, float]]]] = {True: [], False: []}
+    for cache in (True, False):
+        model = model_for(pooling="default")  # the model's pooler: a backbone weight the anchor holds
+        hook = lambda metrics, step, cache=cache: logged[cache].append((step, metrics))  # noqa: E731
+        run = PhaseRun(0, 1, spec.model_copy(update={"cache_features": cache}))
+        run_phase(model, run, DATA, fp32_context(model, on_step=hook, log_every=4))
+    steps = [step for step, _ in logged[True]]
+    assert steps == [step for step, _ in logged[False]] == list(range(4, 25, 4))
+    assert [m["lr"] for _, m in logged[True]] == pytest.approx([m["lr"] for _, m in logged[False]])
+    for _, metrics in logged[True]:
+        assert set(metrics) == {"loss", "anchor", "lr"}
+        assert metrics["loss"] > 0 and metrics["anchor"] >= 0
+    assert logged[True][-1][1]["anchor"] > 0  # the pooler moved from its pretrained weights
+
+
 def test_one_accumulation_window_of_all_rows_is_the_same_step_on_both_paths() -> None:
     """12 batches of 8 in one window: both paths step on the mean gradient over all 96 rows."""
     spec = phase(name="head", train=["head"], epochs=3, lr=1e-2, batch_size=8, grad_accum=12)

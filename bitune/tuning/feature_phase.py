@@ -121,6 +121,17 @@ def run_on_features(
             total += loss.detach() * len(idx)
             seen += len(idx)
             step += 1
+            if ctx.on_step and step % ctx.log_every == 0:
+                # the token path's step curve: the guard first, so a NaN is never logged as a metric
+                check_finite(total, run.key, epoch, step, fix, trained)
+                ctx.on_step(
+                    {
+                        "loss": loss.item(),
+                        "anchor": anchor.term(),
+                        "lr": float(scheduler.get_last_lr()[0]),
+                    },
+                    step,
+                )
             if spec.max_steps and step >= spec.max_steps:
                 break
         check_finite(total, run.key, epoch, step, fix, trained)
