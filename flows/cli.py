@@ -226,6 +226,7 @@ def run(
     from bitune.params import load_params
     from bitune.params.folders import check_writable_folders
     from bitune.project_lock import hold_project
+    from tasks.dvc_store import data_version
 
     root = project_root(project)
     quiet_defaults()
@@ -235,7 +236,8 @@ def run(
     held = ExitStack()
     try:
         loaded = load_params(params_file, overrides)  # bad params fail here, before any work starts
-        check_new_source(loaded.data, root)  # and a bad data file, before any server starts
+        # and a bad data file, or a bad row in a data/ the run versions, before any server starts
+        check_new_source(loaded.data, root, data_version(root))
         # and a checkpoint or artifact folder that cannot be written
         tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or loaded.tracking.uri
         check_writable_folders(loaded, root, tracking_server=tracking_uri.startswith("http"))

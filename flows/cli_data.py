@@ -58,12 +58,19 @@ def versions(
     if not known:
         console.print("No data versions yet: `bitune run` versions the data it trains on.")
         return
-    title = escape(f"data versions ({dvc_store.resolve_remote(root, loaded.data.remote)})")
-    table = versions_table(known, rows, title)
+    remote = dvc_store.resolve_remote(root, loaded.data.remote)
+    table = versions_table(known, rows, escape(f"data versions ({remote})"))
     console.print(table)
     console.print(
         "* current (data.dvc). Restore one with [bold]bitune data checkout VERSION[/] (a prefix works)."
     )
+    for line in unpushed_notes(known):
+        console.print(escape(line), highlight=False)
+    if "://" in remote:
+        console.print(
+            escape(f"The remote {remote} is not a local folder: which versions it holds was not checked."),
+            highlight=False,
+        )
 
 
 def checkout(
@@ -270,6 +277,29 @@ def versions_table(known: list[dvc_store.KnownVersion], rows: dict[str, int], ti
     return table
 
 
+def unpushed_notes(known: list[dvc_store.KnownVersion]) -> list[str]:
+    """For the versions the remote lacks (marked in the table): what a checkout of them can do, and the
+    fix. Those in this clone's cache first, then those nowhere here."""
+    notes = []
+    for in_cache in (True, False):
+        md5s = [v.md5[:8] for v in known if v.in_remote is False and v.in_cache is in_cache]
+        if not md5s:
+            continue
+        it, are = ("it", "is") if len(md5s) == 1 else ("them", "are")
+        what, where = (
+            ("only in this clone's cache (a checkout works here, in no other clone)", "here")
+            if in_cache
+            else (
+                f"not in this clone's cache either, so no checkout can restore {it}",
+                f"in the clone that versioned {it}",
+            )
+        )
+        notes.append(
+            f"Not in the remote: {', '.join(md5s)} {are} {what}; run `{dvc_store.PUSH_ALL}` {where}."
+        )
+    return notes
+
+
 def _dir_md5(md5: str) -> str:
     return md5 if md5.endswith(".dir") else f"{md5}.dir"
 
@@ -333,5 +363,6 @@ def _as_dict(version: dvc_store.KnownVersion, rows: dict[str, int]) -> dict[str,
         "files": version.files,
         "sources": version.sources,
         "in_remote": version.in_remote,
+        "in_cache": version.in_cache,
         "current": version.current,
     }

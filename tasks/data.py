@@ -39,7 +39,7 @@ def version_data_fn(data: DataParams, root: Path) -> DataVersion:
     data_dir = root / data.dir
     raw = read_to_version(data, data_dir)
     report = validate_frames(raw.frames, data)
-    report.raise_for_errors(source_name(data.source))
+    report.raise_for_errors(source_name(data.source, data.dir))
     for warning in report.warnings:
         log.warning("data: %s", warning)
     dvc_store.ensure_repo(root, data.remote)

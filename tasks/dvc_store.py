@@ -28,6 +28,8 @@ from bitune.errors import DataError
 REMOTE_NAME = "bitune"
 DVC_FILE = "data.dvc"
 MD5 = re.compile(r"^[0-9a-f]{32}(\.dir)?$")
+# pushes every data version git records that the clone's cache holds, to its default remote (bitune's)
+PUSH_ALL = "dvc push --all-commits"
 
 
 def _dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -89,8 +91,15 @@ def data_version(root: Path, dvc_file: str = DVC_FILE) -> str | None:
     path = root / dvc_file
     if not path.exists():
         return None
-    outs = (yaml.safe_load(path.read_text()) or {}).get("outs") or [{}]
-    return outs[0].get("md5")
+    try:
+        outs = (yaml.safe_load(path.read_text()) or {}).get("outs") or [{}]
+        return str(outs[0]["md5"]) if outs[0].get("md5") else None
+    except (yaml.YAMLError, AttributeError, TypeError, KeyError, IndexError) as exc:
+        detail = " ".join(str(exc).split())[:120] or type(exc).__name__
+        raise DataError(
+            f"{path}: not a DVC file bitune can read ({detail}); if a git merge left conflict markers in "
+            f"it, keep one side (`git checkout --ours {dvc_file}` or --theirs), then run again"
+        ) from None
 
 
 # Data folders a `data_kept_aside` block holds a copy of: `add_and_push` inside one leaves data/ to it.
@@ -414,7 +423,8 @@ def materialise_version(root: Path, version: str, remote: str, dest: Path) -> li
 
 
 def _cached_entries(cache: Path, version: str) -> list[tuple[str, str]] | None:
-    """(relpath, md5) of each file of `version` when the cache holds its manifest and every file."""
+    """(relpath, md5) of each file of `version` when the cache (or a local remote, laid out the same
+    way) holds its manifest and every file."""
     entries = _manifest_entries(version, [cache])
     if entries is None or not all(_object_path(cache, md5).is_file() for _, md5 in entries):
         return None
@@ -445,8 +455,8 @@ def _not_restorable(root: Path, version: str, fetch: subprocess.CompletedProcess
             f"data version {version} is recorded in git ({DVC_FILE} history) but its files are not in "
             f"{where} (never pushed there, or deleted from it since) nor in the local cache{detail}, so it "
             "cannot be restored here; "
-            "run `dvc push` on a machine that has it, or pick a version in the remote "
-            "(`bitune data versions`)"
+            f"run `{PUSH_ALL}` in a clone that has it (the one that versioned it), or pick a version in "
+            "the remote (`bitune data versions`)"
         )
     return (
         f"data version {version}: not in {where} or the local cache{detail}; pick a version in "
@@ -480,7 +490,9 @@ class KnownVersion:
     first_seen: datetime | None
     sources: list[str] = field(default_factory=list)
     files: list[str] | None = None  # from the version's manifest, when the cache or remote has it
-    in_remote: bool | None = None  # None: the remote is not a local folder, so not listed here
+    # every object of the version (manifest and files): what a checkout needs from one store or the other
+    in_remote: bool | None = None  # None: the remote is not a local folder, so not looked into
+    in_cache: bool = False  # this clone's DVC cache
     current: bool = False
 
 
@@ -504,8 +516,9 @@ def known_versions(root: Path, remote: str, sightings: Iterable[Sighting] = ()) 
     for entry in found.values():
         entry.current = entry.md5 == current
         entry.files = _manifest(entry.md5, [cache, *([remote_dir] if remote_dir else [])])
+        entry.in_cache = _cached_entries(cache, entry.md5) is not None
         if remote_dir is not None:
-            entry.in_remote = _object_path(remote_dir, entry.md5).is_file()
+            entry.in_remote = _cached_entries(remote_dir, entry.md5) is not None
     oldest = datetime.max.replace(tzinfo=UTC)
     return sorted(found.values(), key=lambda v: (v.first_seen or oldest, v.md5))
 

@@ -86,6 +86,7 @@ def test_versions_lists_both_with_dates_files_and_the_current_one(two_versions) 
     assert [v["files"] for v in listed] == [["a.csv"], ["b.csv"]]
     assert [v["current"] for v in listed] == [False, True]
     assert all(v["first_seen"] and v["in_remote"] and {"git", "remote"} <= set(v["sources"]) for v in listed)
+    assert all(v["in_cache"] for v in listed)  # this clone versioned both
     assert [v["rows"] for v in listed] == [None, None]  # no run logged a count; data files are not read
     assert not (root / "mlflow.db").exists()  # listing never creates a tracking store
 
@@ -140,7 +141,9 @@ def test_checkout_of_a_version_git_records_but_nobody_pushed_says_what_can_be_do
         f"remote {(root / '.dvc-storage').resolve()} (never pushed there, or deleted from it since) nor in "
         "the local cache"
     ) in message
-    assert "run `dvc push` on a machine that has it, or pick a version in the remote" in message
+    assert (
+        "run `dvc push --all-commits` in a clone that has it (the one that versioned it), or pick" in message
+    )
     assert (root / "data.dvc").read_bytes() == current and data_files(root) == files
 
 

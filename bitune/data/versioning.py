@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bitune.data.demo import DEMO_FILE, demo_files, holds_demo
-from bitune.data.sources import RawData, read_source
+from bitune.data.sources import RawData, read_file, read_source
 from bitune.data.validation import validate_frames
 from bitune.errors import DataError
 from bitune.params import DataParams
@@ -133,7 +133,7 @@ def files_in(folder: Path) -> dict[str, bytes] | None:
     entries = [p for p in folder.iterdir() if p.name != ".gitignore"]
     if not entries:
         return None
-    return {p.name: (p.read_bytes() if p.is_file() else b"") for p in entries}
+    return {p.name: (read_file(p) if p.is_file() else b"") for p in entries}  # unreadable: a DataError
 
 
 def read_to_version(data: DataParams, data_dir: Path) -> RawData:
@@ -144,23 +144,34 @@ def read_to_version(data: DataParams, data_dir: Path) -> RawData:
     return raw
 
 
-def check_new_source(data: DataParams, root: Path) -> None:
-    """Read and validate a new local file or folder before any flow starts.
+def check_new_source(data: DataParams, root: Path, current: str | None = None) -> None:
+    """Read and validate the data a run will version, before any flow starts: a new local file or
+    folder, or data/ itself when the run versions what it holds (`data.source: data`, or the default
+    source once data/ holds a version that is not the demo).
 
-    A bad file then fails in about a second instead of after the flow's start-up (a Prefect server,
-    the preflight's model and MLflow checks). The data step validates again, for scheduled runs that
-    do not come through the command line; 'demo', 'data' and 'hf:' sources are left to it.
+    A bad row then fails in about a second, with nothing written, instead of after the flow's start-up
+    (a Prefect server, the preflight's model and MLflow checks). `current` is the md5 data.dvc records:
+    the data step's own choice (`source_to_version`) says which data that is, and its refusals (data/
+    empty, or holding another version than data.dvc) come here too. The data step validates again, for
+    scheduled runs that do not come through the command line; the demo (valid as generated) and 'hf:'
+    sources (a download) are left to it.
     """
-    source = data.source.strip()
-    if source in ("demo", "data") or source.startswith("hf:"):
+    if data.source.strip().startswith("hf:"):
         return
-    validate_frames(read_source(data, root / data.dir).frames, data).raise_for_errors(source_name(source))
+    data = source_to_version(data, root, current).data
+    if data.source.strip() == "demo":
+        return
+    report = validate_frames(read_source(data, root / data.dir).frames, data)
+    report.raise_for_errors(source_name(data.source, data.dir))
 
 
-def source_name(source: str) -> str:
-    """How a data error names where its rows came from: a file's name, a folder's with a slash."""
+def source_name(source: str, data_dir: Path = Path("data")) -> str:
+    """How a data error names where its rows came from: a file's name, a folder's with a slash
+    (`data_dir`'s for 'data')."""
     source = source.strip()
-    if source in ("data", "demo") or source.startswith("hf:"):
-        return "data/" if source == "data" else source
+    if source == "data":
+        return f"{data_dir.as_posix()}/"
+    if source == "demo" or source.startswith("hf:"):
+        return source
     path = Path(source).expanduser()
     return f"{path.name}/" if path.is_dir() else path.name
