@@ -46,23 +46,38 @@ def schedule(
     overrides = list(set_ or [])
     with one_line_errors(root):
         loaded = load_params(params if params.is_absolute() else root / params, overrides)  # fail first
-        from flows.schedule import deployment_parameters, make_schedule, require_api_server, serve_retrain
+        from flows.schedule import (
+            check_name,
+            deployment_parameters,
+            make_schedule,
+            require_api_server,
+            serve_retrain,
+        )
 
+        check_name(name)
         when = make_schedule(cron, interval, timezone)
         api_url = require_api_server()
         parameters = deployment_parameters(params, overrides, root)
     console.print(
         f"Serving [bold]retrain/{name}[/] from {api_url}: {when.describe()}, "
         f"params {parameters['params_file']} in {parameters['project_dir']}.\n"
+        f"Next runs: {', '.join(f'{t:%a %Y-%m-%d %H:%M %Z}' for t in when.next_runs(2))}.\n"
         "At most one retrain at a time: a run that comes due while another is training is cancelled "
         "(Prefect shows it Cancelled: 'Deployment concurrency limit reached.'); "
         f"{run_time_limit(loaded.train.timeout_minutes)}\n"
         f"Run one now: prefect deployment run 'retrain/{name}'. "
-        "Ctrl-C stops serving and pauses the schedule.",
+        "Ctrl-C (or SIGTERM) pauses the schedule, stops a run in progress (the next one resumes from "
+        "its checkpoint) and stops serving.",
         soft_wrap=True,
         highlight=False,
     )
-    serve_retrain(name, when, parameters)  # Ctrl-C or SIGTERM: pauses the schedule, stops serving
+    serve_retrain(name, when, parameters)  # until Ctrl-C or SIGTERM, which pause the schedule first
+    console.print(
+        f"Stopped serving retrain/{name}; its schedule is paused until `bitune schedule --name {name}` "
+        "serves it again.",
+        soft_wrap=True,
+        highlight=False,
+    )
 
 
 def run_time_limit(minutes: float | None) -> str:

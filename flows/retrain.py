@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import ExitStack
 from pathlib import Path
 from typing import cast
 
@@ -10,10 +11,10 @@ from prefect import flow
 from prefect.exceptions import TerminationSignal
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
-from prefect.states import Completed, Failed, State
+from prefect.states import Cancelled, Completed, Failed, State
 
 from bitune.params import Params, load_params
-from bitune.project_lock import hold_project
+from bitune.project_lock import ProjectBusyError, hold_project
 from bitune.retrain_summary import RetrainSummary
 from bitune.tuning.schedule import expand_strategy
 from flows.run_deadline import RunDeadline, RunTimeoutError
@@ -153,7 +154,11 @@ def retrain(
     keep_results_in_project(root)
     params = load_params(root / params_file, overrides or [])
     deadline = RunDeadline(params.train.timeout_minutes)
-    with hold_project(root):  # a manual run and a scheduled one must not share data/ and checkpoints
+    with ExitStack() as held:
+        try:  # a manual run and a scheduled one must not share data/ and checkpoints
+            held.enter_context(hold_project(root))
+        except ProjectBusyError as busy:  # not a failure: cancelled, as Prefect cancels a run over its limit
+            return cast(RetrainSummary, Cancelled(message=str(busy), data=busy))
         try:
             with deadline:
                 summary = run_pipeline(root, params, force)

@@ -11,10 +11,12 @@ hold that one slot for good: `train.timeout_minutes` (read by each run from its 
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+import math
 import signal
 import sys
-from collections.abc import Callable
+import zoneinfo
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -22,12 +24,15 @@ from typing import Any
 
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
+from prefect.runner import Runner
 from prefect.types.entrypoint import EntrypointType
 from pydantic import ValidationError
 
 from bitune.errors import BituneError
 
 DEFAULT_CRON = "0 3 * * *"
+CRON_FIELDS = "minute hour day-of-month month day-of-week"
+MAX_INTERVAL_SECONDS = 366 * 24 * 3600  # rarer than yearly is a cron line's job
 DESCRIPTION = "Retrain the classifier on the current data version; promote it if it beats the champion"
 ONE_AT_A_TIME = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
 START_SERVER_HINT = (
@@ -57,11 +62,20 @@ class RetrainSchedule:
                 )
             return CronSchedule(cron=self.cron or DEFAULT_CRON, timezone=self.timezone)
         except ValidationError as exc:
-            detail = exc.errors()[0]["msg"].removeprefix("Value error, ")
-            raise OrchestrationError(
-                f"schedule {self.describe()}: {detail[:160]}; give a cron line like "
-                f"'{DEFAULT_CRON}' and an IANA time zone like UTC"
-            ) from None
+            raise _refused(self, exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
+
+    def next_runs(self, count: int = 2) -> list[datetime.datetime]:
+        """When the next runs come due, in the schedule's time zone, computed the way Prefect's
+        scheduler computes them (its own schedule code); none for a cron line no date matches."""
+        from prefect._vendor.croniter import CroniterBadDateError
+        from prefect.server.schemas import schedules as server
+
+        made = self.to_prefect()
+        kind = server.IntervalSchedule if isinstance(made, IntervalSchedule) else server.CronSchedule
+        try:
+            return list(asyncio.run(kind(**made.model_dump()).get_dates(n=count)))
+        except CroniterBadDateError:
+            return []
 
     def describe(self) -> str:
         if self.interval_seconds is not None:
@@ -69,15 +83,76 @@ class RetrainSchedule:
         return f"cron {self.cron or DEFAULT_CRON} ({self.timezone})"
 
 
+def _refused(schedule: RetrainSchedule, prefect_says: str) -> OrchestrationError:
+    """Prefect's complaint about a schedule, as the option the user gave."""
+    if prefect_says.startswith("Invalid timezone"):
+        return _bad_timezone(schedule.timezone)
+    if schedule.interval_seconds is None:
+        if prefect_says.startswith("Invalid cron string"):  # Prefect's says only that, quoting the line
+            prefect_says = "a field is out of range or not cron syntax"
+        return OrchestrationError(f"--cron {schedule.cron!r}: {prefect_says}; {_cron_fix()}")
+    return OrchestrationError(f"schedule {schedule.describe()}: {prefect_says[:160]}")
+
+
+def _cron_fix() -> str:
+    return f"give five fields ({CRON_FIELDS}), e.g. '{DEFAULT_CRON}' for 03:00 every day"
+
+
+def _bad_timezone(timezone: str) -> OrchestrationError:
+    """`--timezone X` is not a zone name Prefect knows; suggests the spelling when only case differs."""
+    same_but_case = [z for z in zoneinfo.available_timezones() if z.lower() == timezone.lower()]
+    fix = f"did you mean {same_but_case[0]}?" if same_but_case else "give a name like UTC or Europe/Berlin"
+    return OrchestrationError(f"--timezone {timezone!r}: not an IANA time zone; {fix}")
+
+
+def check_cron(cron: str) -> None:
+    """Five fields or an @-name (`@daily`); a sixth field is refused rather than read as seconds.
+
+    Prefect accepts six fields and reads the sixth as seconds: `0 3 * * * *` (a Quartz-style line)
+    comes due every second of 03:00, sixty runs a night.
+    """
+    fields = cron.split()
+    if not fields:
+        raise OrchestrationError(f"--cron {cron!r}: empty; {_cron_fix()}")
+    if fields[0].startswith("@"):
+        return  # @daily, @hourly, ...: Prefect checks the name
+    if len(fields) != 5:
+        extra = " (a sixth would be read as seconds)" if len(fields) == 6 else ""
+        raise OrchestrationError(f"--cron {cron!r}: {len(fields)} fields{extra}; {_cron_fix()}")
+
+
 def make_schedule(cron: str | None, interval_seconds: float | None, timezone: str = "UTC") -> RetrainSchedule:
-    """Exactly one of `cron` and `interval_seconds`; neither means the nightly default."""
+    """Exactly one of `cron` and `interval_seconds`; neither means the nightly default.
+
+    Checked in full before anything is registered: a schedule that can never come due is refused.
+    """
     if cron is not None and interval_seconds is not None:
         raise OrchestrationError("--cron and --interval both given; choose one schedule")
-    if interval_seconds is not None and interval_seconds <= 0:
-        raise OrchestrationError(f"--interval {interval_seconds:g}: must be a positive number of seconds")
+    if interval_seconds is not None and not 0 < interval_seconds <= MAX_INTERVAL_SECONDS:
+        shown = f"{interval_seconds:g}" if math.isfinite(interval_seconds) else str(interval_seconds)
+        raise OrchestrationError(
+            f"--interval {shown}: give a number of seconds from 1 to {MAX_INTERVAL_SECONDS} (366 days); "
+            "for rarer runs give a --cron line"
+        )
+    if not timezone.strip():
+        raise _bad_timezone(timezone)
+    if cron is not None:
+        check_cron(cron)
     schedule = RetrainSchedule(cron, interval_seconds, timezone)
-    schedule.to_prefect()  # validate now, before anything is registered
+    if not schedule.next_runs(1):
+        raise OrchestrationError(
+            f"--cron {cron!r}: no date ever matches it (a day the month never has?); "
+            f"e.g. '{DEFAULT_CRON}' is 03:00 every day"
+        )
     return schedule
+
+
+def check_name(name: str) -> None:
+    """A deployment name Prefect's runner takes as it is (an empty one would become `retrain/retrain`)."""
+    if not name.strip() or any(c in name for c in "/%"):
+        raise OrchestrationError(
+            f"--name {name!r}: give a deployment name without '/' or '%', e.g. retrain-scheduled"
+        )
 
 
 def require_api_server() -> str:
@@ -97,8 +172,10 @@ def require_api_server() -> str:
     with get_client(sync_client=True) as client:
         problem = client.api_healthcheck()
     if problem is not None:
+        hint = "the API is under /api on the server: " if not url.rstrip("/").endswith("/api") else ""
         raise OrchestrationError(
             f"PREFECT_API_URL={url}: no Prefect server answers ({type(problem).__name__}); "
+            + hint
             + START_SERVER_HINT
         )
     return str(url)
@@ -133,43 +210,78 @@ def _pause_or_explain(name: str) -> None:
         )
 
 
-def _stop_serving(name: str) -> Callable[[int, FrameType | None], None]:
-    """The Ctrl-C / SIGTERM handler: pause the schedule first, then stop.
+class ScheduleRunner(Runner):
+    """Prefect's runner, stopped on SIGTERM the way Ctrl-C stops it.
 
-    asyncio's own first-Ctrl-C handler only cancels the main task, and a cancel that lands while
-    Prefect's runner is starting a flow run can be absorbed: the runner then went on serving, and
-    starting runs, until it was killed, and the schedule was never paused. Pausing here, before
-    anything can get lost, and raising KeyboardInterrupt outright makes both happen.
+    `Runner.start` installs its own SIGTERM handler, which calls the async `stop` from inside the
+    event loop, where it only makes a coroutine that never runs, and exits: a run in progress went
+    on, the runner waited for it, and the schedule stayed active though "Pausing all deployments..."
+    was logged. Here SIGTERM goes to `on_signal`, set by `serve_retrain`.
     """
 
-    def stop(signum: int, frame: FrameType | None) -> None:
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C: out at once
-        _pause_or_explain(name)
-        raise KeyboardInterrupt
+    on_signal: StopServing | None = None
 
-    return stop
+    def handle_sigterm(self, *args: Any, **kwargs: Any) -> None:
+        if self.on_signal is None:
+            raise KeyboardInterrupt
+        self.on_signal(signal.SIGTERM, None)
 
 
-def serve_retrain(name: str, schedule: RetrainSchedule, parameters: dict[str, Any]) -> None:
-    """Register (or update) deployment `retrain/<name>` and run its scheduled runs until interrupted.
+class StopServing:
+    """The Ctrl-C / SIGTERM handler: pause the schedule first, then stop the runner in its own loop.
 
-    The entrypoint is the module path `flows.retrain.retrain`, so each run imports the installed
-    package whatever the runner's working directory. Ctrl-C or SIGTERM stops serving and pauses the
-    schedule (first thing in the signal handler, not only on the runner's way out, which can be
-    cut short); nothing runs while no runner serves the deployment.
+    Pausing comes first, before anything can get lost: nothing comes due while no runner serves the
+    deployment. The runner then stops as Prefect stops it (`astop`): a run in progress gets SIGTERM,
+    which a retrain turns into MLflow runs marked KILLED with its checkpoints kept (the next run
+    resumes), and ends Cancelled. Raising KeyboardInterrupt inside the loop instead printed asyncio
+    tracebacks and left a run in progress training. A second signal stops at once.
     """
+
+    def __init__(self, name: str, runner: ScheduleRunner, loop: asyncio.AbstractEventLoop) -> None:
+        self.name, self.runner, self.loop = name, runner, loop
+        self.stopping: asyncio.Task[None] | None = None
+        self.signalled = False
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        if self.signalled:
+            raise KeyboardInterrupt
+        self.signalled = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        _pause_or_explain(self.name)
+        if not self.runner.started:  # still registering: nothing runs yet
+            raise KeyboardInterrupt
+        self.loop.call_soon_threadsafe(self._stop_runner)
+
+    def _stop_runner(self) -> None:
+        self.stopping = self.loop.create_task(self.runner.astop())
+
+
+async def _serve(name: str, schedule: RetrainSchedule, parameters: dict[str, Any]) -> None:
     from flows.retrain import retrain
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, _stop_serving(name))
-    retrain.serve(
+    runner = ScheduleRunner(name=name, pause_on_shutdown=True)
+    stop = StopServing(name, runner, asyncio.get_running_loop())
+    runner.on_signal = stop
+    signal.signal(signal.SIGINT, stop)  # before asyncio's own, which only cancels the main task
+    signal.signal(signal.SIGTERM, stop)  # until `start` hands SIGTERM to `handle_sigterm`, which calls it
+    await runner.aadd_flow(
+        retrain,
         name=name,
         schedules=[schedule.to_prefect()],
         parameters=parameters,
-        global_limit=ONE_AT_A_TIME,
+        concurrency_limit=ONE_AT_A_TIME,
         description=DESCRIPTION,
         tags=["bitune", "retrain"],
         entrypoint_type=EntrypointType.MODULE_PATH,
-        pause_on_shutdown=True,
-        print_starting_message=False,
     )
+    await runner.start()
+
+
+def serve_retrain(name: str, schedule: RetrainSchedule, parameters: dict[str, Any]) -> None:
+    """Register (or update) deployment `retrain/<name>` and run its scheduled runs until stopped.
+
+    The entrypoint is the module path `flows.retrain.retrain`, so each run imports the installed
+    package whatever the runner's working directory. Ctrl-C or SIGTERM pauses the schedule, stops a
+    run in progress (it resumes from its checkpoint next time) and returns.
+    """
+    asyncio.run(_serve(name, schedule, parameters))

@@ -90,8 +90,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> bool:
     [
         (None, ["--cron", "0 3 * * *"], "PREFECT_API_URL is not set"),
         ("http://127.0.0.1:9/api", ["--cron", "0 3 * * *"], "no Prefect server answers"),
-        (None, ["--cron", "61 * * * *"], "Invalid cron string"),
-        (None, ["--cron", "0 3 * * *", "--timezone", "Mars/Base"], "Invalid timezone"),
+        (None, ["--cron", "61 * * * *"], "--cron '61 * * * *': a field is out of range"),
+        (None, ["--cron", "0 3 * * *", "--timezone", "Mars/Base"], "--timezone 'Mars/Base': not an IANA"),
         (None, ["--cron", "0 3 * * *", "--interval", "60"], "choose one schedule"),
         (None, ["--set", "strategy.rounds=0"], "strategy.rounds"),
     ],

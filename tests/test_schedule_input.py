@@ -1,0 +1,109 @@
+"""`bitune schedule` refuses a schedule that would not do what was typed, naming the option, before it
+contacts a Prefect server; and it says when the next runs come due, in the schedule's time zone.
+
+Each refused case here was accepted once: an empty `--cron` became the nightly default, a six-field
+line (seconds last, as Quartz writes it) came due every second of 03:00, `0 3 30 2 *` never came due,
+`--timezone ''` registered an empty zone, `--interval inf` and `--name a/b` ended in a traceback and
+`--name ''` registered `retrain/retrain`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bitune.errors import BituneError
+from flows.schedule import check_name, make_schedule
+
+REPO = Path(__file__).resolve().parents[1]
+BITUNE = Path(sys.executable).with_name("bitune")
+DEAD_SERVER = "http://127.0.0.1:9/api"  # nothing listens on the discard port
+
+
+@pytest.mark.parametrize(
+    ("cron", "interval", "timezone", "expected"),
+    [
+        ("", None, "UTC", "--cron '': empty; give five fields"),
+        ("0 3 * * * *", None, "UTC", "--cron '0 3 * * * *': 6 fields (a sixth would be read as seconds)"),
+        ("0 3 * *", None, "UTC", "--cron '0 3 * *': 4 fields; give five fields"),
+        ("61 * * * *", None, "UTC", "--cron '61 * * * *': a field is out of range or not cron syntax"),
+        ("0 3 30 2 *", None, "UTC", "--cron '0 3 30 2 *': no date ever matches it"),
+        ("0 3 * * *", None, "", "--timezone '': not an IANA time zone"),
+        ("0 3 * * *", None, "Mars/Base", "--timezone 'Mars/Base': not an IANA time zone; give a name like"),
+        ("0 3 * * *", None, "europe/berlin", "did you mean Europe/Berlin?"),
+        (None, 60.0, "Mars/Base", "--timezone 'Mars/Base': not an IANA time zone"),
+        (None, float("inf"), "UTC", "--interval inf: give a number of seconds from 1 to 31622400"),
+        (None, 1e15, "UTC", "--interval 1e+15: give a number of seconds from 1 to 31622400"),
+        ("0 3 * * *", 60.0, "UTC", "--cron and --interval both given"),
+    ],
+)
+def test_a_schedule_that_would_not_run_as_typed_is_refused_naming_the_option(
+    cron: str | None, interval: float | None, timezone: str, expected: str
+) -> None:
+    with pytest.raises(BituneError) as refused:
+        make_schedule(cron, interval, timezone)
+    assert expected in str(refused.value)
+    assert "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize("name", ["", " ", "a/b", "50%"])
+def test_a_deployment_name_prefect_would_change_or_refuse_is_refused(name: str) -> None:
+    with pytest.raises(BituneError, match="--name .*without '/' or '%'"):
+        check_name(name)
+
+
+def test_accepted_schedules_keep_what_was_typed() -> None:
+    assert make_schedule("@daily", None).describe() == "cron @daily (UTC)"
+    assert make_schedule(None, None).describe() == "cron 0 3 * * * (UTC)"
+    assert make_schedule(None, 3600, "Europe/Berlin").describe() == "every 3600 s"
+    check_name("retrain-scheduled")
+
+
+def test_next_runs_are_the_cron_line_in_its_time_zone() -> None:
+    """03:00 in Berlin is 02:00 UTC in winter, 01:00 in summer: the zone is applied, not assumed UTC."""
+    runs = make_schedule("0 3 * * *", None, "Europe/Berlin").next_runs(3)
+    assert len(runs) == 3
+    assert all((t.hour, t.minute) == (3, 0) and t.strftime("%Z") in ("CET", "CEST") for t in runs)
+    assert all(t.astimezone(datetime.UTC).hour in (1, 2) for t in runs)
+    assert runs[0] > datetime.datetime.now(datetime.UTC)
+    assert runs[1] - runs[0] in (datetime.timedelta(hours=h) for h in (23, 24, 25))
+
+
+def test_next_run_of_an_interval_is_one_interval_from_now() -> None:
+    before = datetime.datetime.now(datetime.UTC)
+    first, second = make_schedule(None, 7200).next_runs(2)
+    assert before + datetime.timedelta(hours=2) <= first <= before + datetime.timedelta(hours=2, minutes=1)
+    assert second - first == datetime.timedelta(hours=2)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--cron", "0 3 * * * *"], "error: --cron '0 3 * * * *': 6 fields"),
+        (["--timezone", "utc"], "error: --timezone 'utc': not an IANA time zone; did you mean UTC?"),
+        (["--interval", "inf"], "error: --interval inf: give a number of seconds"),  # was exit 1
+        (["--name", "a/b"], "error: --name 'a/b': give a deployment name"),  # was a traceback
+    ],
+)
+def test_cli_refuses_in_one_line_with_exit_2_before_asking_the_server(
+    args: list[str], expected: str, tmp_path: Path
+) -> None:
+    """PREFECT_API_URL points at nothing: the error is the schedule's, so it was checked first."""
+    shutil.copytree(REPO / "params", tmp_path / "params")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env |= {"PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": DEAD_SERVER}
+    proc = subprocess.run(
+        [str(BITUNE), "schedule", "--project", str(tmp_path), *args],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    first, *rest = proc.stderr.strip().splitlines()
+    assert first.startswith(expected), proc.stderr
+    assert rest == [f"(details in {tmp_path / '.bitune/logs/bitune.log'})"], proc.stderr
+    assert proc.stdout == ""
