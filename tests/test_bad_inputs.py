@@ -1,10 +1,17 @@
 """A catalogue of bad inputs through the real CLI: one line naming the problem and the fix, nothing changed.
 
 The module trains once (so there is a champion and a data version to protect), then runs every bad
-input as `bitune run` in a subprocess against its own copy of that project, several at a time, all
-sharing one Prefect server. Each case asserts: a non-zero exit; stderr holds the error line and the
-"(details in ...)" line and nothing else but Prefect's INFO lines; no traceback anywhere; and the
-copy's data.dvc, data/, DVC remote, model registry and top-level files are exactly as they were.
+input as `bitune run` against its own copy of that project. Each case asserts: a non-zero exit;
+stderr holds the error line and the "(details in ...)" line and nothing else but Prefect's INFO lines;
+no traceback anywhere; and the copy's data.dvc, data/, DVC remote, model registry and top-level files
+are exactly as they were.
+
+Most cases fail in the CLI's own checks, before any flow or server starts: those run in processes
+forked from one that imported the CLI once (tests/forked_cli.py), and must print no Prefect line at
+all. The cases only the flow can catch run as real `bitune run` processes against one Prefect server
+shared by the module, several at a time. The same runs show that Prefect's results stay in the
+project: the good run is told to persist results and writes none, a failed flow run's record lands
+in the project's .bitune/prefect-results/, and nothing reaches the Prefect home's storage/.
 
 Bad model paths fail in the flow's preflight, before the data step runs at all (tests/test_preflight.py
 also passes new data with them, and checks servers that are down).
@@ -13,6 +20,7 @@ also passes new data with them, and checks servers that are down).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -84,6 +92,7 @@ class Case:
     args: list[str]  # after `bitune run --project P <tiny overrides>`; {in} is the inputs folder
     expect: tuple[str, ...]  # in the error line: what is wrong, where, and the fix
     files: dict[str, bytes | Callable[[Path], None]] = field(default_factory=dict)
+    in_flow: bool = False  # caught inside the retrain flow, not by the CLI's checks before it starts
 
 
 CASES = [
@@ -235,12 +244,14 @@ CASES = [
         ["--set", "model.name_or_path={in}/empty-model"],
         ("model.name_or_path", "empty-model is not a model folder (no config.json)", "save_pretrained"),
         {"empty-model": Path.mkdir},
+        in_flow=True,
     ),
     Case(  # passed the preflight, which checked only that a weights file exists; data.dvc changed
         "model-weights-truncated",
         ["--data", "{in}/new.csv", "--set", "model.name_or_path={in}/cut-model"],
         ("model.name_or_path", "cut-model/model.safetensors is not a readable safetensors file", "truncated"),
         {"new.csv": NEW_DATA, "cut-model": truncated_model},
+        in_flow=True,
     ),
     # folders the run writes: failed mid-run as "unexpected FileNotFoundError", after the data step
     Case(
@@ -272,15 +283,27 @@ CASES = [
         "model-path-missing",
         ["--set", "model.name_or_path=/nonexistent/bert"],
         ("/nonexistent/bert is not a model folder", "Hugging Face id"),
+        in_flow=True,
     ),
 ]
 
 
 @dataclass
 class Outcome:
-    proc: subprocess.CompletedProcess[str]
+    status: int
+    stdout: str
+    stderr: str
+    project: Path
     after: dict[str, object]
     seconds: float
+
+
+@dataclass
+class Catalogue:
+    baseline: dict[str, object]  # a snapshot of an untouched copy of the trained project
+    by_case: dict[str, Outcome]
+    console_script: Outcome  # the first forked case again, through the real `bitune` executable
+    forked_parent_stderr: str  # what the process the cases were forked from printed while importing
 
 
 def free_port() -> int:
@@ -347,7 +370,10 @@ def tiny_args(model_dir: Path) -> list[str]:
 def trained(tmp_path_factory, tiny_bert_dir, prefect_env) -> Path:  # type: ignore[no-untyped-def]
     """A project after one good run: a data version in the remote and champion version 1."""
     root = make_project(tmp_path_factory.mktemp("project"), tiny_bert_dir)
-    proc = bitune_run(root, tiny_args(tiny_bert_dir), prefect_env)
+    # as on a machine set to persist Prefect results by default: retrain must still persist none
+    proc = bitune_run(
+        root, tiny_args(tiny_bert_dir), prefect_env | {"PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true"}
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = snapshot(root)
     assert state["champion"] == "1" and state["data.dvc"] and state["remote"]
@@ -386,32 +412,84 @@ def snapshot(root: Path) -> dict[str, object]:
     }
 
 
+FORKED_CLI = Path(__file__).with_name("forked_cli.py")
+
+
+def prepare(case: Case, trained: Path, folder: Path, model_dir: Path) -> list[str]:
+    """`folder`/project (a copy of the trained project) and `folder`/inputs; the arguments after `run`."""
+    project, inputs = copy_project(trained, folder / "project"), folder / "inputs"
+    inputs.mkdir()
+    for name, content in case.files.items():
+        if callable(content):
+            content(inputs / name)
+        else:
+            (inputs / name).write_bytes(content)
+    return [
+        "--project",
+        str(project),
+        *tiny_args(model_dir),
+        *(a.replace("{in}", str(inputs)) for a in case.args),
+    ]
+
+
+def finish(folder: Path, status: int, stdout: str, stderr: str, seconds: float) -> Outcome:
+    (folder / "stderr.txt").write_text(stderr)
+    return Outcome(status, stdout, stderr, folder / "project", snapshot(folder / "project"), seconds)
+
+
+def run_real(folder: Path, args: list[str], env: dict[str, str]) -> Outcome:
+    start = time.monotonic()
+    proc = subprocess.run(
+        [str(BIN / "bitune"), "run", *args], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    return finish(folder, proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start)
+
+
+def run_forked(jobs: dict[Path, list[str]], env: dict[str, str]) -> tuple[list[Outcome], str]:
+    """`bitune run ARGS` for each folder's ARGS, forked from one process (tests/forked_cli.py)."""
+    folders = list(jobs)
+    spec = [
+        {"argv": ["run", *jobs[f]], "stdout": str(f / "stdout.txt"), "stderr": str(f / "stderr.txt")}
+        for f in folders
+    ]
+    jobs_file = folders[0].parent / "forked-jobs.json"
+    jobs_file.write_text(json.dumps(spec))
+    proc = subprocess.run(
+        [sys.executable, str(FORKED_CLI), str(jobs_file)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout)
+    outcomes = [
+        finish(f, r["status"], (f / "stdout.txt").read_text(), (f / "stderr.txt").read_text(), r["seconds"])
+        for f, r in zip(folders, results, strict=True)
+    ]
+    return outcomes, proc.stderr
+
+
 @pytest.fixture(scope="module")
-def outcomes(trained, tiny_bert_dir, prefect_env, tmp_path_factory):  # type: ignore[no-untyped-def]
-    """(snapshot of an untouched copy, {case id: Outcome}): every case on its own copy, WORKERS at a time."""
+def outcomes(trained, tiny_bert_dir, prefect_env, tmp_path_factory) -> Catalogue:  # type: ignore[no-untyped-def]
+    """Every case on its own copy of the trained project: the flow's cases as real processes, WORKERS at
+    a time, beside one process that forks the CLI's cases from itself."""
     cases_dir = tmp_path_factory.mktemp("cases")
     baseline = snapshot(copy_project(trained, cases_dir / "baseline"))
-
-    def run(case: Case) -> Outcome:
-        project, inputs = (
-            copy_project(trained, cases_dir / case.id / "project"),
-            cases_dir / case.id / "inputs",
-        )
-        inputs.mkdir()
-        for name, content in case.files.items():
-            if callable(content):
-                content(inputs / name)
-            else:
-                (inputs / name).write_bytes(content)
-        args = [a.replace("{in}", str(inputs)) for a in case.args]
-        start = time.monotonic()
-        proc = bitune_run(project, tiny_args(tiny_bert_dir) + args, prefect_env)
-        seconds = time.monotonic() - start
-        (cases_dir / case.id / "stderr.txt").write_text(proc.stderr)
-        return Outcome(proc, snapshot(project), seconds)
-
+    args = {case.id: prepare(case, trained, cases_dir / case.id, tiny_bert_dir) for case in CASES}
+    forked = [c.id for c in CASES if not c.in_flow]
+    script_args = prepare(
+        next(c for c in CASES if c.id == forked[0]), trained, cases_dir / "console-script", tiny_bert_dir
+    )
     with ThreadPoolExecutor(WORKERS) as pool:
-        return baseline, dict(zip([c.id for c in CASES], pool.map(run, CASES), strict=True))
+        real = {
+            c.id: pool.submit(run_real, cases_dir / c.id, args[c.id], prefect_env) for c in CASES if c.in_flow
+        }
+        script = pool.submit(run_real, cases_dir / "console-script", script_args, prefect_env)
+        forked_outcomes, parent_stderr = run_forked({cases_dir / i: args[i] for i in forked}, prefect_env)
+        by_case = dict(zip(forked, forked_outcomes, strict=True)) | {i: f.result() for i, f in real.items()}
+        return Catalogue(baseline, by_case, script.result(), parent_stderr)
 
 
 def test_catalogue_is_large_and_distinct() -> None:
@@ -419,27 +497,71 @@ def test_catalogue_is_large_and_distinct() -> None:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input_fails_in_one_line_and_changes_nothing(case: Case, outcomes) -> None:  # type: ignore[no-untyped-def]
-    baseline, by_case = outcomes
-    outcome = by_case[case.id]
-    proc = outcome.proc
-    assert proc.returncode != 0, proc.stdout[-2000:]
-    assert "Traceback" not in proc.stdout + proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip() and not PREFECT_INFO.match(line)]
-    assert len(lines) == 2, proc.stderr
+def test_bad_input_fails_in_one_line_and_changes_nothing(case: Case, outcomes: Catalogue) -> None:
+    outcome = outcomes.by_case[case.id]
+    assert outcome.status != 0, outcome.stdout[-2000:]
+    assert "Traceback" not in outcome.stdout + outcome.stderr
+    # the CLI's own checks fail before Prefect says anything: a case that prints Prefect lines now
+    # reaches the flow (mark it in_flow if that is meant)
+    lines = [
+        line
+        for line in outcome.stderr.splitlines()
+        if line.strip() and not (case.in_flow and PREFECT_INFO.match(line))
+    ]
+    assert len(lines) == 2, outcome.stderr
     error, details = lines
     assert (
         error.startswith("error: ") and details.startswith("(details in ") and details.endswith("bitune.log)")
     )
     for part in case.expect:
         assert part in error, (part, error)
-    assert outcome.after == baseline
+    assert outcome.after == outcomes.baseline
 
 
-def test_timings(outcomes) -> None:  # type: ignore[no-untyped-def]
+def test_the_forked_cli_fails_as_the_console_script_does(outcomes: Catalogue) -> None:
+    """The catalogue's CLI cases run forked from a process that imported the CLI (tests/forked_cli.py):
+    the first of them, run by the real `bitune` executable, gives the same status and output, and the
+    imports printed nothing that each real run would have printed too."""
+    script = outcomes.console_script
+    forked = outcomes.by_case[next(c.id for c in CASES if not c.in_flow)]
+    assert script.status == forked.status != 0
+    assert script.stderr.replace(str(script.project), "PROJECT") == forked.stderr.replace(
+        str(forked.project), "PROJECT"
+    )
+    assert script.stdout == forked.stdout
+    assert outcomes.forked_parent_stderr == ""
+
+
+def files_under(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file()]
+
+
+def test_prefect_results_stay_out_of_the_prefect_home(prefect_env, outcomes: Catalogue) -> None:  # type: ignore[no-untyped-def]
+    """Prefect writes a failed flow run's exception to its result storage whatever `persist_result` says,
+    by default to the Prefect home's storage/ (~/.prefect/storage): outside the project, never cleaned,
+    on a shared machine readable by the other users. No run of this module, good or failed, writes there."""
+    home = Path(prefect_env["PREFECT_HOME"])
+    assert [c for c in CASES if c.in_flow]  # some of the runs were failed flow runs
+    assert files_under(home / "storage") == []
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.in_flow], ids=[c.id for c in CASES if c.in_flow])
+def test_a_failed_flow_run_keeps_its_prefect_result_in_the_project(case: Case, outcomes: Catalogue) -> None:
+    assert len(files_under(outcomes.by_case[case.id].project / ".bitune" / "prefect-results")) == 1
+
+
+def test_a_completed_run_persists_no_results_even_when_prefect_is_told_to(trained: Path) -> None:
+    """retrain needs none (no task retries or Prefect caching; resume is bitune's own): persist_result=False
+    is set on the flow, so a machine-wide PREFECT_RESULTS_PERSIST_BY_DEFAULT=true (set for the module's
+    good run) writes nothing, in the project or (test above) in the Prefect home."""
+    assert (trained / ".bitune").is_dir()
+    assert files_under(trained / ".bitune" / "prefect-results") == []
+
+
+def test_timings(outcomes: Catalogue) -> None:
     """Not a target, a record: seconds per case (shown with -rA), the slow ones being flow-level ones."""
-    seconds = {case: round(o.seconds, 1) for case, o in outcomes[1].items()}
-    print(f"seconds per case (in parallel, {WORKERS} at a time): {seconds}")
+    seconds = {case: round(o.seconds, 1) for case, o in outcomes.by_case.items()}
+    print(f"seconds per case (flow cases {WORKERS} at a time, the rest forked one by one): {seconds}")
     assert all(s < 300 for s in seconds.values())
 
 
