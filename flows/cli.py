@@ -222,7 +222,6 @@ def run(
 ) -> None:
     """Run the retrain flow: version data, preprocess, head phase, bottom phase, evaluate, register."""
     from bitune.data.versioning import check_new_source
-    from bitune.model.hub_reachable import check_hub_reachable
     from bitune.params import load_params
     from bitune.params.folders import check_writable_folders
     from bitune.project_lock import hold_project
@@ -241,6 +240,9 @@ def run(
         # and a checkpoint or artifact folder that cannot be written
         tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or loaded.tracking.uri
         check_writable_folders(loaded, root, tracking_server=tracking_uri.startswith("http"))
+        # imported here: it loads torch and transformers (4 s), which the checks above need not wait for
+        from bitune.model.hub_reachable import check_hub_reachable
+
         check_hub_reachable(loaded.model)  # a hub id to download and no network: said in seconds
         # held from here to the end (the flow takes it again, re-entrantly): a second run is refused
         # now, not after Prefect's temporary server has taken seconds to start
