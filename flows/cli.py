@@ -235,6 +235,10 @@ def run(
     held = ExitStack()
     try:
         loaded = load_params(params_file, overrides)  # bad params fail here, before any work starts
+        # held from here to the end (the flow takes it again, re-entrantly): a second run is refused
+        # now, not after Prefect's temporary server has taken seconds to start, and the data check
+        # below never reads a data/ another run is rewriting
+        held.enter_context(hold_project(root))
         # and a bad data file, or a bad row in a data/ the run versions, before any server starts
         check_new_source(loaded.data, root, data_version(root))
         # and a checkpoint or artifact folder that cannot be written
@@ -244,10 +248,8 @@ def run(
         from bitune.model.hub_reachable import check_hub_reachable
 
         check_hub_reachable(loaded.model)  # a hub id to download and no network: said in seconds
-        # held from here to the end (the flow takes it again, re-entrantly): a second run is refused
-        # now, not after Prefect's temporary server has taken seconds to start
-        held.enter_context(hold_project(root))
     except BituneError as exc:  # no log file in a folder that is no project (`cd docs && bitune run`)
+        held.close()
         raise fail(not_a_project(root, exc), project_log(root)) from None
     with held:
         summary = _run_flow(root, params_file, overrides, force, log_file)

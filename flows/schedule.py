@@ -172,7 +172,8 @@ def require_api_server() -> str:
     with get_client(sync_client=True) as client:
         problem = client.api_healthcheck()
     if problem is not None:
-        hint = "the API is under /api on the server: " if not url.rstrip("/").endswith("/api") else ""
+        base = url.rstrip("/")
+        hint = "" if base.endswith("/api") else f"add /api to PREFECT_API_URL ({base}/api); "
         raise OrchestrationError(
             f"PREFECT_API_URL={url}: no Prefect server answers ({type(problem).__name__}); "
             + hint

@@ -17,10 +17,14 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
+
+CHILD_TIMEOUT_S = 120
 
 
 def import_the_cli() -> None:
@@ -47,6 +51,7 @@ def exit_status(code: object) -> int:
 def run_in_child(argv: list[str], stdout: Path, stderr: Path) -> None:
     """Never returns: the console script's `sys.exit(app())`, its output on the job's files."""
     status = 1
+    signal.alarm(CHILD_TIMEOUT_S)  # a hung command line dies (status -14) instead of stalling the batch
     try:
         for fd, path in ((1, stdout), (2, stderr)):
             os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
@@ -68,6 +73,8 @@ def run_in_child(argv: list[str], stdout: Path, stderr: Path) -> None:
 
 
 def run_forked(argv: list[str], stdout: Path, stderr: Path) -> int:
+    # a fork copies only the calling thread: locks other threads hold would stay locked in the child
+    assert threading.active_count() == 1, f"threads before fork: {threading.enumerate()}"
     sys.stdout.flush()  # a child must not inherit unwritten output and write it into its own files
     sys.stderr.flush()
     pid = os.fork()

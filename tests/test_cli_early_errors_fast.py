@@ -28,7 +28,7 @@ except SystemExit as exc:
     ("args", "said"),
     [
         (["--set", "train.bogus=1"], "train.bogus: unknown key"),
-        (["--data", "reviews.csv"], "reviews.csv"),
+        (["--data", "{project}/reviews.csv"], "reviews.csv: no column 'text'"),
     ],
 )
 def test_params_and_data_errors_come_before_torch_is_imported(
@@ -36,8 +36,9 @@ def test_params_and_data_errors_come_before_torch_is_imported(
 ) -> None:
     project = make_project(tmp_path / "project", tmp_path)
     (project / "reviews.csv").write_text("review,stars\ngood,1\n")  # no text/label columns
+    argv = ["run", "--project", str(project), *(a.format(project=project) for a in args)]
     done = subprocess.run(
-        [sys.executable, "-c", PROBE, "run", "--project", str(project), *args],
+        [sys.executable, "-c", PROBE, *argv],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -265,7 +265,7 @@ def test_sigterm_pauses_the_schedule_and_stops_the_run_in_progress(
         deployment.id, parameters={"overrides": [*serving["sets"], LONG_TRAINING], "force": True}
     )
     deadline = time.monotonic() + RUN_TIMEOUT
-    while b"Task run 'tune-head" not in log.read_bytes()[earlier:]:  # the bottom phase is training
+    while b"Task run 'tune-head" not in log.read_bytes()[earlier:]:  # the head phase has started
         assert time.monotonic() < deadline, _tail(log)
         assert client.read_flow_run(run.id).state.is_final() is False, _tail(log)
         time.sleep(0.5)
