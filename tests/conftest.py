@@ -70,3 +70,17 @@ def tiny_overrides(model_dir: Path) -> list[str]:
         "strategy.phases.1.train=[embeddings, 'layers[0:2]', head, pooler]",
         "forgetting.probe_rows=16",
     ]
+
+
+SLOW_MARKERS = ("slow", "production", "browser")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules with slow tests first, each module's tests in their own order.
+
+    `make test` runs `pytest -n 2 --dist loadfile`: xdist hands whole modules to its two workers in
+    collection order, so a minute-long module collected last runs alone while the other worker idles.
+    Slow modules first leaves the short ones to fill both workers at the end.
+    """
+    slow = {item.path for item in items if any(item.get_closest_marker(m) for m in SLOW_MARKERS)}
+    items.sort(key=lambda item: item.path not in slow)  # stable: False (slow) first
