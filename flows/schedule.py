@@ -202,8 +202,13 @@ def pause_served_deployment(name: str) -> None:
 
 
 def _pause_or_explain(name: str) -> None:
+    """Pause, or say in one line that the schedule may still fire; silent when there is none yet."""
+    from prefect.exceptions import ObjectNotFound
+
     try:
         pause_served_deployment(name)
+    except ObjectNotFound:  # stopped while registering, before the deployment existed: nothing to pause
+        return
     except Exception as exc:  # noqa: BLE001 - any failure here means the same thing to the user
         sys.stderr.write(
             f"error: retrain/{name}: serving stopped but its schedule could not be paused ({exc}); "

@@ -107,3 +107,14 @@ def test_cli_refuses_in_one_line_with_exit_2_before_asking_the_server(
     assert first.startswith(expected), proc.stderr
     assert rest == [f"(details in {tmp_path / '.bitune/logs/bitune.log'})"], proc.stderr
     assert proc.stdout == ""
+
+
+def test_stopping_before_the_deployment_exists_says_nothing_about_pausing(
+    prefect_db: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A signal while `bitune schedule` is still registering: no schedule exists yet, so there is
+    nothing that could fire, and no "could not be paused" error may scare the user into the UI."""
+    from flows.schedule import _pause_or_explain
+
+    _pause_or_explain("never-registered")
+    assert capsys.readouterr().err == ""
