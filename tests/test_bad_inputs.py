@@ -304,6 +304,7 @@ class Catalogue:
     by_case: dict[str, Outcome]
     console_script: Outcome  # the first forked case again, through the real `bitune` executable
     forked_parent_stderr: str  # what the process the cases were forked from printed while importing
+    default_home: Path  # HOME of the first in-flow case, run with PREFECT_HOME unset (so ~/.prefect)
 
 
 def free_port() -> int:
@@ -482,14 +483,23 @@ def outcomes(trained, tiny_bert_dir, prefect_env, tmp_path_factory) -> Catalogue
     script_args = prepare(
         next(c for c in CASES if c.id == forked[0]), trained, cases_dir / "console-script", tiny_bert_dir
     )
+    # one failed flow run with Prefect's default home, ~/.prefect, under a HOME of its own
+    default_home = cases_dir / "default-home"
+    default_home.mkdir()
+    home_env = {k: v for k, v in prefect_env.items() if k != "PREFECT_HOME"} | {"HOME": str(default_home)}
+    first_in_flow = next(c.id for c in CASES if c.in_flow)
     with ThreadPoolExecutor(WORKERS) as pool:
         real = {
-            c.id: pool.submit(run_real, cases_dir / c.id, args[c.id], prefect_env) for c in CASES if c.in_flow
+            c.id: pool.submit(
+                run_real, cases_dir / c.id, args[c.id], home_env if c.id == first_in_flow else prefect_env
+            )
+            for c in CASES
+            if c.in_flow
         }
         script = pool.submit(run_real, cases_dir / "console-script", script_args, prefect_env)
         forked_outcomes, parent_stderr = run_forked({cases_dir / i: args[i] for i in forked}, prefect_env)
         by_case = dict(zip(forked, forked_outcomes, strict=True)) | {i: f.result() for i, f in real.items()}
-        return Catalogue(baseline, by_case, script.result(), parent_stderr)
+        return Catalogue(baseline, by_case, script.result(), parent_stderr, default_home)
 
 
 def test_catalogue_is_large_and_distinct() -> None:
@@ -543,6 +553,15 @@ def test_prefect_results_stay_out_of_the_prefect_home(prefect_env, outcomes: Cat
     home = Path(prefect_env["PREFECT_HOME"])
     assert [c for c in CASES if c.in_flow]  # some of the runs were failed flow runs
     assert files_under(home / "storage") == []
+
+
+def test_with_prefect_home_unset_a_failed_run_writes_nothing_under_home_prefect(outcomes: Catalogue) -> None:
+    """The same with Prefect's default home, `~/.prefect`: the case ran with PREFECT_HOME unset and
+    a HOME of its own, so the path bitune compares with is the expanded default."""
+    case = next(c for c in CASES if c.in_flow)
+    assert outcomes.by_case[case.id].status == 2
+    assert files_under(outcomes.default_home / ".prefect" / "storage") == []
+    assert len(files_under(outcomes.by_case[case.id].project / ".bitune" / "prefect-results")) == 1
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.in_flow], ids=[c.id for c in CASES if c.in_flow])
