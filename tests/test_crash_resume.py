@@ -82,6 +82,22 @@ def uninterrupted(tmp_path_factory, tiny_bert_dir):  # type: ignore[no-untyped-d
     return root
 
 
+def stop_orphaned_prefect_servers(test_id: str) -> None:
+    """Stop the temporary Prefect server a run killed with -9 left behind (Prefect starts it in a
+    session of its own, so the run's process group did not take it along); found by the test id it
+    inherited in PYTEST_CURRENT_TEST. Clean-up only: without it every suite run leaks one server."""
+    if not test_id:
+        return
+    for proc_dir in Path("/proc").glob("[0-9]*"):
+        try:
+            if b"prefect.server.api.server:create_app" not in (proc_dir / "cmdline").read_bytes():
+                continue
+            if test_id.encode() in (proc_dir / "environ").read_bytes():
+                os.kill(int(proc_dir.name), signal.SIGTERM)
+        except (OSError, ValueError):  # gone meanwhile, or not ours to read
+            continue
+
+
 def test_kill_9_in_bottom_phase_resumes_and_registers_once(tmp_path, tiny_bert_dir, uninterrupted) -> None:  # type: ignore[no-untyped-def]
     root = make_project(tmp_path / "p", tiny_bert_dir)
     proc = subprocess.Popen(
@@ -96,6 +112,7 @@ def test_kill_9_in_bottom_phase_resumes_and_registers_once(tmp_path, tiny_bert_d
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        stop_orphaned_prefect_servers(os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0])
     assert not list(root.glob(".bitune/runs/*/bottom/result.json")), "the phase finished before the kill"
     assert {r.info.status for r in runs(root)} >= {"RUNNING"}
 
