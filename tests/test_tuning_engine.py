@@ -546,3 +546,16 @@ def test_phase_with_ema_evaluates_and_hands_on_the_averaged_weights(train: list[
     labels = torch.tensor([r["labels"] for r in DATA.validation])
     now = summary_metrics(predict_logits(averaged, DATA.validation, context(averaged), 0), labels)
     assert now["loss"] == pytest.approx(result.history[-1]["val_loss"], rel=1e-4)  # evaluated = kept
+
+
+def test_nan_guard_on_cached_features_stops_within_log_every_steps_without_mlflow() -> None:
+    """No step hook (logging off): the cached head phase still reads the loss back every
+    `log_every` steps, so a diverged phase stops at step 4, not at the end of a 12-step epoch."""
+    model = model_for()
+    with torch.no_grad():
+        model.head[1].weight.fill_(float("nan"))
+    spec = phase(name="head", train=["head"], epochs=1, batch_size=8, cache_features=True)  # 12 steps
+    ctx = context(model, log_every=4)
+    assert ctx.on_step is None
+    with pytest.raises(TrainingError, match=r"head: loss became nan at epoch 1, by step 4;"):
+        run_phase(model, PhaseRun(0, 1, spec), DATA, ctx)

@@ -121,9 +121,9 @@ def run_on_features(
             total += loss.detach() * len(idx)
             seen += len(idx)
             step += 1
-            if ctx.on_step and step % ctx.log_every == 0:
-                # the token path's step curve: the guard first, so a NaN is never logged as a metric
+            if step % ctx.log_every == 0:  # as the token path: stop a diverged phase within log_every steps
                 check_finite(total, run.key, epoch, step, fix, trained)
+            if ctx.on_step and step % ctx.log_every == 0:  # after the guard: never log a NaN as a metric
                 ctx.on_step(
                     {
                         "loss": loss.item(),
