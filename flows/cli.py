@@ -7,7 +7,6 @@ and the terminal gets one line naming the problem and the fix, with a non-zero e
 from __future__ import annotations
 
 import _thread
-import functools
 import os
 import signal
 import subprocess
@@ -15,7 +14,7 @@ import sys
 import threading
 from contextlib import ExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -119,10 +118,13 @@ def start_detached_prefect_server() -> None:
     Ctrl-C reaches every process in the terminal's foreground group: Prefect's own temporary server
     stopped with the run, which then could not record that it was interrupted and retried for two
     minutes before failing with "unexpected ConnectError". Registered under Prefect's default key, so
-    the flow's clients use this server; Prefect stops it at exit as it stops its own.
+    the flow's clients use this server; Prefect stops it at exit as it stops its own, and the
+    kernel stops it (SIGTERM) if this process is killed with -9 (`tethered`).
     """
     from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+    from bitune.process_tether import tethered
 
     if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
         return
@@ -130,7 +132,11 @@ def start_detached_prefect_server() -> None:
     if server.running:
         return
     popen = subprocess.Popen
-    subprocess.Popen = functools.partial(popen, start_new_session=True)  # type: ignore[misc,assignment]
+
+    def detached_and_tethered(args: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
+        return popen(tethered(args), start_new_session=True, **kwargs)
+
+    subprocess.Popen = detached_and_tethered  # type: ignore[misc,assignment]
     try:
         server.start()
     finally:

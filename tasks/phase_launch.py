@@ -19,6 +19,7 @@ from typing import IO, Any
 import torch
 
 from bitune.errors import TrainingError
+from bitune.process_tether import tethered
 
 
 def free_port() -> int:
@@ -56,8 +57,8 @@ def run_process_group(command: list[str], cwd: Path, env: dict[str, str], log: I
     only the launcher, and the training ranks it started would go on holding the GPUs, and the next
     scheduled run would fail for want of memory. The whole group gets SIGTERM, then SIGKILL.
     """
-    proc = subprocess.Popen(
-        command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    proc = subprocess.Popen(  # tethered: a kill -9 of bitune takes the launcher (and so its ranks) along
+        tethered(command), cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
     try:
         return proc.wait()

@@ -82,20 +82,33 @@ def uninterrupted(tmp_path_factory, tiny_bert_dir):  # type: ignore[no-untyped-d
     return root
 
 
-def stop_orphaned_prefect_servers(test_id: str) -> None:
-    """Stop the temporary Prefect server a run killed with -9 left behind (Prefect starts it in a
-    session of its own, so the run's process group did not take it along); found by the test id it
-    inherited in PYTEST_CURRENT_TEST. Clean-up only: without it every suite run leaks one server."""
-    if not test_id:
-        return
+def prefect_servers_started_by(test_id: str) -> list[int]:
+    """Pids of the temporary Prefect servers whose environment holds this test's id (inherited in
+    PYTEST_CURRENT_TEST from the run it started): Prefect starts them in a session of their own."""
+    pids = []
     for proc_dir in Path("/proc").glob("[0-9]*"):
         try:
             if b"prefect.server.api.server:create_app" not in (proc_dir / "cmdline").read_bytes():
                 continue
             if test_id.encode() in (proc_dir / "environ").read_bytes():
-                os.kill(int(proc_dir.name), signal.SIGTERM)
+                pids.append(int(proc_dir.name))
         except (OSError, ValueError):  # gone meanwhile, or not ours to read
             continue
+    return pids
+
+
+def wait_until_gone(pids: list[int], timeout_s: float) -> list[int]:
+    """The pids still running (not zombies) after up to `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = [
+            pid
+            for pid in pids
+            if Path(f"/proc/{pid}").exists() and b") Z" not in Path(f"/proc/{pid}/stat").read_bytes()
+        ]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.1)
 
 
 def test_kill_9_in_bottom_phase_resumes_and_registers_once(tmp_path, tiny_bert_dir, uninterrupted) -> None:  # type: ignore[no-untyped-def]
@@ -107,12 +120,19 @@ def test_kill_9_in_bottom_phase_resumes_and_registers_once(tmp_path, tiny_bert_d
         env=env(),
         start_new_session=True,
     )
+    test_id = os.environ["PYTEST_CURRENT_TEST"].split(" ")[0]
     try:
         wait_for_bottom_epoch(root, proc, 3)
+        servers = prefect_servers_started_by(test_id)
+        assert len(servers) == 1, servers
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        stop_orphaned_prefect_servers(os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0])
+    # the run's temporary Prefect server dies with it (the kernel's SIGTERM), not left for ever
+    left = wait_until_gone(servers, timeout_s=15)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)  # clean up before failing: never leak one per suite run
+    assert not left, "the killed run's temporary Prefect server is still running"
     assert not list(root.glob(".bitune/runs/*/bottom/result.json")), "the phase finished before the kill"
     assert {r.info.status for r in runs(root)} >= {"RUNNING"}
 
