@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from flows.cli_common import ParamsOpt, ProjectOpt, SetOpt, console, one_line_errors
+from flows.cli_common import ParamsOpt, ProjectOpt, SetOpt, console, errors, one_line_errors
 
 
 def schedule(
@@ -71,7 +71,16 @@ def schedule(
         soft_wrap=True,
         highlight=False,
     )
-    serve_retrain(name, when, parameters)  # until Ctrl-C or SIGTERM, which pause the schedule first
+    try:
+        serve_retrain(name, when, parameters)  # until Ctrl-C or SIGTERM, which pause the schedule first
+    except KeyboardInterrupt:  # before serving started (importing, registering), or a second Ctrl-C
+        errors.print(
+            f"interrupted: retrain/{name} is not being served (its schedule, if it had one, is paused); "
+            f"`bitune schedule --name {name}` serves it again.",
+            soft_wrap=True,
+            highlight=False,
+        )
+        raise typer.Exit(130) from None
     console.print(
         f"Stopped serving retrain/{name}; its schedule is paused until `bitune schedule --name {name}` "
         "serves it again.",

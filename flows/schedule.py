@@ -22,6 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from prefect import Flow
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 from prefect.runner import Runner
@@ -262,14 +263,20 @@ class StopServing:
         self.stopping = self.loop.create_task(self.runner.astop())
 
 
-async def _serve(name: str, schedule: RetrainSchedule, parameters: dict[str, Any]) -> None:
-    from flows.retrain import retrain
-
+async def _serve(
+    retrain: Flow[..., Any],
+    name: str,
+    schedule: RetrainSchedule,
+    parameters: dict[str, Any],
+    early: list[int],
+) -> None:
     runner = ScheduleRunner(name=name, pause_on_shutdown=True)
     stop = StopServing(name, runner, asyncio.get_running_loop())
     runner.on_signal = stop
     signal.signal(signal.SIGINT, stop)  # before asyncio's own, which only cancels the main task
     signal.signal(signal.SIGTERM, stop)  # until `start` hands SIGTERM to `handle_sigterm`, which calls it
+    if early:  # a signal came while the loop was being built: act on it now
+        stop(early[0], None)
     await runner.aadd_flow(
         retrain,
         name=name,
@@ -290,4 +297,11 @@ def serve_retrain(name: str, schedule: RetrainSchedule, parameters: dict[str, An
     package whatever the runner's working directory. Ctrl-C or SIGTERM pauses the schedule, stops a
     run in progress (it resumes from its checkpoint next time) and returns.
     """
-    asyncio.run(_serve(name, schedule, parameters))
+    from flows.retrain import retrain  # seconds (torch, mlflow): a Ctrl-C here is a plain interrupt
+
+    # From here until `_serve` installs StopServing, a signal is only remembered: raised while
+    # asyncio builds its loop, it printed "Exception ignored in BaseEventLoop.__del__" tracebacks.
+    early: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: early.append(signum))
+    signal.signal(signal.SIGTERM, lambda signum, frame: early.append(signum))
+    asyncio.run(_serve(retrain, name, schedule, parameters, early))

@@ -10,10 +10,14 @@ line (seconds last, as Quartz writes it) came due every second of 03:00, `0 3 30
 from __future__ import annotations
 
 import datetime
+import http.server
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -118,3 +122,72 @@ def test_stopping_before_the_deployment_exists_says_nothing_about_pausing(
 
     _pause_or_explain("never-registered")
     assert capsys.readouterr().err == ""
+
+
+class SlowRegistration(http.server.BaseHTTPRequestHandler):
+    """A Prefect API that is up (`/health`) but slow to register: it holds every other request
+    open for a minute; the deployment lookup that a stop makes says there is none yet (404)."""
+
+    held: list[str] = []  # the requests it is holding: registration has begun
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        if self.path.endswith("/health"):
+            self._answer(200, b"true")
+        elif "/deployments/name/" in self.path:
+            self._answer(404, b'{"detail": "Deployment not found"}')
+        else:
+            self.held.append(f"GET {self.path}")
+            time.sleep(60)
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.held.append(f"POST {self.path}")
+        time.sleep(60)
+
+    def _answer(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("stage", ["importing the flow", "registering"])
+def test_ctrl_c_before_serving_starts_is_one_line_and_exit_130(stage: str, tmp_path: Path) -> None:
+    """Ctrl-C while the flow is imported (seconds) or the deployment is being registered: once
+    Click's bare "Aborted!" with exit 1, which said neither what happened nor what was left."""
+    SlowRegistration.held = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowRegistration)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    shutil.copytree(REPO / "params", tmp_path / "params")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env |= {
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_API_URL": f"http://127.0.0.1:{server.server_port}/api",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    proc = subprocess.Popen(
+        [str(BITUNE), "schedule", "--project", str(tmp_path), "--name", "nightly-test"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("Serving retrain/nightly-test from")  # checks passed
+        deadline = time.monotonic() + 60
+        while stage == "registering" and not SlowRegistration.held:
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        server.shutdown()
+    assert proc.returncode == 130, err
+    assert err.strip() == (
+        "interrupted: retrain/nightly-test is not being served (its schedule, if it had one, is paused); "
+        "`bitune schedule --name nightly-test` serves it again."
+    )
+    assert "Aborted" not in out + err
