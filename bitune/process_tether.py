@@ -40,7 +40,7 @@ def tethered(command: list[str], parent_pid: int | None = None) -> list[str]:
     if _prctl() is None:
         return list(command)
     parent = os.getpid() if parent_pid is None else parent_pid
-    return [sys.executable, "-m", "bitune.process_tether", str(parent), *command]
+    return [sys.executable, "-P", "-m", "bitune.process_tether", str(parent), *command]  # -P: not from cwd
 
 
 def main(argv: list[str]) -> None:

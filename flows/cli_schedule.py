@@ -58,20 +58,20 @@ def schedule(
         when = make_schedule(cron, interval, timezone)
         api_url = require_api_server()
         parameters = deployment_parameters(params, overrides, root)
-    console.print(
-        f"Serving [bold]retrain/{name}[/] from {api_url}: {when.describe()}, "
-        f"params {parameters['params_file']} in {parameters['project_dir']}.\n"
-        f"Next runs: {', '.join(f'{t:%a %Y-%m-%d %H:%M %Z}' for t in when.next_runs(2))}.\n"
-        "At most one retrain at a time: a run that comes due while another is training is cancelled "
-        "(Prefect shows it Cancelled: 'Deployment concurrency limit reached.'); "
-        f"{run_time_limit(loaded.train.timeout_minutes)}\n"
-        f"Run one now: prefect deployment run 'retrain/{name}'. "
-        "Ctrl-C (or SIGTERM) pauses the schedule, stops a run in progress (the next one resumes from "
-        "its checkpoint) and stops serving.",
-        soft_wrap=True,
-        highlight=False,
-    )
-    try:
+    try:  # from here a Ctrl-C is this one line (Typer would exit 130 saying nothing)
+        console.print(
+            f"Serving [bold]retrain/{name}[/] from {api_url}: {when.describe()}, "
+            f"params {parameters['params_file']} in {parameters['project_dir']}.\n"
+            f"Next runs: {', '.join(f'{t:%a %Y-%m-%d %H:%M %Z}' for t in when.next_runs(2))}.\n"
+            "At most one retrain at a time: a run that comes due while another is training is cancelled "
+            "(Prefect shows it Cancelled: 'Deployment concurrency limit reached.'); "
+            f"{run_time_limit(loaded.train.timeout_minutes)}\n"
+            f"Run one now: prefect deployment run 'retrain/{name}'. "
+            "Ctrl-C (or SIGTERM) pauses the schedule, stops a run in progress (the next one resumes from "
+            "its checkpoint) and stops serving.",
+            soft_wrap=True,
+            highlight=False,
+        )
         serve_retrain(name, when, parameters)  # until Ctrl-C or SIGTERM, which pause the schedule first
     except KeyboardInterrupt:  # before serving started (importing, registering), or a second Ctrl-C
         errors.print(
