@@ -30,6 +30,7 @@ from rich.table import Table
 
 from bitune.errors import BituneError
 from bitune.evaluation.run_comparison import RunRow, duration_text, param_differences, plot_comparison
+from bitune.process_tether import tethered
 from flows.cli_common import HostOpt, ParamsOpt, PortOpt, ProjectOpt, console, one_line_errors
 
 if TYPE_CHECKING:
@@ -374,7 +375,8 @@ def run_until_interrupted(command: list[str], env: dict[str, str], name: str) ->
     eight), while SIGTERM shuts them down quietly.
     """
     with stop_signals_as_interrupts():
-        proc = subprocess.Popen(command, env=env, start_new_session=True)
+        # tethered: a kill -9 of bitune (no handler runs) stops the server too, by the kernel's SIGTERM
+        proc = subprocess.Popen(tethered(command), env=env, start_new_session=True)
         try:
             return proc.wait()
         except KeyboardInterrupt:

@@ -2,7 +2,8 @@
 
 A README audit found a busy port reported as uvicorn's `[Errno 98]` with exit 0 (`ui`) or a 25-line
 MLflow traceback (`serve`), and `kill` or a closed terminal leaving `mlflow ui` holding the port:
-it runs in a session of its own, which those signals never reach.
+it runs in a session of its own, which those signals never reach. A `kill -9` of bitune, which no
+handler sees, stops it too (the server is tethered: `bitune/process_tether.py`).
 """
 
 from __future__ import annotations
@@ -104,7 +105,9 @@ def answers(port: int) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+@pytest.mark.parametrize(
+    "sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGKILL], ids=["SIGTERM", "SIGHUP", "SIGKILL"]
+)
 def test_a_stop_signal_to_bitune_stops_the_ui_server_too(tmp_path: Path, sig: signal.Signals) -> None:
     root = ui_project(tmp_path / "project")
     port, log = free_port(), tmp_path / "ui.log"
@@ -131,4 +134,5 @@ def test_a_stop_signal_to_bitune_stops_the_ui_server_too(tmp_path: Path, sig: si
             os.killpg(group, signal.SIGKILL)
     assert not left, f"server processes left running after {sig.name}: {left}"
     assert not answers(port), f"port {port} still answers after {sig.name}"
-    assert log.read_text().rstrip().endswith("MLflow UI stopped."), log.read_text()[-2000:]
+    if sig != signal.SIGKILL:  # -9 runs nothing in bitune: the kernel stops the server (tethered)
+        assert log.read_text().rstrip().endswith("MLflow UI stopped."), log.read_text()[-2000:]
