@@ -40,19 +40,22 @@ def tethered(command: list[str], parent_pid: int | None = None) -> list[str]:
     if _prctl() is None:
         return list(command)
     parent = os.getpid() if parent_pid is None else parent_pid
-    return [sys.executable, "-P", "-m", "bitune.process_tether", str(parent), *command]  # -P: not from cwd
+    # run by path, stdlib only: works from a checkout that is not installed; -P: nothing from cwd
+    return [sys.executable, "-P", os.path.abspath(__file__), str(parent), *command]
 
 
 def main(argv: list[str]) -> None:
-    """`python -m bitune.process_tether PARENT_PID COMMAND...`: tether, then become COMMAND."""
+    """`python process_tether.py PARENT_PID COMMAND...`: tether, then become COMMAND."""
     if len(argv) < 2:
-        raise SystemExit("usage: python -m bitune.process_tether PARENT_PID COMMAND [ARGS...]")
+        raise SystemExit("usage: python process_tether.py PARENT_PID COMMAND [ARGS...]")
     parent, command = int(argv[0]), argv[1:]
     prctl = _prctl()
     if prctl is not None and prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
         raise SystemExit(f"prctl(PR_SET_PDEATHSIG) failed: {os.strerror(ctypes.get_errno())}")
     if os.getppid() != parent:  # the parent died before the tether was set: nobody would signal us
         raise SystemExit(f"parent process {parent} is gone; not starting {command[0]}")
+    for ignored_by_python in (signal.SIGPIPE, signal.SIGXFSZ):  # ignored signals survive exec
+        signal.signal(ignored_by_python, signal.SIG_DFL)
     os.execvp(command[0], command)
 
 

@@ -133,7 +133,10 @@ def start_detached_prefect_server() -> None:
         return
     popen = subprocess.Popen
 
-    def detached_and_tethered(args: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
+    def detached_and_tethered(args: Any, **kwargs: Any) -> subprocess.Popen[Any]:
+        # the patch is process-wide: leave alone whatever else starts a process meanwhile
+        if threading.current_thread() is not threading.main_thread() or not isinstance(args, list):
+            return popen(args, **kwargs)
         return popen(tethered(args), start_new_session=True, **kwargs)
 
     subprocess.Popen = detached_and_tethered  # type: ignore[misc,assignment]

@@ -290,6 +290,9 @@ async def _serve(
     await runner.start()
 
 
+STOPS = (signal.SIGINT, signal.SIGTERM)
+
+
 def serve_retrain(name: str, schedule: RetrainSchedule, parameters: dict[str, Any]) -> None:
     """Register (or update) deployment `retrain/<name>` and run its scheduled runs until stopped.
 
@@ -302,6 +305,9 @@ def serve_retrain(name: str, schedule: RetrainSchedule, parameters: dict[str, An
     # From here until `_serve` installs StopServing, a signal is only remembered: raised while
     # asyncio builds its loop, it printed "Exception ignored in BaseEventLoop.__del__" tracebacks.
     early: list[int] = []
-    signal.signal(signal.SIGINT, lambda signum, frame: early.append(signum))
-    signal.signal(signal.SIGTERM, lambda signum, frame: early.append(signum))
-    asyncio.run(_serve(retrain, name, schedule, parameters, early))
+    previous = {sig: signal.signal(sig, lambda signum, frame: early.append(signum)) for sig in STOPS}
+    try:
+        asyncio.run(_serve(retrain, name, schedule, parameters, early))
+    finally:  # whatever happened, Ctrl-C is never left a no-op
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -97,15 +97,18 @@ def prefect_servers_started_by(test_id: str) -> list[int]:
     return pids
 
 
+def running(pid: int) -> bool:
+    try:
+        return b") Z" not in Path(f"/proc/{pid}/stat").read_bytes()  # a zombie has exited
+    except FileNotFoundError:  # reaped
+        return False
+
+
 def wait_until_gone(pids: list[int], timeout_s: float) -> list[int]:
     """The pids still running (not zombies) after up to `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     while True:
-        left = [
-            pid
-            for pid in pids
-            if Path(f"/proc/{pid}").exists() and b") Z" not in Path(f"/proc/{pid}/stat").read_bytes()
-        ]
+        left = [pid for pid in pids if running(pid)]
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.1)

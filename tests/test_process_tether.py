@@ -78,14 +78,36 @@ def test_the_command_keeps_its_pid_arguments_and_exit_status() -> None:
     assert proc.returncode == 7
 
 
-def test_a_parent_that_is_already_gone_starts_nothing(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """The parent died between fork and tether (here: pid 1 is never our parent): no orphan starts."""
-    marker = tmp_path / "started"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bitune.process_tether", "1", "touch", str(marker)],
-        capture_output=True,
-        text=True,
+def test_the_command_gets_the_signal_dispositions_python_changed_back() -> None:
+    """Python ignores SIGPIPE and SIGXFSZ, and ignored signals survive exec: reset, so that
+    `yes | head -1` ends as it does in a shell instead of writing into a closed pipe for ever."""
+    ignored = subprocess.run(
+        tethered(["grep", "SigIgn", "/proc/self/status"]), capture_output=True, text=True
     )
+    mask = int(ignored.stdout.split()[1], 16)
+    assert not mask & (1 << (signal.SIGPIPE - 1)), ignored.stdout
+    assert not mask & (1 << (signal.SIGXFSZ - 1)), ignored.stdout
+
+
+def test_runs_from_a_checkout_that_is_not_installed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Run by path with the standard library only: an interpreter without bitune runs it too (here
+    the one the virtual environment was made from, which has no bitune installed)."""
+    command = tethered(["sh", "-c", "echo ok"])
+    command[0] = sys._base_executable  # the venv's base interpreter, without the venv's packages
+    check = subprocess.run(
+        [command[0], "-c", "import bitune"], capture_output=True, cwd=tmp_path, check=False
+    )
+    assert check.returncode != 0, "the base interpreter has bitune: this test would prove nothing"
+    proc = subprocess.run(
+        command, capture_output=True, text=True, cwd=tmp_path, env={"PATH": "/usr/bin:/bin"}
+    )
+    assert (proc.returncode, proc.stdout) == (0, "ok\n"), proc.stderr
+
+
+def test_a_parent_that_is_already_gone_starts_nothing(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The parent died between fork and tether (here: pid 0 is never a parent): no orphan starts."""
+    marker = tmp_path / "started"
+    proc = subprocess.run(tethered(["touch", str(marker)], parent_pid=0), capture_output=True, text=True)
     assert proc.returncode == 1
-    assert proc.stderr.strip() == "parent process 1 is gone; not starting touch"
+    assert proc.stderr.strip() == "parent process 0 is gone; not starting touch"
     assert not marker.exists()

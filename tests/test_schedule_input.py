@@ -186,6 +186,7 @@ def test_ctrl_c_before_serving_starts_is_one_line_and_exit_130(stage: str, tmp_p
     finally:
         proc.kill()
         server.shutdown()
+        server.server_close()
     assert proc.returncode == 130, err
     assert err.strip() == (
         "interrupted: retrain/nightly-test is not being served (its schedule, if it had one, is paused); "
