@@ -64,7 +64,7 @@ def pack_model_and_data(dest: Path, data: Path) -> None:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from bitune.model.classifier import resolve_model_source
+    from bitune.model.source import resolve_model_source
 
     model_src = Path(resolve_model_source("bundled:all-MiniLM-L6-v2"))
     model_dst = dest / "model16"

@@ -39,8 +39,9 @@ from rich.table import Table
 from bitune.device import make_accelerator, reset_accelerator
 from bitune.evaluation.metrics import summary_metrics
 from bitune.forgetting import encoder_cka, load_probe_texts, probe_batches
-from bitune.model.classifier import BituneClassifier, load_backbone, load_tokenizer, resolve_model_source
+from bitune.model.classifier import BituneClassifier, load_backbone, load_tokenizer
 from bitune.model.layer_groups import resolve_layer_groups
+from bitune.model.source import resolve_model_source
 from bitune.params import Params, load_params
 from bitune.tuning.phase import PhaseContext, PhaseData, predict_logits, run_phase
 from bitune.tuning.schedule import expand_strategy

@@ -35,6 +35,7 @@ from flows.cli_common import (
     project_log,
     project_root,
     quiet_defaults,
+    quiet_new_mlflow_store,
     route_tracebacks,
 )
 
@@ -253,10 +254,18 @@ def run(
         # and a checkpoint or artifact folder that cannot be written
         tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or loaded.tracking.uri
         check_writable_folders(loaded, root, tracking_server=tracking_uri.startswith("http"))
-        # imported here: it loads torch and transformers (4 s), which the checks above need not wait for
-        from bitune.model.hub_reachable import check_hub_reachable
+        # and the model's files and the tracking store, before Prefect and the flow's imports (5-10 s
+        # of torch and transformers): a mistyped model path or a server that is down is said in about
+        # two seconds. The flow's preflight checks them again (a scheduled run has only that one)
+        # and loads the tokenizer.
+        from bitune.model.files_check import check_model_files
 
-        check_hub_reachable(loaded.model)  # a hub id to download and no network: said in seconds
+        check_model_files(loaded.model)
+        check_prefect_api()  # before the store check, which creates a new project's mlflow.db
+        from tasks.tracking import TrackingSettings, check_store
+
+        quiet_new_mlflow_store()  # the check creates a new project's mlflow.db
+        check_store(TrackingSettings.from_params(loaded.tracking, root))
     except BituneError as exc:  # no log file in a folder that is no project (`cd docs && bitune run`)
         held.close()
         raise fail(not_a_project(root, exc), project_log(root)) from None
@@ -274,10 +283,6 @@ def _run_flow(
     quiet_defaults()
     from flows.retrain import retrain
 
-    try:
-        check_prefect_api()
-    except BituneError as exc:
-        raise fail(exc, log_file) from None
     start_detached_prefect_server()
     route_tracebacks(log_file)
     stop_on_signals()

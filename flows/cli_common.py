@@ -103,9 +103,13 @@ def route_tracebacks(log_file: Path) -> None:
     # noise after a one-line error. Each service logs under its own class name, not under prefect.
     for name in ("prefect._internal.concurrency", "EventsWorker", "APILogWorker"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    # MLflow announces the tables it makes in a new mlflow.db ("Creating initial MLflow database
-    # tables...", "Updating database tables"): two library lines in a first `make run`. Set after
-    # MLflow's import, whose logging config resets the levels of loggers under `mlflow`.
+    quiet_new_mlflow_store()
+
+
+def quiet_new_mlflow_store() -> None:
+    """MLflow announces the tables it makes in a new mlflow.db ("Creating initial MLflow database
+    tables...", "Updating database tables"): two library lines in a first `make run`. Call after
+    MLflow's import, whose logging config resets the levels of loggers under `mlflow`."""
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
 

@@ -13,10 +13,9 @@ from bitune.data.preprocess import LabelMap, tokenization_key, tokenize_splits
 from bitune.data.sources import read_source
 from bitune.data.splits import SPLIT_METHOD, make_splits
 from bitune.data.validation import drop_label_conflicts
-from bitune.errors import ModelError
-from bitune.model.classifier import load_tokenizer, resolve_model_source, tokenizer_files_identity
-from bitune.model.hub_reachable import check_hub_reachable
-from bitune.model.pretrained import check_weight_files
+from bitune.model.classifier import load_tokenizer
+from bitune.model.files_check import check_model_files
+from bitune.model.source import tokenizer_files_identity
 from bitune.params import ModelParams, Params
 
 SPLITS = ("train", "validation", "test")
@@ -43,19 +42,11 @@ class PreparedData:
 
 
 def check_model(model: ModelParams) -> None:
-    """`model.name_or_path` loads here: config and tokenizer (a hub id from the cache when offline)
-    and, for a local folder, safetensors weights whose headers read whole; otherwise a one-line
-    ModelError with the fix."""
-    check_hub_reachable(model)  # no network for a hub id to download: seconds, not a minute of retries
+    """`model.name_or_path` loads here: its files (`check_model_files`: folder, safetensors weights
+    whose headers read whole, a hub id cached or reachable), then config and tokenizer; otherwise a
+    one-line ModelError with the fix."""
+    check_model_files(model)
     load_tokenizer(model)
-    folder = Path(resolve_model_source(model.name_or_path)).expanduser()
-    if folder.is_dir() and not any(folder.glob("*.safetensors")):
-        raise ModelError(
-            f"model.name_or_path: {folder} has no safetensors weights (*.safetensors); save the model "
-            "with save_pretrained(..., safe_serialization=True) or point at another folder"
-        )
-    if folder.is_dir():
-        check_weight_files(folder)
 
 
 def preprocess_fn(params: Params, data_md5: str, root: Path) -> PreparedData:

@@ -64,8 +64,7 @@ def preflight_fn(settings: TrackingSettings, params: Params, root: Path) -> None
     check_strategy_fits_model(params)  # `layers[i:j]` within the model's layers
     check_writable_folders(params, root, tracking_server=settings.uri.startswith(("http://", "https://")))
     warn_remote_credentials(params.data)  # an s3:// remote without AWS credentials, said before the push
-    tracking.check_reachable(settings)
-    tracking.check_artifact_folder(settings)  # the experiment's own, fixed when it was created
+    tracking.check_store(settings)  # and the experiment's own artifact folder, fixed when it was created
 
 
 def previous_success_fn(settings: TrackingSettings, key: str) -> str | None:

@@ -138,6 +138,12 @@ def check_reachable(settings: TrackingSettings, timeout_s: int = PREFLIGHT_TIMEO
         settings.client().search_experiments(max_results=1)
 
 
+def check_store(settings: TrackingSettings) -> None:
+    """The store answers and the experiment's artifact folder can be written: a run's preflight."""
+    check_reachable(settings)
+    check_artifact_folder(settings)
+
+
 def check_artifact_folder(settings: TrackingSettings, timeout_s: int = PREFLIGHT_TIMEOUT_S) -> None:
     """The experiment's artifact folder, when it is local, can be created and written; creates nothing.
 

@@ -13,8 +13,9 @@ shared by the module, several at a time. The same runs show that Prefect's resul
 project: the good run is told to persist results and writes none, a failed flow run's record lands
 in the project's .bitune/prefect-results/, and nothing reaches the Prefect home's storage/.
 
-Bad model paths fail in the flow's preflight, before the data step runs at all (tests/test_preflight.py
-also passes new data with them, and checks servers that are down).
+Bad model files fail in the CLI's checks, before Prefect starts; a tokenizer that cannot load or a
+strategy that reaches past the model's layers fail in the flow's preflight, before the data step runs
+at all (tests/test_preflight.py also passes new data with them, and checks servers that are down).
 """
 
 from __future__ import annotations
@@ -81,6 +82,17 @@ def truncated_model(folder: Path) -> None:
 
     weights = save_tiny_bert(folder) / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+
+
+def model_without_tokenizer(folder: Path) -> None:
+    """A tiny model folder with config and weights whose tokenizer files were left out of a copy."""
+    from tiny_models import save_tiny_bert
+
+    from bitune.model.source import TOKENIZER_FILES
+
+    save_tiny_bert(folder)
+    for name in TOKENIZER_FILES:
+        (folder / name).unlink(missing_ok=True)
 
 
 NEW_DATA = csv(make_demo_frame(60, 8))  # valid and new: a run that got to the data step would version it
@@ -238,19 +250,31 @@ CASES = [
         ("docs/", "no data file", "notes.txt"),
         {"docs": folder_with_notes},
     ),
-    # model: fails in the preflight, before the data step
+    # model: its files fail in the CLI's checks, before Prefect starts and before the data step
     Case(
         "model-folder-without-config",
         ["--set", "model.name_or_path={in}/empty-model"],
         ("model.name_or_path", "empty-model is not a model folder (no config.json)", "save_pretrained"),
         {"empty-model": Path.mkdir},
-        in_flow=True,
     ),
     Case(  # passed the preflight, which checked only that a weights file exists; data.dvc changed
         "model-weights-truncated",
         ["--data", "{in}/new.csv", "--set", "model.name_or_path={in}/cut-model"],
         ("model.name_or_path", "cut-model/model.safetensors is not a readable safetensors file", "truncated"),
         {"new.csv": NEW_DATA, "cut-model": truncated_model},
+    ),
+    Case(  # transformers 5 loads a tokenizer of special tokens alone: it trained on [UNK]s, exit 0
+        "tokenizer-missing",
+        ["--data", "{in}/new.csv", "--set", "model.name_or_path={in}/no-tokenizer"],
+        ("model.name_or_path", "no-tokenizer has no tokenizer vocabulary", "tokenizer.save_pretrained"),
+        {"new.csv": NEW_DATA, "no-tokenizer": model_without_tokenizer},
+    ),
+    # what needs the model's config: the flow's preflight, still before the data step
+    Case(
+        "layers-past-the-model",
+        ["--data", "{in}/new.csv", "--set", "strategy.phases.1.train=[embeddings, 'layers[0:9]', head]"],
+        ("strategy.phases.1.train", "'layers[0:9]' reaches past this model's", "use indices within"),
+        {"new.csv": NEW_DATA},
         in_flow=True,
     ),
     # folders the run writes: failed mid-run as "unexpected FileNotFoundError", after the data step
@@ -283,7 +307,6 @@ CASES = [
         "model-path-missing",
         ["--set", "model.name_or_path=/nonexistent/bert"],
         ("/nonexistent/bert is not a model folder", "Hugging Face id"),
-        in_flow=True,
     ),
 ]
 

@@ -1,5 +1,9 @@
 """Servers down or a model that cannot load: `bitune run` fails in seconds, in one line, before the data step.
 
+The CLI checks these before Prefect starts and before it imports the flow (torch, transformers: 5-10 s
+on a 2-core machine), so no flow run is created; a scheduled run's flow checks them again in its
+preflight task (tests/test_hub_offline_preflight.py, tests/test_data_remote_validation.py).
+
 Each case passes new data (`--data`), so a run that reached the data step would rewrite data.dvc,
 data/, the DVC cache and the remote; the preflight must stop it first. Real parts throughout: a
 DVC repo with a data version, the real CLI in a subprocess, tracking/Prefect URLs on a loopback port
@@ -129,6 +133,8 @@ def test_preflight_fails_fast_in_one_line_before_the_data_step(  # type: ignore[
         assert part in error, (part, error)
     assert data_state(project) == before  # data.dvc, data/, no new cache or remote objects
     assert not (project / "mlflow.db").exists()  # no run, not even an empty store
+    # said by the CLI before Prefect and the flow's imports (5-10 s): no flow run was created
+    assert not [line for line in proc.stderr.splitlines() if PREFECT_INFO.match(line)], proc.stderr
     # MLflow's own retries (7, backing off) would take minutes: the preflight asks once
     assert seconds < 120, seconds
 

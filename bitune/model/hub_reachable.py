@@ -15,7 +15,7 @@ from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, is_offl
 from huggingface_hub.errors import HfHubHTTPError
 
 from bitune.errors import ModelError
-from bitune.model.classifier import hub_snapshot, resolve_model_source
+from bitune.model.source import hub_snapshot, resolve_model_source
 from bitune.params import ModelParams
 
 PROBE_TIMEOUT_S = 5.0

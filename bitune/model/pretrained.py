@@ -9,10 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model
 
-from bitune.errors import ModelError
 from bitune.model.classifier import WEIGHTS_FILE, BituneClassifier, encoder_num_layers, load_backbone
 from bitune.model.layer_groups import check_layer_slices
 from bitune.params import Params
@@ -43,22 +41,3 @@ def check_strategy_fits_model(params: Params) -> None:
     num_layers = encoder_num_layers(params.model)
     if num_layers is not None:
         check_layer_slices(params.strategy, num_layers)
-
-
-def check_weight_files(folder: Path) -> None:
-    """Fail in one line when a safetensors file in `folder` is cut short or is not safetensors at all.
-
-    Reads each file's header only (the tensors are memory-mapped, not loaded), so the preflight can
-    catch a truncated download or copy before the data step versions anything; loading it later
-    would fail mid-run with the library's own error.
-    """
-    for path in sorted(folder.glob("*.safetensors")):
-        try:
-            with safe_open(str(path), framework="pt"):
-                pass
-        except (SafetensorError, OSError) as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelError(
-                f"model.name_or_path: {path} is not a readable safetensors file ({reason}); the file is "
-                "probably truncated: copy or download it again, or save_pretrained the model anew"
-            ) from None

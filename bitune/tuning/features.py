@@ -20,7 +20,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from bitune.model.classifier import BituneClassifier, model_identity
+from bitune.model.classifier import BituneClassifier
+from bitune.model.source import model_identity
 from bitune.params import Params
 from bitune.tuning.batching import length_grouped_batches, pad_batch
 
