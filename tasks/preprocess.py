@@ -13,7 +13,7 @@ from bitune.data.preprocess import LabelMap, tokenization_key, tokenize_splits
 from bitune.data.sources import read_source
 from bitune.data.splits import SPLIT_METHOD, make_splits
 from bitune.data.validation import drop_label_conflicts
-from bitune.model.classifier import load_tokenizer
+from bitune.model.classifier import check_tokenizer_fits, load_tokenizer
 from bitune.model.files_check import check_model_files
 from bitune.model.source import tokenizer_files_identity
 from bitune.params import ModelParams, Params
@@ -43,10 +43,10 @@ class PreparedData:
 
 def check_model(model: ModelParams) -> None:
     """`model.name_or_path` loads here: its files (`check_model_files`: folder, safetensors weights
-    whose headers read whole, a hub id cached or reachable), then config and tokenizer; otherwise a
-    one-line ModelError with the fix."""
+    whose headers read whole, a hub id cached or reachable), then config and tokenizer, which must
+    not have more tokens than the model embeds; otherwise a one-line ModelError with the fix."""
     check_model_files(model)
-    load_tokenizer(model)
+    check_tokenizer_fits(model, load_tokenizer(model))
 
 
 def preprocess_fn(params: Params, data_md5: str, root: Path) -> PreparedData:

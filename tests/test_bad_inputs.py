@@ -95,6 +95,20 @@ def model_without_tokenizer(folder: Path) -> None:
         (folder / name).unlink(missing_ok=True)
 
 
+def model_with_another_models_tokenizer(folder: Path) -> None:
+    """A tiny model folder into which all-MiniLM-L6-v2's tokenizer (30,522 tokens) was copied."""
+    from tiny_models import save_tiny_bert
+
+    from bitune.model.source import TOKENIZER_FILES, resolve_model_source
+
+    save_tiny_bert(folder)
+    other = Path(resolve_model_source("bundled:all-MiniLM-L6-v2"))
+    for name in TOKENIZER_FILES:
+        (folder / name).unlink(missing_ok=True)
+        if (other / name).is_file():
+            shutil.copyfile(other / name, folder / name)
+
+
 NEW_DATA = csv(make_demo_frame(60, 8))  # valid and new: a run that got to the data step would version it
 
 
@@ -269,7 +283,14 @@ CASES = [
         ("model.name_or_path", "no-tokenizer has no tokenizer vocabulary", "tokenizer.save_pretrained"),
         {"new.csv": NEW_DATA, "no-tokenizer": model_without_tokenizer},
     ),
-    # what needs the model's config: the flow's preflight, still before the data step
+    # what needs the model's config and tokenizer loaded: the flow's preflight, still before the data step
+    Case(  # passed every load, then "index out of range" mid-run, after the data step: exit 1, "a bug"
+        "tokenizer-of-another-model",
+        ["--data", "{in}/new.csv", "--set", "model.name_or_path={in}/mixed-model"],
+        ("model.name_or_path", "tokenizer has 30522 tokens but the model embeds only", "save_pretrained"),
+        {"new.csv": NEW_DATA, "mixed-model": model_with_another_models_tokenizer},
+        in_flow=True,
+    ),
     Case(
         "layers-past-the-model",
         ["--data", "{in}/new.csv", "--set", "strategy.phases.1.train=[embeddings, 'layers[0:9]', head]"],

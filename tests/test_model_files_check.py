@@ -12,7 +12,7 @@ import pytest
 
 from bitune.errors import ModelError
 from bitune.model.files_check import check_model_files
-from bitune.model.source import VOCAB_FILES
+from bitune.model.source import TOKENIZER_FILES, VOCAB_FILES, resolve_model_source
 from bitune.params import ModelParams
 
 
@@ -58,3 +58,22 @@ def test_a_truncated_weights_file_is_refused_from_its_header(tiny_bert_dir: Path
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(ModelError, match="model.safetensors is not a readable safetensors file"):
         check_model_files(ModelParams(name_or_path=str(folder)))
+
+
+def test_a_tokenizer_with_more_tokens_than_the_model_embeds_is_refused(
+    tiny_bert_dir: Path, tmp_path: Path
+) -> None:
+    """Another model's tokenizer copied into the folder: every load passes, then the embedding lookup
+    fails mid-run with "index out of range"."""
+    from tasks.preprocess import check_model
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_bert_dir, folder)
+    check_model(ModelParams(name_or_path=str(folder)))  # its own tokenizer: passes
+    other = Path(resolve_model_source("bundled:all-MiniLM-L6-v2"))
+    for name in TOKENIZER_FILES:
+        (folder / name).unlink(missing_ok=True)
+        if (other / name).is_file():
+            shutil.copyfile(other / name, folder / name)
+    with pytest.raises(ModelError, match=r"tokenizer has 30522 tokens but the model embeds only \d+ "):
+        check_model(ModelParams(name_or_path=str(folder)))

@@ -20,7 +20,14 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 from safetensors.torch import load_model, save_model
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from bitune.data.seen import seen_text_keys
 from bitune.errors import ModelError
@@ -67,21 +74,38 @@ def load_backbone(model: ModelParams) -> PreTrainedModel:
         raise _load_error(model, exc) from None
 
 
-def encoder_num_layers(model: ModelParams) -> int | None:
-    """The encoder's layer count from its config alone (no weights read); None if the config has none.
-
-    Lets a strategy's `layers[i:j]` be checked against the model before any phase trains.
-    """
+def load_config(model: ModelParams) -> PretrainedConfig:
+    """The pretrained model's config alone (no weights read)."""
     source = resolve_model_source(model.name_or_path)
     check_model_folder(source)
     try:
-        config = AutoConfig.from_pretrained(
+        return AutoConfig.from_pretrained(
             source, revision=model.revision, trust_remote_code=model.trust_remote_code
         )
     except (OSError, ValueError, KeyError) as exc:
         raise _load_error(model, exc) from None
-    layers = getattr(config, "num_hidden_layers", None)
+
+
+def encoder_num_layers(model: ModelParams) -> int | None:
+    """The encoder's layer count from its config alone; None if the config has none.
+
+    Lets a strategy's `layers[i:j]` be checked against the model before any phase trains.
+    """
+    layers = getattr(load_config(model), "num_hidden_layers", None)
     return layers if isinstance(layers, int) else None
+
+
+def check_tokenizer_fits(model: ModelParams, tokenizer: PreTrainedTokenizerBase) -> None:
+    """A tokenizer with more tokens than the model has embeddings (another model's tokenizer copied
+    into the folder) passes every load and fails mid-run with "index out of range", after the data
+    step: say it in the preflight instead."""
+    vocab_size = getattr(load_config(model), "vocab_size", None)
+    if isinstance(vocab_size, int) and len(tokenizer) > vocab_size:
+        raise ModelError(
+            f"model.name_or_path: {model.name_or_path}'s tokenizer has {len(tokenizer)} tokens but the model "
+            f"embeds only {vocab_size} (config.json vocab_size): the tokenizer is another model's; save "
+            "this model's own with tokenizer.save_pretrained(...)"
+        )
 
 
 def _default_pools_mean(backbone: PreTrainedModel) -> bool:

@@ -2,8 +2,9 @@
 
 A mistyped path, a folder without safetensors weights or without a tokenizer vocabulary, a truncated
 weights file, or a hub id that is neither cached (offline) nor reachable: each is a one-line
-ModelError from file reads and the Hugging Face cache alone, without importing torch or transformers. `bitune run` calls this before
-Prefect starts; the flow's preflight calls it too, then loads the tokenizer (tasks/preprocess.py).
+ModelError from file reads and the Hugging Face cache alone, without importing torch or
+transformers. `bitune run` calls this before Prefect starts; the flow's preflight calls it too, then
+loads the config and tokenizer (tasks/preprocess.py).
 """
 
 from __future__ import annotations
