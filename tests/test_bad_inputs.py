@@ -291,6 +291,13 @@ CASES = [
         {"new.csv": NEW_DATA, "mixed-model": model_with_another_models_tokenizer},
         in_flow=True,
     ),
+    Case(  # an index error mid-run, once a text that long came along
+        "max-length-past-the-model",
+        ["--data", "{in}/new.csv", "--set", "preprocess.max_length=65"],
+        ("preprocess.max_length: 65 tokens", "has positions for 64", "preprocess.max_length=64 or less"),
+        {"new.csv": NEW_DATA},
+        in_flow=True,
+    ),
     Case(
         "layers-past-the-model",
         ["--data", "{in}/new.csv", "--set", "strategy.phases.1.train=[embeddings, 'layers[0:9]', head]"],

@@ -95,6 +95,24 @@ def encoder_num_layers(model: ModelParams) -> int | None:
     return layers if isinstance(layers, int) else None
 
 
+def max_input_tokens(model: ModelParams) -> int | None:
+    """How many tokens a text may have for the encoder's learned position embeddings; None when it has
+    none (relative or rotary positions: DeBERTa-v3, ModernBERT).
+
+    Read from the encoder built on the meta device (no memory, no weights), so every architecture
+    answers the same way: the embedding table named `position_embeddings`, less the positions a
+    padding index reserves (RoBERTa's start after `pad_token_id`, so 514 positions take 512 tokens).
+    """
+    config = load_config(model)
+    with torch.device("meta"):
+        backbone = AutoModel.from_config(config, trust_remote_code=model.trust_remote_code)
+    for name, module in backbone.named_modules():
+        if name.split(".")[-1] == "position_embeddings" and isinstance(module, nn.Embedding):
+            reserved = module.padding_idx + 1 if module.padding_idx is not None else 0
+            return module.num_embeddings - reserved
+    return None
+
+
 def check_tokenizer_fits(model: ModelParams, tokenizer: PreTrainedTokenizerBase) -> None:
     """A tokenizer with more tokens than the model has embeddings (another model's tokenizer copied
     into the folder) passes every load and fails mid-run with "index out of range", after the data
