@@ -24,6 +24,12 @@ def resolve_precision(train: TrainParams, device: str) -> str:
     return "no" if train.precision == "fp32" else "bf16"
 
 
+def check_device(train: TrainParams) -> None:
+    """`train.device` and `train.precision` work on this machine: said before the data step, not
+    when the first phase starts."""
+    resolve_precision(train, resolve_device(train))
+
+
 def resolve_device(train: TrainParams) -> str:
     if train.device == "cuda" and not torch.cuda.is_available():
         raise TrainingError("train.device: cuda requested but no CUDA device is visible; use auto or cpu")

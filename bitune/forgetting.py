@@ -9,6 +9,7 @@ still agrees). The registry gate compares the CKA; the drift plot goes to the ru
 from __future__ import annotations
 
 import inspect
+import os
 import re
 from collections.abc import Iterable
 from importlib import resources
@@ -146,6 +147,23 @@ def _clean(line: str) -> str:
     for token, joined in _WIKITEXT_JOINS:
         line = line.replace(token, joined)
     return line.strip()
+
+
+def check_probe_file(path: str | None) -> None:
+    """The probe file is there to read, said before the data step; its text is read (and judged) only
+    when the first phase's CKA needs it, so a pipe or a file still being written is left alone."""
+    if path is None:
+        return
+    probe = Path(path)
+    if not probe.exists() or probe.is_dir():
+        raise DataError(
+            f"{path}: probe text file not found; fix forgetting.probe_file or set it to null for the "
+            "bundled sample"
+        )
+    if not os.access(probe, os.R_OK):
+        raise DataError(
+            f"{path}: probe text file cannot be read; fix its permissions or forgetting.probe_file"
+        )
 
 
 def load_probe_texts(path: str | None, rows: int) -> list[str]:

@@ -18,11 +18,14 @@ from prefect.exceptions import TerminationSignal
 from prefect.runtime import flow_run
 
 from bitune.data.splits import SPLIT_METHOD
+from bitune.device import check_device
 from bitune.errors import TrackingError
+from bitune.forgetting import check_probe_file
 from bitune.model.content_digest import pretrained_content_digest
-from bitune.model.pretrained import check_max_length_fits_model, check_strategy_fits_model
+from bitune.model.pretrained import check_strategy_fits_model
 from bitune.params import Params
 from bitune.params.folders import check_writable_folders
+from bitune.tuning.model_fit import check_params_fit_model
 from tasks import tracking
 from tasks.data import DataVersion, warn_remote_credentials
 from tasks.preprocess import PreparedData, check_model
@@ -62,7 +65,9 @@ def preflight_fn(settings: TrackingSettings, params: Params, root: Path) -> None
     """
     check_model(params.model)  # first: it writes nothing, while a first query creates a SQLite store
     check_strategy_fits_model(params)  # `layers[i:j]` within the model's layers
-    check_max_length_fits_model(params)  # `preprocess.max_length` within its position embeddings
+    check_params_fit_model(params)  # an encoder; max_length within its positions; no empty phase
+    check_device(params.train)  # `cuda` on a machine without one, bf16 on a GPU without it
+    check_probe_file(params.forgetting.probe_file)
     check_writable_folders(params, root, tracking_server=settings.uri.startswith(("http://", "https://")))
     warn_remote_credentials(params.data)  # an s3:// remote without AWS credentials, said before the push
     tracking.check_store(settings)  # and the experiment's own artifact folder, fixed when it was created

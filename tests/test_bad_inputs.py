@@ -298,6 +298,13 @@ CASES = [
         {"new.csv": NEW_DATA},
         in_flow=True,
     ),
+    Case(  # failed after the data step and the head phase: the probe is first read for the head's CKA
+        "probe-file-missing",
+        ["--data", "{in}/new.csv", "--set", "forgetting.probe_file={in}/no-such-probe.txt"],
+        ("no-such-probe.txt: probe text file not found", "forgetting.probe_file"),
+        {"new.csv": NEW_DATA},
+        in_flow=True,
+    ),
     Case(
         "layers-past-the-model",
         ["--data", "{in}/new.csv", "--set", "strategy.phases.1.train=[embeddings, 'layers[0:9]', head]"],

@@ -95,17 +95,21 @@ def encoder_num_layers(model: ModelParams) -> int | None:
     return layers if isinstance(layers, int) else None
 
 
-def max_input_tokens(model: ModelParams) -> int | None:
+def meta_backbone(model: ModelParams) -> PreTrainedModel:
+    """The encoder built from its config on the meta device: its structure, without memory or weights,
+    for checks that every architecture should answer the same way before anything trains."""
+    config = load_config(model)
+    with torch.device("meta"):
+        return AutoModel.from_config(config, trust_remote_code=model.trust_remote_code)
+
+
+def max_input_tokens(backbone: nn.Module) -> int | None:
     """How many tokens a text may have for the encoder's learned position embeddings; None when it has
     none (relative or rotary positions: DeBERTa-v3, ModernBERT).
 
-    Read from the encoder built on the meta device (no memory, no weights), so every architecture
-    answers the same way: the embedding table named `position_embeddings`, less the positions a
-    padding index reserves (RoBERTa's start after `pad_token_id`, so 514 positions take 512 tokens).
+    The embedding table named `position_embeddings`, less the positions a padding index reserves
+    (RoBERTa's start after `pad_token_id`, so 514 positions take 512 tokens).
     """
-    config = load_config(model)
-    with torch.device("meta"):
-        backbone = AutoModel.from_config(config, trust_remote_code=model.trust_remote_code)
     for name, module in backbone.named_modules():
         if name.split(".")[-1] == "position_embeddings" and isinstance(module, nn.Embedding):
             reserved = module.padding_idx + 1 if module.padding_idx is not None else 0

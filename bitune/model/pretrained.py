@@ -11,13 +11,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_model
 
-from bitune.errors import ParamsError
 from bitune.model.classifier import (
     WEIGHTS_FILE,
     BituneClassifier,
     encoder_num_layers,
     load_backbone,
-    max_input_tokens,
 )
 from bitune.model.layer_groups import check_layer_slices
 from bitune.params import Params
@@ -37,18 +35,6 @@ def build_model(
     if weights:
         load_model(model, str(Path(weights) / WEIGHTS_FILE))
     return model, pretrained
-
-
-def check_max_length_fits_model(params: Params) -> None:
-    """`preprocess.max_length` within the model's positions: longer texts would otherwise fail mid-run
-    (an index past the position embeddings), after the data step, and only once a text that long
-    came along."""
-    limit = max_input_tokens(params.model)
-    if limit is not None and params.preprocess.max_length > limit:
-        raise ParamsError(
-            f"preprocess.max_length: {params.preprocess.max_length} tokens, but {params.model.name_or_path} "
-            f"has positions for {limit}; set preprocess.max_length={limit} or less"
-        )
 
 
 def check_strategy_fits_model(params: Params) -> None:

@@ -85,6 +85,14 @@ class DataParams(Strict):
             raise ValueError(problem)
         return value
 
+    @field_validator("labels")
+    @classmethod
+    def _labels_once_each(cls, value: list[str] | None) -> list[str] | None:
+        # a repeated label got a head output of its own that no row maps to: exit 0, wrong metrics
+        if value is not None and (twice := next((x for i, x in enumerate(value) if x in value[:i]), None)):
+            raise ValueError(f"{twice!r} is listed twice; list each label once")
+        return value
+
 
 class PreprocessParams(Strict):
     lowercase: bool = False

@@ -12,6 +12,7 @@ import math
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from bitune.errors import ParamsError
 from bitune.model.layer_groups import layer_depth
 from bitune.params import PhaseSpec
 from bitune.tuning.freezing import Selected
@@ -53,6 +54,13 @@ def warmup_steps(spec: PhaseSpec, total_steps: int) -> int:
 
 def build_scheduler(optimizer: torch.optim.Optimizer, spec: PhaseSpec, total_steps: int) -> LambdaLR:
     warm = warmup_steps(spec, total_steps)
+    if spec.warmup >= 1 and warm >= total_steps:
+        # the lr would still be climbing when the phase ends: it trains at a sliver of `lr`, and the
+        # run registers a model that barely moved, with exit 0
+        raise ParamsError(
+            f"strategy phase {spec.name!r}: warmup {warm} steps, but the phase takes {total_steps}; "
+            "give warmup as a fraction of the phase (e.g. 0.1) or fewer steps"
+        )
     total = max(total_steps, 1)
 
     def factor(step: int) -> float:

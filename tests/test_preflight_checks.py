@@ -1,0 +1,63 @@
+"""Settings that used to fail only mid-run (after the data step) or to pass with exit 0 while training
+nothing useful: each is now refused before the data step, or when its phase is built, in one line."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from bitune.device import check_device
+from bitune.errors import DataError, ParamsError, TrainingError
+from bitune.forgetting import check_probe_file
+from bitune.params import PhaseSpec, TrainParams, load_params
+from bitune.tuning.optim import build_scheduler
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_a_label_listed_twice_is_refused_when_params_load() -> None:
+    """It got a head output of its own that no row maps to: exit 0, champion, per-class metrics wrong."""
+    with pytest.raises(ParamsError, match=r"data.labels: 'negative' is listed twice; list each label once"):
+        load_params(REPO / "params/default.yaml", ["data.labels=[negative, positive, negative]"])
+    load_params(REPO / "params/default.yaml", ["data.labels=[negative, positive]"])
+
+
+def scheduler(warmup: float, total_steps: int) -> None:
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    build_scheduler(optimizer, PhaseSpec(name="bottom", train=["head"], lr=1e-3, warmup=warmup), total_steps)
+
+
+def test_warmup_steps_past_the_phase_are_refused() -> None:
+    """1000 warmup steps in a 6-step phase: the lr peaked at 0.6% of `lr` and the model did not move."""
+    with pytest.raises(
+        ParamsError, match=r"^strategy phase 'bottom': warmup 1000 steps, but the phase takes 6;"
+    ):
+        scheduler(1000, 6)
+    with pytest.raises(ParamsError, match="warmup 6 steps"):
+        scheduler(6, 6)
+    scheduler(5, 6)
+    scheduler(0.99, 6)  # a fraction always leaves steps after it
+
+
+def test_a_missing_probe_file_is_refused_and_a_pipe_is_not_read(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"no-such.txt: probe text file not found; fix forgetting.probe_file"):
+        check_probe_file(str(tmp_path / "no-such.txt"))
+    with pytest.raises(DataError, match="probe text file not found"):
+        check_probe_file(str(tmp_path))  # a folder
+    fifo = tmp_path / "probe.fifo"
+    os.mkfifo(fifo)
+    check_probe_file(str(fifo))  # returns at once: opening a pipe nobody writes would block
+    check_probe_file(None)  # the bundled sample
+
+
+def test_cuda_asked_for_on_a_machine_without_it_is_refused() -> None:
+    train = TrainParams(device="cuda")
+    if torch.cuda.is_available():
+        check_device(train)
+    else:
+        with pytest.raises(TrainingError, match="train.device: cuda requested but no CUDA device is visible"):
+            check_device(train)
+    check_device(TrainParams(device="auto"))
