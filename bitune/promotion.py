@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from bitune.errors import ParamsError
 from bitune.params import PER_CLASS_F1, RegistryParams
 
 CKA = "test/cka_to_pretrained"
@@ -192,3 +193,16 @@ def decide_on_rescore(
         fresh.append(scores | ({CKA: stored.scores[CKA]} if CKA in stored.scores else {}))
     decision = decide(fresh[0], fresh[1], rules)
     return GateDecision(decision.promote, [rescore.note(), *decision.reasons])
+
+
+def check_gate_metric_labels(registry: RegistryParams, labels: tuple[str, ...]) -> None:
+    """`registry.metric: test/f1/<label>` must name a label of the data: a typo trained in full, then
+    every run kept the old champion ("metric missing on challenger"), a scheduled one every night."""
+    if not registry.metric.startswith(PER_CLASS_F1):
+        return
+    label = registry.metric.removeprefix(PER_CLASS_F1)
+    if label not in labels:
+        raise ParamsError(
+            f"registry.metric: label {label!r} is not in the data (labels: {', '.join(labels)}); "
+            f"use test/f1/<one of them> or test/macro_f1"
+        )

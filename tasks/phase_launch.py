@@ -6,6 +6,8 @@ the task only starts the processes, waits, and reads the phase output that rank 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -18,7 +20,8 @@ from typing import IO, Any
 
 import torch
 
-from bitune.errors import TrainingError
+from bitune.errors import ParamsError, TrainingError
+from bitune.params import TrainParams
 from bitune.process_tether import tethered
 
 
@@ -47,6 +50,32 @@ def launch_command(job_file: Path, processes: int, launch_args: list[str]) -> li
     if "--main_process_port" not in launch_args:
         args += ["--main_process_port", str(free_port())]
     return [*args, *launch_args, "-m", "tasks.phase_worker", str(job_file)]
+
+
+def check_launch_args(train: TrainParams) -> None:
+    """`train.launch_args` as `accelerate launch` parses them, said before the data step: a typo
+    (`--num_machine`) failed the first distributed phase, after the data step."""
+    if train.processes <= 1:
+        return
+    from accelerate.commands.launch import launch_command_parser
+
+    argv = launch_command(Path("job.json"), train.processes, train.launch_args)[
+        3:
+    ]  # after `-m accelerate...`
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            _, unknown = launch_command_parser().parse_known_args(argv)
+    except SystemExit:
+        why = (said.getvalue().strip().splitlines() or ["refused"])[-1]
+        raise ParamsError(
+            f"train.launch_args: accelerate launch refuses them ({why}); see `accelerate launch --help`"
+        ) from None
+    if unknown:
+        raise ParamsError(
+            f"train.launch_args: accelerate launch does not accept {' '.join(unknown)}; "
+            "see `accelerate launch --help`"
+        )
 
 
 def run_process_group(command: list[str], cwd: Path, env: dict[str, str], log: IO[str]) -> int:

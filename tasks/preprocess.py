@@ -17,6 +17,7 @@ from bitune.model.classifier import check_tokenizer_fits, load_tokenizer
 from bitune.model.files_check import check_model_files
 from bitune.model.source import tokenizer_files_identity
 from bitune.params import ModelParams, Params
+from bitune.promotion import check_gate_metric_labels
 
 SPLITS = ("train", "validation", "test")
 
@@ -62,6 +63,7 @@ def preprocess_fn(params: Params, data_md5: str, root: Path) -> PreparedData:
     # the registry re-scores the champion on it with the champion's own settings
     splits = make_splits(frames, params.data.split)
     label_map = LabelMap.from_frames(splits, params.data.labels)
+    check_gate_metric_labels(params.registry, label_map.labels)  # before any phase trains
     key = tokenization_key(
         rows,
         params.model.name_or_path,

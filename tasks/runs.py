@@ -28,6 +28,7 @@ from bitune.params.folders import check_writable_folders
 from bitune.tuning.model_fit import check_params_fit_model
 from tasks import tracking
 from tasks.data import DataVersion, warn_remote_credentials
+from tasks.phase_launch import check_launch_args
 from tasks.preprocess import PreparedData, check_model
 from tasks.tracking import TrackingSettings
 from tasks.tuning import pipeline_dir
@@ -67,6 +68,7 @@ def preflight_fn(settings: TrackingSettings, params: Params, root: Path) -> None
     check_strategy_fits_model(params)  # `layers[i:j]` within the model's layers
     check_params_fit_model(params)  # an encoder; max_length within its positions; no empty phase
     check_device(params.train)  # `cuda` on a machine without one, bf16 on a GPU without it
+    check_launch_args(params.train)  # as accelerate launch parses them, when phases are distributed
     check_probe_file(params.forgetting.probe_file)
     check_writable_folders(params, root, tracking_server=settings.uri.startswith(("http://", "https://")))
     warn_remote_credentials(params.data)  # an s3:// remote without AWS credentials, said before the push

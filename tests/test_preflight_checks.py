@@ -61,3 +61,40 @@ def test_cuda_asked_for_on_a_machine_without_it_is_refused() -> None:
         with pytest.raises(TrainingError, match="train.device: cuda requested but no CUDA device is visible"):
             check_device(train)
     check_device(TrainParams(device="auto"))
+
+
+def test_a_gate_metric_on_a_label_the_data_lacks_is_refused_before_training() -> None:
+    """A typo (`test/f1/positve`) trained in full, then never promoted: the metric was 'missing'."""
+    from bitune.params import RegistryParams
+    from bitune.promotion import check_gate_metric_labels
+
+    labels = ("negative", "positive")
+    with pytest.raises(
+        ParamsError, match=r"^registry.metric: label 'positve' is not in the data \(labels: negative, pos"
+    ):
+        check_gate_metric_labels(RegistryParams(metric="test/f1/positve"), labels)
+    check_gate_metric_labels(RegistryParams(metric="test/f1/positive"), labels)
+    check_gate_metric_labels(RegistryParams(metric="test/macro_f1"), labels)
+
+
+@pytest.mark.parametrize(
+    ("launch_args", "refused"),
+    [
+        (["--num_machine", "1"], "accelerate launch does not accept --num_machine;"),
+        (["--num_machines", "abc"], r"accelerate launch refuses them \(.*invalid int value: 'abc'"),
+        (["--num_machines", "1"], None),
+    ],
+)
+def test_launch_args_are_parsed_as_accelerate_launch_parses_them(
+    launch_args: list[str], refused: str | None
+) -> None:
+    """A typo failed the first distributed phase, after the data step."""
+    from tasks.phase_launch import check_launch_args
+
+    train = TrainParams(processes=2, launch_args=launch_args)
+    if refused is None:
+        check_launch_args(train)
+    else:
+        with pytest.raises(ParamsError, match=rf"^train.launch_args: {refused}"):
+            check_launch_args(train)
+    check_launch_args(TrainParams(processes=1, launch_args=["--num_machine", "1"]))  # not launched: not read
