@@ -149,6 +149,12 @@ def _clean(line: str) -> str:
     return line.strip()
 
 
+def probe_path(probe_file: str | None, root: Path) -> str | None:
+    """`forgetting.probe_file` as a path: a relative one is in the project, like the other folders the
+    params name, whichever folder `bitune run` was started in (distributed ranks run in the project)."""
+    return None if probe_file is None else str(root / Path(probe_file).expanduser())
+
+
 def check_probe_file(path: str | None) -> None:
     """The probe file is there to read, said before the data step; its text is read (and judged) only
     when the first phase's CKA needs it, so a pipe or a file still being written is left alone."""

@@ -20,7 +20,7 @@ from prefect.runtime import flow_run
 from bitune.data.splits import SPLIT_METHOD
 from bitune.device import check_device
 from bitune.errors import TrackingError
-from bitune.forgetting import check_probe_file
+from bitune.forgetting import check_probe_file, probe_path
 from bitune.model.content_digest import pretrained_content_digest
 from bitune.model.pretrained import check_strategy_fits_model
 from bitune.params import Params
@@ -64,12 +64,12 @@ def preflight_fn(settings: TrackingSettings, params: Params, root: Path) -> None
     data.dvc and the remote had changed (or, for MLflow, after minutes of retries). `bitune run`
     checks the params' folders too, before Prefect starts; a scheduled run has only this.
     """
-    check_model(params.model)  # first: it writes nothing, while a first query creates a SQLite store
+    check_model(params.model)
     check_strategy_fits_model(params)  # `layers[i:j]` within the model's layers
     check_params_fit_model(params)  # an encoder; max_length within its positions; no empty phase
     check_device(params.train)  # `cuda` on a machine without one, bf16 on a GPU without it
     check_launch_args(params.train)  # as accelerate launch parses them, when phases are distributed
-    check_probe_file(params.forgetting.probe_file)
+    check_probe_file(probe_path(params.forgetting.probe_file, root))
     check_writable_folders(params, root, tracking_server=settings.uri.startswith(("http://", "https://")))
     warn_remote_credentials(params.data)  # an s3:// remote without AWS credentials, said before the push
     tracking.check_store(settings)  # and the experiment's own artifact folder, fixed when it was created

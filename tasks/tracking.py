@@ -139,7 +139,13 @@ def check_reachable(settings: TrackingSettings, timeout_s: int = PREFLIGHT_TIMEO
 
 
 def check_store(settings: TrackingSettings) -> None:
-    """The store answers and the experiment's artifact folder can be written: a run's preflight."""
+    """The store answers and the experiment's artifact folder can be written: a run's preflight.
+
+    A SQLite store that does not exist yet is not opened (opening creates it: a refused run would
+    leave a new project an mlflow.db); its folder is checked as writable with the params' folders.
+    """
+    if settings.uri.startswith("sqlite:///") and not Path(settings.uri.removeprefix("sqlite:///")).exists():
+        return
     check_reachable(settings)
     check_artifact_folder(settings)
 

