@@ -107,3 +107,15 @@ def test_a_relative_probe_file_is_in_the_project_whatever_the_working_folder(tmp
     assert probe_path("probe.txt", tmp_path) == str(tmp_path / "probe.txt")
     assert probe_path("/abs/probe.txt", tmp_path) == "/abs/probe.txt"
     assert probe_path(None, tmp_path) is None
+
+
+def test_a_gate_margin_no_bounded_metric_can_meet_is_refused_when_params_load() -> None:
+    """min_delta 1 on F1: every run, a scheduled one every night, kept the old champion."""
+    with pytest.raises(
+        ParamsError, match=r"registry.min_delta: 1 can never be met: test/macro_f1 lies between 0"
+    ):
+        load_params(REPO / "params/default.yaml", ["registry.min_delta=1"])
+    load_params(
+        REPO / "params/default.yaml", ["registry.min_delta=1", "registry.metric=test/loss"]
+    )  # unbounded
+    load_params(REPO / "params/default.yaml", ["registry.min_delta=0.5"])

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from bitune.data.remote import remote_problem
 from bitune.params.redaction import flatten, redact, redact_tree
@@ -325,6 +325,18 @@ class RegistryParams(Strict):
         label = value.removeprefix(PER_CLASS_F1)
         if value not in GATE_METRICS and not (value.startswith(PER_CLASS_F1) and label.strip()):
             raise ValueError(f"must be one of {', '.join(GATE_METRICS)} or test/f1/<label>")
+        return value
+
+    @field_validator("min_delta")
+    @classmethod
+    def _min_delta_reachable(cls, value: float, info: ValidationInfo) -> float:
+        # accuracy, F1 and ECE lie in [0, 1]: a margin of 1 or more is never met, so every run (a
+        # scheduled one every night) would keep the old champion without a word of why
+        metric = info.data.get("metric", "")
+        if metric != "test/loss" and value >= 1:
+            raise ValueError(
+                f"{value:g} can never be met: {metric} lies between 0 and 1; use a margin such as 0.01"
+            )
         return value
 
     @property
