@@ -59,13 +59,44 @@ def test_the_bundled_model_takes_512_tokens() -> None:
     assert max_input_tokens(meta_backbone(ModelParams())) == 512
 
 
-def test_a_model_that_is_no_encoder_is_named_with_its_type(tmp_path: Path) -> None:
+NOT_ENCODERS = {
+    "gpt2": ({"n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 64}, "GPT2Model: a decoder"),
+    # laid out as embeddings + blocks like an encoder: only the config tells (it trained, exit 0)
+    "llama": (
+        {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2},
+        "LlamaModel: a decoder",
+    ),
+    "albert": (
+        {"embedding_size": 16, "hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2},
+        "AlbertModel: its config has 4 layers but 1 layer module",
+    ),
+    "bart": (
+        {
+            "d_model": 32,
+            "encoder_layers": 1,
+            "decoder_layers": 1,
+            "encoder_attention_heads": 2,
+            "decoder_attention_heads": 2,
+            "encoder_ffn_dim": 64,
+            "decoder_ffn_dim": 64,
+        },
+        "BartModel: an encoder-decoder model",
+    ),
+}
+
+
+@pytest.mark.parametrize("model_type", NOT_ENCODERS)
+def test_a_model_that_is_no_encoder_is_named_with_its_type(tmp_path: Path, model_type: str) -> None:
     from transformers import AutoConfig, AutoModel
 
-    config = AutoConfig.for_model("gpt2", n_embd=32, n_layer=2, n_head=2, vocab_size=120, n_positions=64)
-    AutoModel.from_config(config).save_pretrained(tmp_path)
+    settings, reason = NOT_ENCODERS[model_type]
+    AutoModel.from_config(AutoConfig.for_model(model_type, vocab_size=120, **settings)).save_pretrained(
+        tmp_path
+    )
     params = load_params(REPO / "params/default.yaml", [f"model.name_or_path={tmp_path}"])
-    with pytest.raises(ModelError, match=r"^model.name_or_path: .* is a gpt2 model: GPT2Model: found no "):
+    with pytest.raises(
+        ModelError, match=rf"^model.name_or_path: .* is a {model_type} model: {reason}.*BERT, RoBERTa"
+    ):
         check_params_fit_model(params)
 
 

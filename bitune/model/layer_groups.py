@@ -11,6 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from torch import nn
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+)
 
 from bitune.errors import ModelError, ParamsError
 from bitune.params import LAYER_SLICE, PhaseSpec, StrategyParams
@@ -78,11 +82,48 @@ def _find_extras(module: nn.Module, claimed: set[int], path: str) -> list[nn.Mod
     return extras
 
 
+def _check_encoder_config(backbone: nn.Module) -> None:
+    """Refuse by config what the layout alone would accept: a decoder lays out as embeddings + blocks too.
+
+    A decoder's (Llama's) causal attention leaves token 0 seeing only itself, so `cls` pooling gives
+    every text the same features; the run trained and registered a model that cannot separate
+    anything, with exit 0. A model type that only Hugging Face's causal-LM mapping knows (no
+    masked-LM head) is a decoder.
+    """
+    config = getattr(backbone, "config", None)
+    if config is None:
+        return
+    model_name = type(backbone).__name__
+    model_type = getattr(config, "model_type", "")
+    if getattr(config, "is_encoder_decoder", False):
+        raise ModelError(f"{model_name}: an encoder-decoder model; {SUPPORTED}")
+    if getattr(config, "is_decoder", False) or (
+        model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    ):
+        raise ModelError(
+            f"{model_name}: a decoder (causal attention: each token sees only those before it); {SUPPORTED}"
+        )
+
+
+def _check_layers_not_shared(backbone: nn.Module, layers: nn.ModuleList) -> None:
+    """ALBERT runs one block's weights at every depth: its lower layers cannot train apart from the upper."""
+    depth = getattr(getattr(backbone, "config", None), "num_hidden_layers", None)
+    if isinstance(depth, int) and depth != len(layers):
+        raise ModelError(
+            f"{type(backbone).__name__}: its config has {depth} layers but {len(layers)} layer "
+            f"module{'s' if len(layers) != 1 else ''} (weights shared across depth), so layers[i:j] cannot "
+            f"pick its lower layers; {SUPPORTED}"
+        )
+
+
 def resolve_layer_groups(backbone: nn.Module) -> LayerGroups:
     """Find the groups of a Hugging Face encoder (the base model, e.g. `model.base_model`).
 
-    Raises ModelError naming the class when the layout is not embeddings + a ModuleList of blocks.
+    Raises ModelError naming the class when the layout is not embeddings + a ModuleList of blocks,
+    or when its config says decoder, encoder-decoder, or layers shared across depth.
     """
+    _check_encoder_config(backbone)
     model_name = type(backbone).__name__
     embeddings = _find_embeddings(backbone)
     if not embeddings:
@@ -93,6 +134,7 @@ def resolve_layer_groups(backbone: nn.Module) -> LayerGroups:
     layers = _find_layers(backbone, embeddings)
     if layers is None:
         raise ModelError(f"{model_name}: found no ModuleList of same-class encoder layers; {SUPPORTED}")
+    _check_layers_not_shared(backbone, layers)
     pooler = getattr(backbone, "pooler", None)
     if not isinstance(pooler, nn.Module):
         pooler = None
@@ -225,11 +267,14 @@ def gradual_shortfall(spec: PhaseSpec, groups: LayerGroups, uses_pooler: bool, f
     if spec.unfreeze != "gradual":
         return None
     stages = unfreeze_stages(groups, spec.train, uses_pooler)
-    if spec.epochs >= len(stages):
+    if spec.epochs is None and spec.max_steps:
+        return None  # its epochs follow from the data's size; the phase's progress log shows them
+    epochs = spec.epochs or 1
+    if epochs >= len(stages):
         return None
-    never = [n for n in stages[-1] if n not in stages[spec.epochs - 1]]
+    never = [n for n in stages[-1] if n not in stages[epochs - 1]]
     return (
         f"{field}: gradual unfreezing has {len(stages)} stages on this {groups.num_layers}-layer model "
-        f"but epochs is {spec.epochs}, so {', '.join(never)} never train; set {field}.epochs to at "
+        f"but epochs is {epochs}, so {', '.join(never)} never train; set {field}.epochs to at "
         f"least {len(stages)}"
     )
