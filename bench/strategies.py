@@ -127,7 +127,7 @@ def bitune_params(
         for i, spec in enumerate(getattr(params.strategy, section)):
             # gradual unfreezing adds one group per epoch: capping it would leave only the top training
             gradual = spec.unfreeze == "gradual"
-            if not set(spec.train) <= TOP_ONLY and not gradual and spec.epochs > full_epochs:
+            if not set(spec.train) <= TOP_ONLY and not gradual and (spec.epochs or 1) > full_epochs:
                 caps.append(f"strategy.{section}.{i}.epochs={full_epochs}")
     return load_params(PARAMS, base + caps + overrides)
 

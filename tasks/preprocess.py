@@ -18,6 +18,7 @@ from bitune.model.files_check import check_model_files
 from bitune.model.source import tokenizer_files_identity
 from bitune.params import ModelParams, Params
 from bitune.promotion import check_gate_metric_labels
+from bitune.tuning.step_plan import check_step_plan
 
 SPLITS = ("train", "validation", "test")
 
@@ -64,6 +65,7 @@ def preprocess_fn(params: Params, data_md5: str, root: Path) -> PreparedData:
     splits = make_splits(frames, params.data.split)
     label_map = LabelMap.from_frames(splits, params.data.labels)
     check_gate_metric_labels(params.registry, label_map.labels)  # before any phase trains
+    check_step_plan(params.strategy, len(splits["train"]), params.train.processes)
     key = tokenization_key(
         rows,
         params.model.name_or_path,

@@ -119,3 +119,23 @@ def test_a_gate_margin_no_bounded_metric_can_meet_is_refused_when_params_load() 
         REPO / "params/default.yaml", ["registry.min_delta=1", "registry.metric=test/loss"]
     )  # unbounded
     load_params(REPO / "params/default.yaml", ["registry.min_delta=0.5"])
+
+
+def test_a_warmup_past_the_bottom_phase_is_refused_by_the_data_step_before_any_phase(
+    tmp_path: Path, tiny_bert_dir: Path
+) -> None:
+    """Refused when the split sizes are known, not when the bottom phase starts after the head phase."""
+    from conftest import tiny_overrides
+
+    from bitune.data.demo import make_demo_frame
+    from tasks.preprocess import preprocess_fn
+
+    (tmp_path / "data").mkdir()
+    make_demo_frame(120, 0).to_csv(tmp_path / "data" / "reviews.csv", index=False)
+    overrides = tiny_overrides(tiny_bert_dir)
+    preprocess_fn(load_params(REPO / "params/default.yaml", overrides), "md5", tmp_path)
+    params = load_params(REPO / "params/default.yaml", [*overrides, "strategy.phases.1.warmup=1000"])
+    with pytest.raises(
+        ParamsError, match=r"^strategy phase 'bottom': warmup 1000 steps, but the phase takes \d+;"
+    ):
+        preprocess_fn(params, "md5", tmp_path)

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from tiny_models import MODEL_TYPES, tiny_backbone
 
 from bitune.device import make_accelerator
-from bitune.errors import TrainingError
+from bitune.errors import ParamsError, TrainingError
 from bitune.model.classifier import BituneClassifier
 from bitune.model.layer_groups import resolve_layer_groups
 from bitune.params import EarlyStopping, PhaseSpec, StrategyParams, TrainParams
@@ -24,6 +24,7 @@ from bitune.tuning.freezing import freeze_except, trainable_modules
 from bitune.tuning.optim import build_optimizer, build_scheduler
 from bitune.tuning.phase import PhaseContext, PhaseData, run_phase, sample_train_rows
 from bitune.tuning.schedule import PhaseRun, expand_strategy
+from bitune.tuning.step_plan import check_step_plan, planned_steps
 
 
 def rows(n: int, seed: int = 0) -> list[dict]:
@@ -109,6 +110,64 @@ def test_max_train_rows_samples_the_same_rows_each_time_and_keeps_their_order() 
     positions = [next(i for i, r in enumerate(DATA.train) if r is row) for row in first.train]
     assert positions == sorted(positions)
     assert sample_train_rows(DATA, phase(max_train_rows=500), seed=3) is DATA  # fewer rows: all of them
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},  # tokens
+        {"max_train_rows": 50, "batch_size": 7, "grad_accum": 2},  # a last window of one batch
+        {"train": ["head"], "max_train_rows": 50, "batch_size": 7, "grad_accum": 2},  # cached features
+        {"train": ["head"], "cache_features": False, "batch_size": 5, "grad_accum": 3},  # head on tokens
+        {"max_steps": 5},
+        {"epochs": None, "max_steps": 29},  # a length in steps: 12 a epoch, the third cut short
+        {"train": ["head"], "epochs": None, "max_steps": 29},
+    ],
+)
+def test_the_step_plan_counts_the_steps_each_phase_takes(monkeypatch, overrides) -> None:  # type: ignore[no-untyped-def]
+    """`check_step_plan` judges warmups before the first phase by these counts: they must be the phase's."""
+    import bitune.tuning.feature_phase as feature_phase
+    import bitune.tuning.phase as phase_module
+
+    schedulers = []
+
+    def recording(optimizer, spec, total_steps):  # type: ignore[no-untyped-def]
+        schedulers.append((build_scheduler(optimizer, spec, total_steps), total_steps))
+        return schedulers[-1][0]
+
+    monkeypatch.setattr(phase_module, "build_scheduler", recording)
+    monkeypatch.setattr(feature_phase, "build_scheduler", recording)
+    spec = phase(**overrides)
+    model = model_for()
+    run_phase(model, PhaseRun(0, 1, spec), DATA, context(model))
+    [(scheduler, total)] = schedulers
+    assert scheduler.last_epoch == total  # the phase took the steps it planned
+    if spec.epochs is None:  # "epochs or steps": max_steps alone is the phase's length, not a cap on 1 epoch
+        assert total == 29
+    assert planned_steps(spec, len(DATA.train), processes=1) == total
+
+
+def test_a_warmup_past_a_later_phase_is_refused_by_the_step_plan() -> None:
+    strategy = StrategyParams(
+        name="bidirectional",
+        phases=[phase(name="head", train=["head"], epochs=3), phase(name="bottom", epochs=1, warmup=12)],
+    )
+    check_step_plan(strategy, train_rows=97, processes=1)  # 13 batches of 8: one step after warmup
+    with pytest.raises(
+        ParamsError, match=r"strategy phase 'bottom': warmup 12 steps, but the phase takes 12"
+    ):
+        check_step_plan(strategy, train_rows=96, processes=1)
+    with pytest.raises(ParamsError, match="but the phase takes 12"):
+        check_step_plan(
+            strategy, train_rows=97, processes=2
+        )  # merged: a batch of one row has no share for two
+
+
+def test_a_sample_that_misses_a_class_is_a_params_error_naming_the_phase() -> None:
+    """One row holds one class: a head trained on it predicts that class for every text."""
+    with pytest.raises(ParamsError, match=r"phase 'bottom': max_train_rows 1 samples 1 of the 2 classes"):
+        sample_train_rows(DATA, phase(max_train_rows=1), seed=3)
+    assert {r["labels"] for r in sample_train_rows(DATA, phase(max_train_rows=8), seed=3).train} == {0, 1}
 
 
 def test_head_phase_with_max_train_rows_encodes_and_trains_only_the_sample(tmp_path: Path) -> None:

@@ -134,8 +134,17 @@ class PhaseSpec(Strict):
 
     name: str = Field(description="metric prefix, e.g. head, bottom, full")
     train: list[str] = Field(description="groups: head, pooler, embeddings, layers[i:j], extras")
-    epochs: int = Field(1, ge=1, le=1000)
-    max_steps: int | None = Field(None, ge=1)
+    epochs: int | None = Field(
+        None,
+        ge=1,
+        le=1000,
+        description="passes over the training rows; null: 1, or as many as max_steps needs when it is set",
+    )
+    max_steps: int | None = Field(
+        None,
+        ge=1,
+        description="optimizer steps: the phase's length when epochs is null, else a cap on epochs' steps",
+    )
     lr: float = Field(gt=0, le=1)
     weight_decay: float = Field(0.01, ge=0)
     warmup: float = Field(0.0, ge=0, description="fraction of steps when < 1, else a step count")
@@ -189,6 +198,14 @@ class PhaseSpec(Strict):
     )
     cache_features: bool = Field(True, description="train a head-only phase on cached features")
     early_stopping: EarlyStopping = EarlyStopping()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_epoch_unless_steps(cls, data: Any) -> Any:
+        """epochs stays null only for a phase measured in max_steps; otherwise it reads 1, as before."""
+        if isinstance(data, dict) and data.get("epochs") is None and data.get("max_steps") is None:
+            return {**data, "epochs": 1}
+        return data
 
     @field_validator("train")
     @classmethod

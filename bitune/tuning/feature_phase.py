@@ -8,7 +8,6 @@ the same gradual-unfreezing stages.
 
 from __future__ import annotations
 
-import math
 import time
 
 import torch
@@ -22,7 +21,13 @@ from bitune.tuning.anchor import PretrainedAnchor, effective_anchor
 from bitune.tuning.features import cached_features
 from bitune.tuning.freezing import Selected, freeze_except, set_train_mode, trainable_modules
 from bitune.tuning.guards import check_finite, check_validation, remedy, require_parameters
-from bitune.tuning.optim import build_optimizer, build_scheduler, phase_steps
+from bitune.tuning.optim import (
+    build_optimizer,
+    build_scheduler,
+    feature_steps_per_epoch,
+    phase_epochs,
+    phase_steps,
+)
 from bitune.tuning.phase_context import (
     PhaseContext,
     PhaseData,
@@ -92,14 +97,14 @@ def run_on_features(
     # One optimizer step per accumulation window, as on tokens; the window's mean loss in one pass
     # gives the mean gradient over its rows that accumulating its batches would.
     window = spec.batch_size * spec.grad_accum
-    steps_per_epoch = math.ceil(len(train_x) / window)
+    steps_per_epoch = feature_steps_per_epoch(spec, len(train_x))
     scheduler = build_scheduler(optimizer, spec, phase_steps(spec, steps_per_epoch))
     anchor_weight = effective_anchor(spec, len(data.train))
     generator = torch.Generator().manual_seed(ctx.seed + run.index)
     best_value, best_state, step, samples = None, None, 0, 0
     patience = spec.early_stopping.patience
     train_t0 = time.perf_counter()
-    for epoch in range(1, spec.epochs + 1):
+    for epoch in range(1, phase_epochs(spec, steps_per_epoch) + 1):
         stage = stages[min(epoch - 1, len(stages) - 1)]
         result.trainable_params = freeze_except(model, stage)
         anchor = PretrainedAnchor.build(model, ctx.pretrained, anchor_weight)  # the pooler, if it trains

@@ -15,6 +15,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from bitune.errors import ParamsError
 from bitune.model.layer_groups import layer_depth
 from bitune.params import PhaseSpec
+from bitune.tuning.batching import batch_count
 from bitune.tuning.freezing import Selected
 
 
@@ -38,13 +39,32 @@ def build_optimizer(selected: Selected, spec: PhaseSpec, num_layers: int) -> tor
     return torch.optim.AdamW(param_groups, lr=spec.lr, fused=fused or None)
 
 
+def token_steps_per_epoch(spec: PhaseSpec, rows: int, processes: int) -> int:
+    """Optimizer steps an epoch takes on tokens: one per `grad_accum` length-grouped batches."""
+    return math.ceil(batch_count(rows, spec.batch_size, processes) / spec.grad_accum)
+
+
+def feature_steps_per_epoch(spec: PhaseSpec, rows: int) -> int:
+    """Optimizer steps an epoch takes on cached features: one per window of batch × grad_accum rows."""
+    return math.ceil(rows / (spec.batch_size * spec.grad_accum))
+
+
+def phase_epochs(spec: PhaseSpec, steps_per_epoch: int) -> int:
+    """Epochs the phase runs: `epochs`; without it, enough for `max_steps` (the last cut short), or 1."""
+    if spec.epochs is not None:
+        return spec.epochs
+    if spec.max_steps:
+        return math.ceil(spec.max_steps / max(steps_per_epoch, 1))
+    return 1
+
+
 def phase_steps(spec: PhaseSpec, steps_per_epoch: int) -> int:
-    """Optimizer steps the phase will take: `epochs` of them, cut short by `max_steps`.
+    """Optimizer steps the phase will take: its epochs' steps, cut short by `max_steps`.
 
     The schedule spans exactly these, so a linear or cosine decay ends where training ends: with
     `max_steps` past the last epoch, a schedule over `max_steps` would stop early at a high lr.
     """
-    planned = steps_per_epoch * spec.epochs
+    planned = steps_per_epoch * phase_epochs(spec, steps_per_epoch)
     return min(planned, spec.max_steps) if spec.max_steps else planned
 
 
@@ -52,15 +72,23 @@ def warmup_steps(spec: PhaseSpec, total_steps: int) -> int:
     return int(spec.warmup * total_steps) if spec.warmup < 1 else int(spec.warmup)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, spec: PhaseSpec, total_steps: int) -> LambdaLR:
+def check_warmup(spec: PhaseSpec, total_steps: int) -> None:
+    """A warmup in steps must end inside the phase.
+
+    Otherwise the lr would still be climbing when the phase ends: it trains at a sliver of `lr`, and
+    the run registers a model that barely moved, with exit 0.
+    """
     warm = warmup_steps(spec, total_steps)
     if spec.warmup >= 1 and warm >= total_steps:
-        # the lr would still be climbing when the phase ends: it trains at a sliver of `lr`, and the
-        # run registers a model that barely moved, with exit 0
         raise ParamsError(
             f"strategy phase {spec.name!r}: warmup {warm} steps, but the phase takes {total_steps}; "
             "give warmup as a fraction of the phase (e.g. 0.1) or fewer steps"
         )
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, spec: PhaseSpec, total_steps: int) -> LambdaLR:
+    check_warmup(spec, total_steps)
+    warm = warmup_steps(spec, total_steps)
     total = max(total_steps, 1)
 
     def factor(step: int) -> float:

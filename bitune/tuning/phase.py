@@ -9,7 +9,6 @@ instead (`feature_phase`); the anchor, the guards and the DDP wrapper live in th
 from __future__ import annotations
 
 import contextlib
-import math
 import random
 import time
 from collections.abc import Iterable, Iterator
@@ -19,20 +18,26 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from bitune.errors import TrainingError
+from bitune.errors import ParamsError, TrainingError
 from bitune.evaluation.metrics import summary_metrics
 from bitune.model.classifier import BituneClassifier
 from bitune.model.layer_groups import gradual_unfreeze_order
 from bitune.params import PhaseSpec
 from bitune.tuning.anchor import PretrainedAnchor, effective_anchor
-from bitune.tuning.batching import BatchList, batch_count, length_grouped_batches, pad_batch, shard_batches
+from bitune.tuning.batching import BatchList, length_grouped_batches, pad_batch, shard_batches
 from bitune.tuning.checkpoint import rng_state, set_rng_state
 from bitune.tuning.contrastive import supervised_contrastive_loss
 from bitune.tuning.feature_phase import run_on_features, trains_top_only
 from bitune.tuning.features import encode_rows
 from bitune.tuning.freezing import Selected, freeze_except, set_train_mode, trainable_modules
 from bitune.tuning.guards import check_finite, check_resumable, check_validation, remedy, require_parameters
-from bitune.tuning.optim import build_optimizer, build_scheduler, phase_steps
+from bitune.tuning.optim import (
+    build_optimizer,
+    build_scheduler,
+    phase_epochs,
+    phase_steps,
+    token_steps_per_epoch,
+)
 from bitune.tuning.phase_context import (
     PhaseContext,
     PhaseData,
@@ -55,7 +60,16 @@ def sample_train_rows(data: PhaseData, spec: PhaseSpec, seed: int) -> PhaseData:
     if limit is None or limit >= len(data.train):
         return data
     chosen = sorted(random.Random(seed).sample(range(len(data.train)), limit))
-    return PhaseData([data.train[i] for i in chosen], data.validation, data.pad_token_id)
+    sample = [data.train[i] for i in chosen]
+    classes = {row["labels"] for row in data.train}
+    held = {row["labels"] for row in sample}
+    if held != classes:  # a head that never sees a class can never predict it: a useless model, exit 0
+        raise ParamsError(
+            f"strategy phase {spec.name!r}: max_train_rows {limit} samples {len(held)} of the "
+            f"{len(classes)} classes in train; raise it well above {len(classes)} or set it to null "
+            "(all rows)"
+        )
+    return PhaseData(sample, data.validation, data.pad_token_id)
 
 
 def _batch_loss(
@@ -135,8 +149,9 @@ def run_phase(model: BituneClassifier, run: PhaseRun, data: PhaseData, ctx: Phas
         raise TrainingError(
             f"{run.key}: {len(data.train)} training rows for {world} processes; lower train.processes"
         )
-    steps_per_epoch = math.ceil(batch_count(len(data.train), spec.batch_size, world) / spec.grad_accum)
+    steps_per_epoch = token_steps_per_epoch(spec, len(data.train), world)
     total_steps = phase_steps(spec, steps_per_epoch)
+    epochs = phase_epochs(spec, steps_per_epoch)
     scheduler = build_scheduler(optimizer, spec, total_steps)
     average = weight_average(model, phase_ids, spec)
     lengths = [len(r["input_ids"]) for r in data.train]
@@ -164,7 +179,7 @@ def run_phase(model: BituneClassifier, run: PhaseRun, data: PhaseData, ctx: Phas
 
     anchor_weight = effective_anchor(spec, len(data.train))
     with contextlib.closing(WrappedModel(model, ctx)) as wrapper:  # released however the loop ends
-        for epoch in range(start_epoch, spec.epochs + 1):
+        for epoch in range(start_epoch, epochs + 1):
             if stopped:
                 break
             selected = stages[min(epoch - 1, len(stages) - 1)]
@@ -185,7 +200,7 @@ def run_phase(model: BituneClassifier, run: PhaseRun, data: PhaseData, ctx: Phas
             # the loss sum stays on the device: reading it back every step would stall a GPU's queue
             t0, seen, micro, running = time.perf_counter(), 0, 0, torch.zeros((), device=device)
             optimizer.zero_grad(set_to_none=True)
-            bar = tqdm(loader, desc=f"{run.key} epoch {epoch}/{spec.epochs}", leave=False, disable=ctx.quiet)
+            bar = tqdm(loader, desc=f"{run.key} epoch {epoch}/{epochs}", leave=False, disable=ctx.quiet)
             for batch, last in _with_last(bar):
                 share = plan[micro]
                 micro += 1
