@@ -236,6 +236,9 @@ def _x_order(name: str) -> tuple[int, int, str]:
     return (2, {"extras": 0, "pooler": 1}.get(name, 2), name)
 
 
+DRIFT_PLOT = "drift_per_layer.png"
+
+
 def plot_drift(drift_by_phase: dict[str, dict[str, float]], path: Path) -> Path:
     """One PNG: relative weight drift per group, bottom to top, one line per phase label.
 

@@ -12,7 +12,7 @@ from prefect import task
 from bitune.device import make_accelerator
 from bitune.evaluation.curves import plot_learning_curves
 from bitune.evaluation.report import evaluate_predictions
-from bitune.forgetting import plot_drift
+from bitune.forgetting import DRIFT_PLOT, plot_drift
 from bitune.model.classifier import load_classifier
 from bitune.model.layer_groups import resolve_layer_groups
 from bitune.params import Params
@@ -57,7 +57,7 @@ def evaluate_fn(
     metrics, paths = evaluate_predictions(texts, labels, logits, prepared.labels, out_dir)
     metrics["test/cka_to_pretrained"] = final.cka_to_pretrained
     paths.append(plot_learning_curves([(p.key, p.history) for p in phases], out_dir / "learning_curves.png"))
-    paths.append(plot_drift({p.key: p.drift for p in phases}, out_dir / "drift_per_layer.png"))
+    paths.append(plot_drift({p.key: p.drift for p in phases}, out_dir / DRIFT_PLOT))
     run_id = None
     if settings is not None and accelerator.is_main_process:
         run_id = tracking.start_run(

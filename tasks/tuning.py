@@ -20,7 +20,15 @@ from prefect import task
 
 from bitune.data.seen import texts_in
 from bitune.device import launched_distributed, make_accelerator
-from bitune.forgetting import encoder_cka, load_probe_texts, probe_batches, probe_path, weight_drift
+from bitune.forgetting import (
+    DRIFT_PLOT,
+    encoder_cka,
+    load_probe_texts,
+    plot_drift,
+    probe_batches,
+    probe_path,
+    weight_drift,
+)
 from bitune.model.classifier import ClassifierMeta, load_backbone, load_tokenizer, save_classifier
 from bitune.model.layer_groups import gradual_shortfall, resolve_layer_groups
 from bitune.model.pretrained import build_model, check_strategy_fits_model
@@ -78,12 +86,11 @@ def say_if_resuming(checkpoints: PhaseCheckpoints, run: PhaseRun) -> None:
         epoch = int(json.loads((checkpoints.folder / CHECKPOINT_STATE).read_text())["epoch"])
     except (OSError, ValueError, KeyError, TypeError):
         return  # no checkpoint (or an unreadable one, which run_phase reports): a fresh start
+    planned = f"of {run.spec.epochs}" if run.spec.epochs else f"(max_steps {run.spec.max_steps})"
+    if not run.spec.epochs and not run.spec.max_steps:
+        planned = "of 1"
     log.info(
-        "%s: resuming from the checkpoint after epoch %d of %d (%s)",
-        run.key,
-        epoch,
-        run.spec.epochs,
-        checkpoints.folder,
+        "%s: resuming from the checkpoint after epoch %d %s (%s)", run.key, epoch, planned, checkpoints.folder
     )
 
 
@@ -227,6 +234,8 @@ def tune_phase_fn(
         if main and settings is not None and run_id is not None:
             summary = phase_summary(run.spec.name, result, cka, drift, wall)
             tracking.log_metrics(settings, run_id, summary)
+            # this phase's own plot: the evaluate run's plot of every phase exists only if all of them ran
+            tracking.log_artifacts(settings, run_id, [plot_drift({run.key: drift}, out_dir / DRIFT_PLOT)])
             tracking.set_tags(
                 settings,
                 run_id,

@@ -83,6 +83,8 @@ def test_mlflow_has_parent_and_nested_runs_with_params_metrics_artifacts(first_r
     assert len(bottom_history) == 2
     assert by_name["bottom"].data.metrics["bottom/drift/layers.0"] > 0
     assert by_name["bottom"].data.metrics["bottom/drift/layers.3"] == 0
+    for phase in ("head", "bottom"):  # each phase's plot in its own run, should a later phase fail
+        assert "drift_per_layer.png" in {a.path for a in client.list_artifacts(by_name[phase].info.run_id)}
     evaluate = by_name["evaluate"]
     assert 0 <= evaluate.data.metrics["test/accuracy"] <= 1
     names = {a.path for a in client.list_artifacts(evaluate.info.run_id)}
