@@ -58,19 +58,23 @@ def test_the_preflight_model_check_fails_fast_too(tmp_path: Path) -> None:
     """A scheduled run has no CLI before it: the flow's preflight check does the same."""
     env, endpoint = unreachable_hub_env(tmp_path)
     script = (
+        "import time\n"
         "from bitune.errors import ModelError\n"
         "from bitune.params import ModelParams\n"
         "from tasks.preprocess import check_model\n"
+        "started = time.monotonic()\n"
         "try:\n"
         f"    check_model(ModelParams(name_or_path={MODEL!r}))\n"
         "except ModelError as exc:\n"
         "    print(exc)\n"
+        "print(f'took {time.monotonic() - started:.1f}')\n"
     )
-    started = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180, check=False
     )
-    took = time.monotonic() - started
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"and {endpoint} cannot be reached to download it" in proc.stdout, proc.stdout + proc.stderr
-    assert took < 20, f"took {took:.0f} s"
+    assert "Retrying" not in proc.stdout + proc.stderr
+    # the check alone, not the ~10 s of importing torch on a busy machine: the retries took over a minute
+    took = float(proc.stdout.rsplit("took ", 1)[1])
+    assert took < 10, f"took {took:.0f} s"
