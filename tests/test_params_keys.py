@@ -56,6 +56,8 @@ def test_every_preset_has_unique_keys_over_rounds() -> None:
         "data.remote=s3://bucket/prefix",
         "tracking.experiment=other",
         "registry.min_delta=0.5",
+        "data.max_length_chars=30000",  # checks that pass or stop the run, never change a row
+        "data.max_duplicate_fraction=0.5",
     ],
 )
 def test_digest_ignores_what_does_not_change_the_model(override: str) -> None:
@@ -73,6 +75,7 @@ def test_digest_ignores_what_does_not_change_the_model(override: str) -> None:
         "model.revision=v2",
         "data.labels=[negative, positive]",
         "data.split.seed=3",
+        "data.label_conflicts=drop",  # drops rows before the split
         "forgetting.probe_rows=64",  # the CKA stored with each phase's result
     ],
 )
@@ -89,3 +92,25 @@ def test_the_documented_multi_node_launch_args_load_as_command_line_text() -> No
     params = load_params(Path(__file__).resolve().parents[1] / "params/default.yaml", [override])
     assert params.train.launch_args[:4] == ["--num_machines", "2", "--machine_rank", "0"]
     assert params.train.launch_args[-1] == "29500"
+
+
+def test_a_validation_only_setting_enters_the_digest_at_its_default() -> None:
+    """So keys made before it was left out still match: an upgrade retrains no unchanged project."""
+    import hashlib
+    import json
+
+    params = load_params(PARAMS)
+    payload = params.model_dump(mode="json")
+    for name in ("tracking", "registry"):
+        payload.pop(name)
+    for name in ("source", "demo_rows", "remote"):
+        payload["data"].pop(name)
+    for name in (
+        "eval_batch_size",
+        "torch_threads",
+        "checkpoint_dir",
+        "feature_cache_dir",
+        "timeout_minutes",
+    ):
+        payload["train"].pop(name)
+    assert params.digest() == hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

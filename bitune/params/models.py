@@ -32,6 +32,9 @@ MODEL_IRRELEVANT = (
     "train.feature_cache_dir",
     "train.timeout_minutes",
 )
+# Checks on the data that pass or stop the run but never change a row: in `Params.digest` at their
+# defaults whatever they are set to, so raising one retrains nothing (and keys made before stay valid).
+VALIDATION_ONLY = ("data.max_length_chars", "data.max_duplicate_fraction")
 
 
 class Strict(BaseModel):
@@ -398,9 +401,14 @@ class Params(Strict):
         (speed only); where checkpoints and cached features live; and `train.timeout_minutes`
         (a run stopped by it resumes under a longer one). `train.processes` and
         `train.launch_args` stay in: the number of processes changes the batches each optimizer
-        step sees.
+        step sees. `VALIDATION_ONLY` settings enter at their defaults.
         """
         payload = self.model_dump(mode="json")
+        defaults = DataParams().model_dump(mode="json")
+        for path in VALIDATION_ONLY:
+            section, name = path.split(".")
+            assert section == "data", path  # the defaults above are the data section's
+            payload[section][name] = defaults[name]
         for path in exclude:
             *parents, last = path.split(".")
             node = payload
