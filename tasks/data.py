@@ -27,6 +27,7 @@ class DataVersion:
     warnings: list[str] = field(default_factory=list)
     stats: dict[str, float] = field(default_factory=dict)
     columns: tuple[str, str] = STORED_COLUMNS  # data/'s (text, label) columns the run reads
+    source: str | None = None  # the data.source the run versioned: 'data' when a plain run reused data/
 
 
 def version_data_fn(data: DataParams, root: Path) -> DataVersion:
@@ -56,6 +57,7 @@ def version_data_fn(data: DataParams, root: Path) -> DataVersion:
         warnings=list(report.warnings),
         stats={k: float(v) for k, v in report.stats.items() if isinstance(v, int | float)},
         columns=columns_in_store(data, data_dir),
+        source=data.source,
     )
 
 

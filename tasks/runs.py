@@ -142,6 +142,20 @@ def open_parent_run_fn(
     return run_id
 
 
+def params_as_run(params: Params, data: DataVersion) -> Params:
+    """The params with the data source the run really read, as its runs log them.
+
+    A plain run after `--data reviews.csv --set data.text_column=review` trains on the version in data/
+    (read by `text` and `label`); it logged `data.source=demo`, so the MLflow UI and `compare` said a
+    demo trained it. The source and its columns go together: both are the ones read.
+    """
+    if data.source is None or data.source == params.data.source:
+        return params
+    text_column, label_column = data.columns
+    used = {"source": data.source, "text_column": text_column, "label_column": label_column}
+    return params.model_copy(update={"data": params.data.model_copy(update=used)})
+
+
 def log_run_inputs(
     settings: TrackingSettings,
     run_id: str,
@@ -152,6 +166,7 @@ def log_run_inputs(
 ) -> None:
     """What produced the run: params, library versions, the resolved params file, the data version."""
     client = settings.client()
+    params = params_as_run(params, data)
     tracking.log_params(settings, run_id, params.flat() | {"data.version": data.md5})
     tracking.set_tags(settings, run_id, tracking.library_versions())
     resolved_params.parent.mkdir(parents=True, exist_ok=True)

@@ -70,6 +70,20 @@ def test_only_params_that_differ_are_listed_as_set_takes_them() -> None:
     assert param_differences([row("r1", BASE), row("r2", BASE), row("r3", {})]) == {}
 
 
+def test_runs_of_one_data_version_differ_in_no_source_keys() -> None:
+    """`--data reviews.csv --set data.text_column=review`, then a plain run reading the same version
+    from data/: both trained on the same rows, which the source keys would say they did not."""
+    versioned = BASE | {"data.source": "reviews.csv", "data.text_column": "review"}
+    plain = BASE | {"data.source": "data", "data.text_column": "text"}
+    assert differing_params([row("r1", versioned), row("r2", plain)]) == []
+    tweets = BASE | {"data.source": "tweets.csv", "data.text_column": "text", "data.version": "bbbb.dir"}
+    other = RunRow("r3", "r3", "FINISHED", "bidirectional", "bbbb", {}, 1.0, None, [], tweets)
+    assert differing_params([row("r1", versioned), row("r2", plain), other]) == [
+        "data.source",
+        "data.text_column",
+    ]
+
+
 def test_one_changed_key_is_not_lost_among_another_presets_keys() -> None:
     """A run of another strategy differs in every phase key; the strategy column says so already."""
     preset = {f"strategy.phases.{i}.lr": "0.001" for i in range(12)} | {"strategy.name": "full"}

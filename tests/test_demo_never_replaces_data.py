@@ -11,15 +11,16 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import make_project
+from conftest import REPO, make_project
 from project_state import data_state
 
 from bitune.data.demo import DEMO_FILE, DEMO_MARKER, demo_files, holds_demo, make_demo_frame
 from bitune.data.versioning import dir_md5
 from bitune.errors import DataError
-from bitune.params import DataParams
+from bitune.params import DataParams, load_params
 from tasks import dvc_store
 from tasks.data import version_data_fn
+from tasks.runs import params_as_run
 
 pytestmark = pytest.mark.slow
 
@@ -72,6 +73,12 @@ def test_plain_run_after_data_with_other_column_names_reads_that_version(project
     assert again.stats["rows"] == same_params.stats["rows"] == 80
     assert data_state(project) == before
     assert (project / "data" / "reviews.csv").read_bytes() == frame.to_csv(index=False).encode()
+    # what each run logs as its data params: the source it read, with that source's columns
+    params = load_params(REPO / "params" / "default.yaml")
+    logged = params_as_run(params.model_copy(update={"data": DEMO}), again).data
+    assert (logged.source, logged.text_column, logged.label_column) == ("data", "text", "label")
+    with_columns = params.model_copy(update={"data": DataParams(source=str(reviews), **columns)})
+    assert params_as_run(with_columns, real) is with_columns  # as given: it read reviews.csv by those
 
 
 def test_a_demo_version_is_regenerated_when_the_demo_params_change(project: Path) -> None:

@@ -13,6 +13,9 @@ if TYPE_CHECKING:
 
 COMPARED = ("test/accuracy", "test/macro_f1", "test/cka_to_pretrained")
 SHOWN_IN_COLUMNS = frozenset({"strategy.name", "data.version"})  # `compare` has columns for these
+# where a data version's rows came from: the data version pins the rows, so among runs of one version
+# these tell apart only how each run was started (`--data f.csv` then a plain run reading data/)
+SOURCE_KEYS = frozenset({"data.source", "data.text_column", "data.label_column", "data.demo_rows"})
 UNSET = "-"  # a param one run logged and another did not (a key added in a later bitune)
 MAX_VALUE_CHARS = 40  # a model path or a layer list stays one readable piece
 MAX_PARAMS_SHOWN = 8  # two strategies differ in every phase key: the first few say enough
@@ -51,9 +54,12 @@ def duration_text(seconds: float | None) -> str:
 
 def differing_params(rows: list[RunRow]) -> list[str]:
     """Keys of the logged params whose values are not the same in every run, sorted. Runs that logged
-    no params (killed before logging) are left out: they would make every key differ."""
+    no params (killed before logging) are left out: they would make every key differ. Runs of one
+    data version differ in no `SOURCE_KEYS`."""
     logged = [r.params for r in rows if r.params]
     keys: set[str] = set().union(*logged) - SHOWN_IN_COLUMNS if logged else set()
+    if len({r.data_version for r in rows if r.params}) == 1:
+        keys -= SOURCE_KEYS
     return sorted(k for k in keys if len({p.get(k, UNSET) for p in logged}) > 1)
 
 
