@@ -29,6 +29,7 @@ from mlflow.utils.file_utils import local_file_uri_to_path
 
 from bitune.errors import BituneError, TrackingError
 from bitune.params import TrackingParams, redact
+from bitune.params.folders import check_writable
 
 PIPELINE_TAG = "bitune.pipeline"
 SOURCE_NAME = "bitune retrain"  # the flow, whether `bitune run` or a Prefect worker started it
@@ -142,9 +143,15 @@ def check_store(settings: TrackingSettings) -> None:
     """The store answers and the experiment's artifact folder can be written: a run's preflight.
 
     A SQLite store that does not exist yet is not opened (opening creates it: a refused run would
-    leave a new project an mlflow.db); its folder is checked as writable with the params' folders.
+    leave a new project an mlflow.db); only its folder is checked, as one MLflow can create and write
+    (a file where that folder should be failed the run after the data step had versioned new data).
     """
-    if settings.uri.startswith("sqlite:///") and not Path(settings.uri.removeprefix("sqlite:///")).exists():
+    if (
+        settings.uri.startswith("sqlite:///")
+        and not (store := Path(settings.uri.removeprefix("sqlite:///"))).exists()
+    ):
+        key = settings.uri_setting
+        check_writable(key, store.parent, fix=f"point {key} at a SQLite file in a writable folder")
         return
     check_reachable(settings)
     check_artifact_folder(settings)
@@ -355,3 +362,60 @@ def close_stale_runs(settings: TrackingSettings, pipeline_key: str) -> list[str]
     for run in stale:
         client.set_terminated(run.info.run_id, status=RunStatus.to_string(RunStatus.KILLED))
     return [r.info.run_id for r in stale]
+
+
+def earlier_phase_run(
+    settings: TrackingSettings, pipeline_key: str, phase_key: str, current: str
+) -> str | None:
+    """The latest other run of this phase of this pipeline: the one a resumed phase continues."""
+    client = settings.client()
+    exp = client.get_experiment_by_name(settings.experiment)
+    if exp is None:
+        return None
+    runs = client.search_runs(
+        [exp.experiment_id],
+        filter_string=(
+            f"tags.`bitune.pipeline_key` = '{pipeline_key}' and attributes.run_name = '{phase_key}'"
+        ),
+        order_by=["attributes.start_time DESC"],
+        max_results=5,
+    )
+    return next((r.info.run_id for r in runs if r.info.run_id != current), None)
+
+
+def copy_metric_history(settings: TrackingSettings, source_run_id: str, target_run_id: str) -> None:
+    """Every metric `source_run_id` logged, at its own steps and times, into `target_run_id`.
+
+    A run resumed after a crash opens a new parent run; without this, the epochs trained before the
+    crash (and a phase reused whole) stayed under the killed parent, and the run of the registered
+    version showed half its training.
+    """
+    client = settings.client()
+    history = [
+        Metric(m.key, m.value, m.timestamp, m.step)
+        for key in client.get_run(source_run_id).data.metrics
+        for m in client.get_metric_history(source_run_id, key)
+    ]
+    with signals_held():
+        for start in range(0, len(history), MAX_BATCH):
+            client.log_batch(target_run_id, metrics=history[start : start + MAX_BATCH])
+
+
+def copy_phase_run(
+    settings: TrackingSettings, source_run_id: str, name: str, parent_run_id: str, artifacts: Iterable[Path]
+) -> str:
+    """A finished child of `parent_run_id` holding what the phase run `source_run_id` logged: params,
+    bitune tags, metric history, and `artifacts` (files kept with the phase's output)."""
+    client = settings.client()
+    source = client.get_run(source_run_id)
+    tags = {k: v for k, v in source.data.tags.items() if k.startswith("bitune.")}
+    run_id = start_run(settings, name, tags | {"bitune.reused_from_run": source_run_id}, parent_run_id)
+    try:
+        log_params(settings, run_id, dict(source.data.params))
+        copy_metric_history(settings, source_run_id, run_id)
+        log_artifacts(settings, run_id, [p for p in artifacts if p.exists()])
+    except BaseException:
+        client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.FAILED))
+        raise
+    end_run(settings, run_id)
+    return run_id

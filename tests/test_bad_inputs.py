@@ -332,6 +332,12 @@ CASES = [
         ("tracking.artifact_location: cannot write to /proc/art", "writable folder"),
         {"new.csv": NEW_DATA},
     ),
+    Case(  # the store was never opened (opening creates it): the data step ran, then MLflow failed
+        "tracking-store-under-a-file",
+        ["--data", "{in}/new.csv", "--set", "tracking.uri=sqlite:///{in}/afile/mlflow.db"],
+        ("tracking.uri:", "afile is a file, not a folder", "SQLite file in a writable folder"),
+        {"new.csv": NEW_DATA, "afile": b"a file where the store's folder should be"},
+    ),
     Case(
         "empty-params-file",
         ["--params", "{in}/empty.yaml"],

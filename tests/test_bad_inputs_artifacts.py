@@ -18,8 +18,8 @@ from project_state import data_state
 from test_bad_inputs import PREFECT_INFO, bitune_run, csv, prefect_env, tiny_args  # noqa: F401
 
 from bitune.data.demo import make_demo_frame
-from bitune.errors import TrackingError
-from tasks.tracking import TrackingSettings, check_artifact_folder
+from bitune.errors import ParamsError, TrackingError
+from tasks.tracking import TrackingSettings, check_artifact_folder, check_store
 
 EXPERIMENT = "bitune"  # params/default.yaml tracking.experiment
 
@@ -128,3 +128,21 @@ def test_remote_artifact_stores_are_not_checked_as_folders(
     for name in ("s3:", "mlflow-artifacts:"):
         (tmp_path / name).write_text("not a folder")
     check_artifact_folder(store(tmp_path))
+
+
+def test_a_store_not_made_yet_is_judged_by_its_folder_and_nothing_is_created(tmp_path: Path) -> None:
+    """Opening a SQLite store creates it, so the preflight checks only whether MLflow could."""
+    later = TrackingSettings(
+        uri=f"sqlite:///{tmp_path / 'a' / 'b' / 'mlflow.db'}", experiment=EXPERIMENT, artifact_location=None
+    )
+    check_store(later)
+    assert listing(tmp_path) == []
+    (tmp_path / "afile").write_text("a file where the store's folder should be")
+    under_a_file = TrackingSettings(
+        uri=f"sqlite:///{tmp_path / 'afile' / 'mlflow.db'}", experiment=EXPERIMENT, artifact_location=None
+    )
+    with pytest.raises(
+        ParamsError, match=r"^tracking.uri: .*afile is a file, not a folder; point tracking.uri at a"
+    ):
+        check_store(under_a_file)
+    assert listing(tmp_path) == ["afile"]

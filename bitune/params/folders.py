@@ -32,25 +32,26 @@ def written_folders(params: Params, root: Path, tracking_server: bool = False) -
 def check_writable_folders(params: Params, root: Path, tracking_server: bool = False) -> None:
     """Each folder can be created and written; those this check created are removed again."""
     for key, folder in written_folders(params, root, tracking_server).items():
-        _check_writable(key, folder)
+        check_writable(key, folder)
 
 
-def _check_writable(key: str, folder: Path) -> None:
+def check_writable(key: str, folder: Path, fix: str = "") -> None:
+    """`folder` can be created and written, or a ParamsError names `key` and `fix` (default: point
+    `key` at a writable folder); nothing it created is left behind."""
+    fix = fix or f"point {key} at a writable folder"
     created: list[Path] = []  # deepest first, so they can be removed in order
     existing = folder
     while not existing.exists() and existing != existing.parent:
         created.append(existing)
         existing = existing.parent
     if not existing.is_dir():
-        raise ParamsError(f"{key}: {existing} is a file, not a folder; point {key} at a folder")
+        raise ParamsError(f"{key}: {existing} is a file, not a folder; {fix}")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as exc:
-        raise ParamsError(
-            f"{key}: cannot write to {folder} ({exc.strerror or exc}); point {key} at a writable folder"
-        ) from None
+        raise ParamsError(f"{key}: cannot write to {folder} ({exc.strerror or exc}); {fix}") from None
     finally:
         for path in created:
             if path.is_dir():
