@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import datasets
 import torch
+from mlflow.exceptions import MlflowException
 from prefect import task
 
 from bitune.data.seen import texts_in
@@ -94,6 +95,35 @@ def say_if_resuming(checkpoints: PhaseCheckpoints, run: PhaseRun) -> None:
     )
 
 
+def carry_reused_run(
+    output: PhaseOutput, settings: TrackingSettings | None, parent_run_id: str | None, out_dir: Path
+) -> PhaseOutput:
+    """A phase reused whole gets a run under this parent too, copied from the run that trained it
+    (tag `bitune.reused_from_run`): the run of the version this parent registers shows every phase."""
+    if settings is None or not parent_run_id or not output.run_id:
+        return output
+    try:
+        run_id = tracking.copy_phase_run(
+            settings, output.run_id, output.key, parent_run_id, [out_dir / DRIFT_PLOT]
+        )
+    except MlflowException as exc:  # that run is gone (another store, deleted): the phase is still good
+        log.warning("%s: could not copy its MLflow run %s into this run (%s)", output.key, output.run_id, exc)
+        return output
+    return replace(output, run_id=run_id)
+
+
+def carry_resumed_history(
+    settings: TrackingSettings, pipeline_key: str, phase_key: str, run_id: str, resumed: bool
+) -> None:
+    """A phase resumed from a checkpoint continues the history of the run it started under."""
+    if not resumed:
+        return
+    earlier = tracking.earlier_phase_run(settings, pipeline_key, phase_key, run_id)
+    if earlier is not None:
+        tracking.copy_metric_history(settings, earlier, run_id)
+        tracking.set_tags(settings, run_id, {"bitune.resumed_from_run": earlier})
+
+
 def tune_phase_fn(
     params: Params,
     prepared: PreparedData,
@@ -110,7 +140,8 @@ def tune_phase_fn(
     out_dir = pipeline_dir(root, pipeline_key) / run.key
     if (out_dir / RESULT).exists():
         log.info("%s: already trained for this data and params; reusing it whole (%s)", run.key, out_dir)
-        return PhaseOutput(**{**json.loads((out_dir / RESULT).read_text()), "resumed": True})
+        reused = PhaseOutput(**{**json.loads((out_dir / RESULT).read_text()), "resumed": True})
+        return carry_reused_run(reused, settings, parent_run_id, out_dir)
     if params.train.processes > 1 and not launched_distributed():
         job = {
             "params": params.model_dump(mode="json"),
@@ -194,6 +225,9 @@ def tune_phase_fn(
     )
     if accelerator.is_main_process:
         say_if_resuming(checkpoints, run)
+    if main and run_id:
+        resuming = (checkpoints.folder / CHECKPOINT_STATE).exists()
+        carry_resumed_history(settings, pipeline_key, run.key, run_id, resuming)  # type: ignore[arg-type]
     monitor = tracking.system_metrics(settings, run_id, str(accelerator.device)) if main and run_id else None  # type: ignore[arg-type]
     t0 = time.perf_counter()
     try:

@@ -139,6 +139,7 @@ def test_kill_9_in_bottom_phase_resumes_and_registers_once(tmp_path, tiny_bert_d
     assert not list(root.glob(".bitune/runs/*/bottom/result.json")), "the phase finished before the kill"
     assert {r.info.status for r in runs(root)} >= {"RUNNING"}
 
+    rerun_started_ms = time.time() * 1000
     rerun = finished(root, command(root, tiny_bert_dir))
     said = rerun.stdout + rerun.stderr
 
@@ -158,10 +159,26 @@ def test_kill_9_in_bottom_phase_resumes_and_registers_once(tmp_path, tiny_bert_d
     assert resumed_line[2].startswith(str(root / ".bitune" / "checkpoints")) and resumed_line[2].endswith(
         "/bottom"
     )
+    # the resumed run carries the epochs trained before the kill, copied, not trained again
+    resumed_epoch = int(bottoms[0].data.tags["bitune.resumed_from_epoch"])
     history = client(root).get_metric_history(bottoms[0].info.run_id, "bottom/val/accuracy")
-    assert min(m.step for m in history) > 3  # epochs before the kill were not trained again
+    assert {m.step for m in history} == set(range(1, 31))
+    assert all((m.timestamp < rerun_started_ms) == (m.step <= resumed_epoch) for m in history), history
+    killed_bottom = bottoms[0].data.tags["bitune.resumed_from_run"]
+    assert client(root).get_run(killed_bottom).info.status == "KILLED"
     versions = client(root).search_model_versions("name='bitune-classifier'")
     assert len(versions) == 1
+    # and the run of the registered version shows every phase: the head phase, reused whole, as a copy
+    children = {
+        r.info.run_name: r for r in all_runs if r.data.tags.get("mlflow.parentRunId") == versions[0].run_id
+    }
+    assert set(children) == {"head", "bottom", "evaluate"}
+    head = children["head"]
+    trained_head = client(root).get_run(head.data.tags["bitune.reused_from_run"])
+    assert trained_head.data.tags["mlflow.parentRunId"] != versions[0].run_id  # the killed run's
+    assert head.data.metrics == trained_head.data.metrics and head.data.metrics["head/cka_to_pretrained"] > 0
+    assert head.data.params == trained_head.data.params
+    assert "drift_per_layer.png" in {a.path for a in client(root).list_artifacts(head.info.run_id)}
 
     def test_metrics(project: Path) -> dict[str, float]:
         return next(
