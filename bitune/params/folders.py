@@ -37,20 +37,20 @@ def check_writable_folders(params: Params, root: Path, tracking_server: bool = F
 
 def check_writable(key: str, folder: Path, fix: str = "") -> None:
     """`folder` can be created and written, or a ParamsError names `key` and `fix` (default: point
-    `key` at a writable folder); nothing it created is left behind."""
-    fix = fix or f"point {key} at a writable folder"
+    `key` at a (writable) folder); nothing it created is left behind."""
     created: list[Path] = []  # deepest first, so they can be removed in order
     existing = folder
     while not existing.exists() and existing != existing.parent:
         created.append(existing)
         existing = existing.parent
     if not existing.is_dir():
-        raise ParamsError(f"{key}: {existing} is a file, not a folder; {fix}")
+        raise ParamsError(f"{key}: {existing} is a file, not a folder; {fix or f'point {key} at a folder'}")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as exc:
+        fix = fix or f"point {key} at a writable folder"
         raise ParamsError(f"{key}: cannot write to {folder} ({exc.strerror or exc}); {fix}") from None
     finally:
         for path in created:
