@@ -1,8 +1,11 @@
 """read_source on every source kind, its one-line errors, and materialise's atomic swap of data/."""
 
+import codecs
 import json
 import os
 import stat
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import datasets
@@ -10,7 +13,7 @@ import huggingface_hub
 import pandas as pd
 import pytest
 
-from bitune.data.sources import RawData, materialise, read_source
+from bitune.data.sources import RawData, materialise, read_source, row_numbers
 from bitune.errors import DataError
 from bitune.params import DataParams
 
@@ -190,6 +193,7 @@ def test_hf_source_maps_class_ids_to_names_and_drops_an_unlabelled_test_split(
     raw = read(f"hf:{hub}", tmp_path, text_column="sentence")
     assert sorted(raw.frames) == ["train", "validation"]
     assert raw.frames["train"]["label"].tolist() == ["neg", "pos", "pos"]
+    assert row_numbers(raw.frames, "train").tolist() == [1, 2, 3]  # no lines: counted from 1
     assert sorted(raw.files) == ["train.parquet", "validation.parquet"]
     materialise(raw, tmp_path / "data")
     for data in (DataParams(source="data", text_column="sentence"), DataParams(source="data")):
@@ -223,6 +227,52 @@ def test_not_utf8_names_file_line_and_suggests_reencoding(tmp_path: Path) -> Non
     message = error_of(tmp_path / "latin.csv", tmp_path)
     assert (
         "latin.csv" in message and "not UTF-8" in message and "line 3" in message and "re-encode" in message
+    )
+
+
+def test_latin1_keeps_the_latin1_advice(tmp_path: Path) -> None:
+    (tmp_path / "latin.csv").write_bytes("text,label\nok,a\ncaf\u00e9,b\n".encode("latin-1"))
+    assert error_of(tmp_path / "latin.csv", tmp_path) == (
+        "latin.csv: not UTF-8 (byte 0xe9 on line 3); re-encode it, e.g. "
+        "`iconv -f latin1 -t utf-8 latin.csv > utf8-latin.csv`"
+    )
+
+
+WIDE = [  # (how the file was saved, its bytes from str, the encoding the advice names)
+    ("utf-16-le with BOM", lambda t: codecs.BOM_UTF16_LE + t.encode("utf-16-le"), "utf-16"),
+    ("utf-16-be with BOM", lambda t: codecs.BOM_UTF16_BE + t.encode("utf-16-be"), "utf-16"),
+    ("utf-16-le, no BOM", lambda t: t.encode("utf-16-le"), "utf-16le"),
+    ("utf-16-be, no BOM", lambda t: t.encode("utf-16-be"), "utf-16be"),
+    ("utf-32 with BOM", lambda t: t.encode("utf-32"), "utf-32"),
+]
+
+
+@pytest.mark.parametrize(("saved", "encode", "encoding"), WIDE, ids=[w[0] for w in WIDE])
+def test_utf16_and_utf32_get_advice_that_converts_them(
+    tmp_path: Path, saved: str, encode: Callable[[str], bytes], encoding: str
+) -> None:
+    text = CSV.replace("not bad", "pas mal caf\u00e9 \u00e0 l'ouest \u2014 \u00e7a va").replace("\n", "\r\n")
+    (tmp_path / "r.csv").write_bytes(encode(text))
+    message = error_of(tmp_path / "r.csv", tmp_path)
+    advice = f"`iconv -f {encoding} -t utf-8 r.csv > utf8-r.csv`"
+    assert message.startswith(f"r.csv: UTF-{encoding[4:6]} text (") and message.endswith(advice), message
+    assert "latin1" not in message
+    command = advice.strip("`")
+    if Path("/usr/bin/iconv").exists():  # the advice, run as the user would
+        subprocess.run(command, shell=True, cwd=tmp_path, check=True)
+    else:  # the same conversion: iconv's utf-16/utf-32 read the BOM and drop it, as Python's codecs do
+        raw = (tmp_path / "r.csv").read_bytes()
+        (tmp_path / "utf8-r.csv").write_bytes(codecs.decode(raw, encoding).encode("utf-8"))
+    assert (tmp_path / "utf8-r.csv").read_bytes() == text.encode("utf-8")  # no BOM, no NUL left
+    frame = read(tmp_path / "utf8-r.csv", tmp_path).frames["all"]
+    assert frame.columns.tolist() == ["text", "label"] and len(frame) == 3
+    assert frame["text"][0] == "pas mal caf\u00e9 \u00e0 l'ouest \u2014 \u00e7a va at all"
+
+
+def test_utf16_jsonl_gets_the_utf16_advice(tmp_path: Path) -> None:
+    (tmp_path / "r.jsonl").write_bytes('{"text": "good", "label": "a"}\n'.encode("utf-16"))
+    assert error_of(tmp_path / "r.jsonl", tmp_path).endswith(
+        "`iconv -f utf-16 -t utf-8 r.jsonl > utf8-r.jsonl`"
     )
 
 

@@ -1,5 +1,6 @@
 """validate_frames: every problem collected, one-line messages that name the split, row and fix."""
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -222,3 +223,121 @@ def test_uses_the_split_params_for_the_per_class_minimum() -> None:
     data = clean(30)  # 15 per class: too few for 10% parts, enough for 15%
     assert not validate_frames({"all": data}, DataParams()).ok
     assert validate_frames({"all": data}, DataParams(split=SplitParams(validation=0.15, test=0.15))).ok
+
+
+# --- a row goes by the line of the file the user opens --------------------------------------------
+
+
+def jsonl(path: Path, records: list[dict], blank_before: tuple[int, ...] = ()) -> Path:
+    """records as JSONL, a record a line, with a blank line before each 0-based record in blank_before."""
+    lines = [("\n" if i in blank_before else "") + json.dumps(r) for i, r in enumerate(records)]
+    path.write_text("\n".join(lines) + "\n\n")  # a trailing blank line too, as editors leave
+    return path
+
+
+def records(at: dict[int, tuple] | None = None, rows: int = 60) -> list[dict]:
+    """clean(rows) as records, those at 0-based positions replaced by (text, label)."""
+    out = clean(rows).to_dict("records")
+    for i, (text, label) in (at or {}).items():
+        out[i] = {"text": text, "label": label}
+    return out
+
+
+def line(path: Path, number: int) -> dict:
+    """The JSON object on 1-based line `number` of path."""
+    return json.loads(path.read_text().splitlines()[number - 1])
+
+
+def read_error(source: Path, tmp_path: Path, **kw: object) -> str:
+    return only_error(read_source(DataParams(source=str(source), **kw), tmp_path / "data").frames, **kw)
+
+
+def test_jsonl_blank_text_is_named_by_its_line_as_the_json_errors_are(tmp_path: Path) -> None:
+    path = jsonl(tmp_path / "r.jsonl", records({9: ("  ", "positive")}))
+    assert read_error(path, tmp_path).startswith("missing or blank text at row 10;")
+    assert line(path, 10)["text"] == "  "
+    path.write_text(path.read_text().replace('"text": "  "', '"text": "  ', 1))
+    with pytest.raises(DataError, match=r"^r\.jsonl line 10: not valid JSON"):  # the same line, same number
+        read_source(DataParams(source=str(path)), tmp_path / "data")
+
+
+def test_jsonl_rows_after_a_blank_line_keep_their_line(tmp_path: Path) -> None:
+    path = jsonl(tmp_path / "r.jsonl", records({9: ("", "positive")}), blank_before=(3,))
+    assert read_error(path, tmp_path).startswith("missing or blank text at row 11;")
+    assert line(path, 11)["text"] == ""
+
+
+def jsonl_case(kind: str) -> tuple[list[dict], dict[str, object], str, list[int]]:
+    """(records, params, the message's exact part, the 1-based lines it names) for each row message."""
+    base = records()
+    other = {"positive": "negative", "negative": "positive"}
+    if kind == "too-long":
+        return records({0: ("x" * 600, "positive")}), {"max_length_chars": 500}, "at row 1 (longest 600", [1]
+    if kind == "blank-label":
+        return records({6: ("an unlabelled text", None)}), {}, "missing or blank label at row 7;", [7]
+    if kind == "outside-labels":
+        bad = records({3: ("meh", "neutral"), 7: ("so so", "neutral")})
+        return bad, {"labels": ["negative", "positive"]}, "'neutral' (rows 4, 8)", [4, 8]
+    if kind == "spelling":
+        spaced = records({4: ("a spaced label", " positive")})
+        first = next(i for i, r in enumerate(spaced) if r["label"] == "positive") + 1
+        return spaced, {}, f"label ' positive' at row 5 and 'positive' at row {first} differ", [5, first]
+    if kind == "duplicate":
+        return base + [base[4]], {"max_duplicate_fraction": 0.0}, "e.g. row 61 repeats row 5", [61, 5]
+    assert kind == "conflict"
+    flipped = records({10: (base[2]["text"], other[base[2]["label"]])})
+    return flipped, {}, f"is {base[2]['label']!r} at row 3 and {flipped[10]['label']!r} at row 11", [3, 11]
+
+
+@pytest.mark.parametrize(
+    "kind", ["too-long", "blank-label", "outside-labels", "spelling", "duplicate", "conflict"]
+)
+def test_every_row_message_names_jsonl_lines(tmp_path: Path, kind: str) -> None:
+    rows, kw, named, lines = jsonl_case(kind)
+    path = jsonl(tmp_path / "r.jsonl", rows)
+    frames = read_source(DataParams(source=str(path), **kw), tmp_path / "data").frames
+    report = validate_frames(frames, DataParams(**kw))  # a lone ' positive' is a small class too
+    assert any(named in error for error in report.errors), report.errors
+    assert [line(path, n) for n in lines] == [rows[n - 1] for n in lines]
+
+
+def test_jsonl_leakage_names_train_and_test_lines(tmp_path: Path) -> None:
+    folder = tmp_path / "splits"
+    folder.mkdir()
+    train = records()
+    jsonl(folder / "train.jsonl", train)
+    jsonl(folder / "validation.jsonl", clean(60, 1).to_dict("records"))
+    jsonl(folder / "test.jsonl", [train[5]] + clean(60, 2).to_dict("records")[1:])
+    assert "at train row 6 and test row 1;" in read_error(folder, tmp_path)
+
+
+def test_csv_rows_after_a_blank_line_or_a_quoted_line_break_keep_their_line(tmp_path: Path) -> None:
+    lines = clean(60).to_csv(index=False).splitlines()
+    lines[3] = '"a review\nover two lines",positive'  # one row, lines 4 and 5 of the file
+    lines[9] = ",negative"
+    path = tmp_path / "r.csv"
+    path.write_text("\n".join(lines[:6] + [""] + lines[6:]) + "\n")  # a blank line 8 too
+    assert read_error(path, tmp_path).startswith("missing or blank text at row 12;")
+    assert path.read_text().splitlines()[12 - 1] == ",negative"
+
+
+def test_tsv_rows_are_named_by_their_line(tmp_path: Path) -> None:
+    frame_ = with_rows(clean(60), {4: ("", "positive")})
+    path = tmp_path / "r.tsv"
+    path.write_text(frame_.to_csv(sep="\t", index=False))
+    assert read_error(path, tmp_path).startswith("missing or blank text at row 6;")
+    assert path.read_text().splitlines()[6 - 1] == "\tpositive"
+
+
+def test_parquet_rows_have_no_lines_and_count_from_one(tmp_path: Path) -> None:
+    path = tmp_path / "r.parquet"
+    with_rows(clean(60), {4: ("", "positive")}).to_parquet(path)
+    assert read_error(path, tmp_path).startswith("missing or blank text at row 5;")
+    assert pd.read_parquet(path).loc[5 - 1, "text"] == ""
+
+
+def test_frames_replaced_after_reading_are_numbered_as_a_headed_csv(tmp_path: Path) -> None:
+    path = jsonl(tmp_path / "r.jsonl", records({9: ("", "positive")}), blank_before=(3,))
+    frames = read_source(DataParams(source=str(path)), tmp_path / "data").frames
+    frames["all"] = frames["all"].copy()  # the line numbers were read with the other frame
+    assert only_error(frames).startswith("missing or blank text at row 11;")  # place + 2, as before

@@ -13,6 +13,7 @@ else `text` and `label`, and gives the same frames as the original source did.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -20,11 +21,12 @@ import math
 import os
 import secrets
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 
 from bitune.data.demo import make_demo_frame
@@ -52,6 +54,37 @@ class RawData:
     files: dict[str, bytes]
 
 
+class SourceFrames(dict[str, pd.DataFrame]):
+    """read_source's frames by split, with the number each row goes by in messages (`row_numbers`).
+
+    Kept beside the frames, not in their attrs: pandas carries attrs into every split and sample made
+    from a frame, and into the Parquet files written from those.
+    """
+
+    def __init__(self, frames: Mapping[str, pd.DataFrame], numbers: Mapping[str, np.ndarray]) -> None:
+        super().__init__(frames)
+        self._numbers: dict[str, tuple[pd.DataFrame, np.ndarray]] = {
+            split: (self[split], numbers[split]) for split in numbers
+        }
+
+    def numbers_of(self, split: str) -> np.ndarray | None:
+        """The numbers read with frames[split]; None once that frame was replaced or changed length."""
+        if split not in self._numbers:
+            return None
+        frame, numbers = self._numbers[split]
+        return numbers if len(numbers) == len(frame) and self.get(split) is frame else None
+
+
+def row_numbers(frames: Mapping[str, pd.DataFrame], split: str) -> np.ndarray:
+    """The number each row of frames[split] goes by in messages, so the user finds it: the line of its
+    file the row starts on (CSV and TSV, whose header is line 1; JSONL), or its place counted from 1
+    where the source has no lines (Parquet, a hub dataset). Frames not from read_source (the demo's,
+    a caller's own) are numbered as a CSV with a header and a row a line: the first row is row 2.
+    """
+    known = frames.numbers_of(split) if isinstance(frames, SourceFrames) else None
+    return known if known is not None else np.arange(2, len(frames[split]) + 2)
+
+
 def read_file(path: Path) -> bytes:
     """A data file's bytes; an unreadable file (permissions, I/O) is a one-line DataError, not a traceback."""
     try:
@@ -73,7 +106,8 @@ def read_source(data: DataParams, data_dir: Path) -> RawData:
     source = data.source.strip()
     if source == "demo":
         frame = make_demo_frame(data.demo_rows, data.split.seed)
-        return RawData({"all": frame}, {"demo.csv": frame.to_csv(index=False).encode("utf-8")})
+        demo = frame.to_csv(index=False).encode("utf-8")  # a row a line, as row_numbers assumes
+        return RawData(SourceFrames({"all": frame}, {}), {"demo.csv": demo})
     if source.startswith("hf:"):
         return _read_hf(source.removeprefix("hf:"), data)
     if source == "data":
@@ -92,8 +126,8 @@ def read_source(data: DataParams, data_dir: Path) -> RawData:
             f"data.source {source!r}: file not found (looked at {path.resolve()}); give an "
             "existing file or folder, 'demo', 'hf:<dataset id>' or 'data'"
         )
-    frame, content = _read_one(path, data, stored=False)
-    return RawData({"all": frame}, {path.name: content})
+    frame, content, numbers = _read_one(path, data, stored=False)
+    return RawData(SourceFrames({"all": frame}, {"all": numbers}), {path.name: content})
 
 
 def columns_in_store(data: DataParams, data_dir: Path) -> tuple[str, str]:
@@ -107,7 +141,7 @@ def columns_in_store(data: DataParams, data_dir: Path) -> tuple[str, str]:
     if configured == STORED_COLUMNS:
         return STORED_COLUMNS
     for path in _data_files(data_dir) if data_dir.is_dir() else []:
-        columns = READERS[path.suffix.lower()](path.name, read_file(path)).columns
+        columns = READERS[path.suffix.lower()](path.name, read_file(path))[0].columns
         if not all(c in columns for c in configured):
             return STORED_COLUMNS
     return configured
@@ -173,8 +207,8 @@ def _read_folder(folder: Path, data: DataParams, stored: bool) -> RawData:
             "data.source at a file"
         )
     if len(files) == 1:  # a lone train.* too: a single file is split like any other
-        frame, content = _read_one(files[0], data, stored)
-        return RawData({"all": frame}, {files[0].name: content})
+        frame, content, numbers = _read_one(files[0], data, stored)
+        return RawData(SourceFrames({"all": frame}, {"all": numbers}), {files[0].name: content})
     by_split: dict[str, Path] = {}
     for path in files:
         split = SPLIT_NAMES.get(path.stem.lower())
@@ -195,22 +229,27 @@ def _read_folder(folder: Path, data: DataParams, stored: bool) -> RawData:
         )
     read = {split: _read_one(path, data, stored) for split, path in by_split.items()}
     return RawData(
-        {split: frame for split, (frame, _) in read.items()},
-        {by_split[split].name: content for split, (_, content) in read.items()},
+        SourceFrames(
+            {split: frame for split, (frame, _, _) in read.items()},
+            {split: numbers for split, (_, _, numbers) in read.items()},
+        ),
+        {by_split[split].name: content for split, (_, content, _) in read.items()},
     )
 
 
-def _read_one(path: Path, data: DataParams, stored: bool) -> tuple[pd.DataFrame, bytes]:
-    """One file's frame and the bytes data/ keeps for it (`stored`: the file is in data/ already)."""
+def _read_one(path: Path, data: DataParams, stored: bool) -> tuple[pd.DataFrame, bytes, np.ndarray]:
+    """One file's frame, the bytes data/ keeps for it (`stored`: the file is in data/ already) and its
+    rows' numbers (see `row_numbers`)."""
     raw = read_file(path)
-    frame = _parse(path.name, raw, data, stored)
+    frame, numbers = _parse(path.name, raw, data, stored)
     if stored or (data.text_column, data.label_column) == STORED_COLUMNS:
-        return frame, raw
-    return frame, WRITERS[path.suffix.lower()](frame)
+        return frame, raw, numbers
+    return frame, WRITERS[path.suffix.lower()](frame), numbers
 
 
-def _parse(name: str, raw: bytes, data: DataParams, stored: bool) -> pd.DataFrame:
-    """File bytes -> frame with `text` and `label`; every failure is a DataError naming the file."""
+def _parse(name: str, raw: bytes, data: DataParams, stored: bool) -> tuple[pd.DataFrame, np.ndarray]:
+    """File bytes -> frame with `text` and `label`, and its rows' numbers; every failure is a DataError
+    naming the file."""
     suffix = Path(name).suffix.lower()
     reader = READERS.get(suffix)
     if reader is None:
@@ -219,11 +258,48 @@ def _parse(name: str, raw: bytes, data: DataParams, stored: bool) -> pd.DataFram
         )
     if not raw.strip():
         raise DataError(f"{name}: empty file; it needs a header row and data rows")
-    frame = reader(name, raw)
-    return _select(name, frame, data, stored)
+    frame, numbers = reader(name, raw)
+    return _select(name, frame, data, stored), numbers
+
+
+# byte-order marks, UTF-32's first: its little-endian mark starts with UTF-16's
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+
+def _wide_encoding(raw: bytes) -> tuple[str, str] | None:
+    """The iconv name of the UTF-16/32 encoding `raw` is in and how that shows, or None for 8-bit text.
+
+    Excel's and Notepad's "Unicode" saves are UTF-16 with a byte-order mark, which iconv's `utf-16`
+    reads; without a mark ASCII text shows as a NUL every other byte, and iconv must be told the byte
+    order. Checked before decoding: such text without a mark is valid UTF-8, full of NULs.
+    """
+    for bom, encoding in _BOMS:
+        if raw.startswith(bom):
+            return encoding, f"byte-order mark {bom.hex(' ')}"
+    head = raw[:256]
+    pairs = len(head) // 2
+    even, odd = head[0 : pairs * 2 : 2].count(0), head[1::2].count(0)
+    if pairs >= 2 and odd * 2 >= pairs and even * 8 <= pairs:
+        return "utf-16le", "no byte-order mark, every other byte NUL"
+    if pairs >= 2 and even * 2 >= pairs and odd * 8 <= pairs:
+        return "utf-16be", "no byte-order mark, every other byte NUL"
+    return None
 
 
 def _decode(name: str, raw: bytes) -> str:
+    """UTF-8 text (a UTF-8 byte-order mark dropped); other encodings are refused with the iconv command
+    that converts them, as a wrong guess would corrupt the text (latin-1 advice on UTF-16 does)."""
+    if wide := _wide_encoding(raw):
+        encoding, sign = wide
+        raise DataError(
+            f"{name}: {encoding.upper().removesuffix('LE').removesuffix('BE')} text ({sign}), not "
+            f"UTF-8; re-encode it, e.g. `iconv -f {encoding} -t utf-8 {name} > utf8-{name}`"
+        )
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -234,31 +310,61 @@ def _decode(name: str, raw: bytes) -> str:
         ) from None
 
 
-def _read_delimited(name: str, raw: bytes, sep: str, quoting: int) -> pd.DataFrame:
+def _read_delimited(
+    name: str, raw: bytes, sep: str, quoting: Literal[0, 3]
+) -> tuple[pd.DataFrame, np.ndarray]:
     kind = "TSV" if sep == "\t" else "CSV"
+    text = _decode(name, raw)
     try:
         # dtype=str and no NA parsing: a review reading "NA" or "null" stays text, labels stay as written
-        return pd.read_csv(
-            io.StringIO(_decode(name, raw)), sep=sep, quoting=quoting, dtype=str, keep_default_na=False
-        )
+        frame = pd.read_csv(io.StringIO(text), sep=sep, quoting=quoting, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
         detail = " ".join(str(exc).split())
         raise DataError(
             f"{name}: cannot parse as {kind} ({detail}); check the quoting and the delimiter"
         ) from None
+    return frame, _record_lines(text, sep, quoting, frame)
 
 
-def _read_csv(name: str, raw: bytes) -> pd.DataFrame:
+def _record_lines(text: str, sep: str, quoting: Literal[0, 3], frame: pd.DataFrame) -> np.ndarray:
+    """The line of `text` each of `frame`'s rows starts on; the header's is line 1.
+
+    pandas does not say, and the row's place + 2 is wrong after a blank line (pandas skips it) or a
+    quoted text with line breaks. So, when there are such, a second read with the csv module, which
+    counts lines, finds them; should it read other rows than pandas did, the place + 2 it is.
+    """
+    by_place = np.arange(2, len(frame) + 2)
+    if len(text.splitlines()) == len(frame) + 1:  # a row a line: splitlines breaks at every line end
+        return by_place
+    firsts = frame.iloc[:, 0].tolist() if len(frame.columns) else []
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep, quoting=quoting)
+    starts: list[int] = []
+    end = 0
+    try:
+        for record in reader:
+            start, end = end + 1, reader.line_num
+            if len(record) > 1 or (record and record[0].strip()):  # pandas skips blank lines
+                if starts and (len(starts) > len(firsts) or record[0] != firsts[len(starts) - 1]):
+                    return by_place  # not the row pandas read there
+                starts.append(start)
+    except csv.Error:  # a field over the csv module's size limit, say
+        return by_place
+    return np.array(starts[1:]) if len(starts) == len(frame) + 1 else by_place
+
+
+def _read_csv(name: str, raw: bytes) -> tuple[pd.DataFrame, np.ndarray]:
     return _read_delimited(name, raw, ",", 0)
 
 
-def _read_tsv(name: str, raw: bytes) -> pd.DataFrame:
+def _read_tsv(name: str, raw: bytes) -> tuple[pd.DataFrame, np.ndarray]:
     return _read_delimited(name, raw, "\t", 3)  # quoting=3 (QUOTE_NONE), as GLUE's TSVs need
 
 
-def _read_jsonl(name: str, raw: bytes) -> pd.DataFrame:
+def _read_jsonl(name: str, raw: bytes) -> tuple[pd.DataFrame, np.ndarray]:
     records: list[dict[str, Any]] = []
-    for number, line in enumerate(_decode(name, raw).splitlines(), start=1):
+    lines: list[int] = []
+    # newline="": lines end where an editor's do (\n, \r\n, \r), not at a U+2028 inside a JSON string
+    for number, line in enumerate(io.StringIO(_decode(name, raw), newline=""), start=1):
         if not line.strip():
             continue
         try:
@@ -273,18 +379,22 @@ def _read_jsonl(name: str, raw: bytes) -> pd.DataFrame:
                 'must look like {"text": ..., "label": ...}'
             )
         records.append(record)
-    return pd.DataFrame.from_records(records)
+        lines.append(number)
+    return pd.DataFrame.from_records(records), np.array(lines, dtype=np.int64)
 
 
-def _read_parquet(name: str, raw: bytes) -> pd.DataFrame:
+def _read_parquet(name: str, raw: bytes) -> tuple[pd.DataFrame, np.ndarray]:
+    """Parquet has no lines: rows are numbered from 1, as a user counting them would."""
     try:
-        return pd.read_parquet(io.BytesIO(raw))
+        frame = pd.read_parquet(io.BytesIO(raw))
     except Exception as exc:  # pyarrow raises several unrelated types for a corrupt file
         detail = " ".join(str(exc).split())[:200]
         raise DataError(f"{name}: not a readable Parquet file ({detail}); re-export it") from None
+    return frame, np.arange(1, len(frame) + 1)
 
 
-READERS: dict[str, Callable[[str, bytes], pd.DataFrame]] = {
+# file name and bytes -> the file's frame, as read, and its rows' numbers (see `row_numbers`)
+READERS: dict[str, Callable[[str, bytes], tuple[pd.DataFrame, np.ndarray]]] = {
     ".csv": _read_csv,
     ".tsv": _read_tsv,
     ".jsonl": _read_jsonl,
@@ -399,4 +509,5 @@ def _read_hf(spec: str, data: DataParams) -> RawData:
         f"{'train' if split == 'all' else split}.parquet": _write_parquet(frame)
         for split, frame in frames.items()
     }
-    return RawData(frames, files)
+    # no lines to name: rows are numbered from 1, as in the Parquet files data/ keeps of them
+    return RawData(SourceFrames(frames, {s: np.arange(1, len(f) + 1) for s, f in frames.items()}), files)

@@ -2,8 +2,10 @@
 
 A user fixing a file wants the whole list at once, not one error per run; so `validate_frames`
 never stops early, and `raise_for_errors` turns the list into one line (the first problem plus a
-count and the rest). Row numbers are file rows: the header is row 1, so the first data row is row 2.
-Per-row checks are a pandera schema; checks across rows and splits are plain pandas.
+count and the rest). A row goes by the number the user finds it at (`row_numbers`): the line of its
+file it starts on (CSV and TSV, whose header is line 1; JSONL), or its place counted from 1 in a
+Parquet file or a hub dataset, which have no lines. Per-row checks are a pandera schema; checks
+across rows and splits are plain pandas.
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 from pandera.errors import SchemaErrors
 
+from bitune.data.sources import row_numbers
 from bitune.data.splits import carve_plan, min_rows_per_class
 from bitune.errors import DataError
 from bitune.params import DataParams
@@ -60,6 +64,7 @@ def validate_frames(frames: dict[str, pd.DataFrame], data: DataParams) -> Valida
         report.errors.append("the source gave no data; check data.source")
         return report
     usable: dict[str, pd.DataFrame] = {}
+    numbers: dict[str, np.ndarray] = {}
     for split, frame in frames.items():
         missing = [c for c in ("text", "label") if c not in frame.columns]
         if missing:
@@ -73,12 +78,13 @@ def validate_frames(frames: dict[str, pd.DataFrame], data: DataParams) -> Valida
         if frame.empty:
             report.errors.append(f"{_in(split)}no data rows; the file has a header only — add rows")
             continue
-        report.errors.extend(_row_problems(split, frame, data))
+        numbers[split] = row_numbers(frames, split)  # by place: the frame's own index was just reset
+        report.errors.extend(_row_problems(split, frame, numbers[split], data))
         usable[split] = frame
     report.stats["rows"] = sum(len(f) for f in usable.values())
     if not usable:
         return report
-    rows = pd.concat([f.assign(split=s, row=f.index + 2) for s, f in usable.items()], ignore_index=True)
+    rows = pd.concat([f.assign(split=s, row=numbers[s]) for s, f in usable.items()], ignore_index=True)
     labelled = rows[rows["label"].notna() & (rows["label"].astype(str).str.strip() != "")]
     _check_label_spellings(labelled, data, report)
     _check_classes(labelled, frames, data, report)
@@ -134,18 +140,22 @@ def _schema(data: DataParams) -> pa.DataFrameSchema:
     )
 
 
-def _row_problems(split: str, frame: pd.DataFrame, data: DataParams) -> list[str]:
+def _row_problems(split: str, frame: pd.DataFrame, numbers: np.ndarray, data: DataParams) -> list[str]:
+    """The per-row problems of `frame` (index 0..n-1), its rows named by `numbers`."""
     try:
         _schema(data).validate(frame, lazy=True)
         return []
     except SchemaErrors as exc:
         cases = exc.failure_cases
-    cases = cases[cases["index"].notna()].assign(row=lambda c: c["index"].astype(int) + 2)
+    cases = cases[cases["index"].notna()].assign(place=lambda c: c["index"].astype(int))
     cases["check"] = cases["check"].replace({"not_nullable": "blank"})
 
-    def rows_of(column: str, check: str) -> list[int]:
+    def places_of(column: str, check: str) -> list[int]:
         hit = cases[(cases["column"] == column) & (cases["check"] == check)]
-        return sorted(set(hit["row"].tolist()))
+        return sorted(set(hit["place"].tolist()))
+
+    def rows_of(column: str, check: str) -> list[int]:
+        return [int(numbers[place]) for place in places_of(column, check)]
 
     where, problems = _in(split), []
     if blank := rows_of("text", "blank"):
@@ -159,11 +169,11 @@ def _row_problems(split: str, frame: pd.DataFrame, data: DataParams) -> list[str
         )
     if blank := rows_of("label", "blank"):
         problems.append(f"{where}missing or blank label at {_rows(blank)}; label or remove those rows")
-    if outside := rows_of("label", "allowed"):
-        bad = frame.loc[[r - 2 for r in outside], "label"].astype(str)
+    if outside := places_of("label", "allowed"):
+        bad = frame.loc[outside, "label"].astype(str)
         listed = ", ".join(
-            f"{label!r} ({_rows([r + 2 for r in idx])})"
-            for label, idx in list(bad.groupby(bad).groups.items())[:3]
+            f"{label!r} ({_rows([int(numbers[place]) for place in places])})"
+            for label, places in list(bad.groupby(bad).groups.items())[:3]
         )
         problems.append(
             f"{where}labels not in data.labels {data.labels}: {listed}; fix those rows or add "
