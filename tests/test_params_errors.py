@@ -38,7 +38,10 @@ PRESET = PARAMS.parent / "strategies" / "bidirectional.yaml"
             f"(keys: {PARAMS})",
         ),
         ("train.seed=abc", "--set train.seed: expected an integer, got 'abc'"),
-        ("strategy.phases.0.epochs=1.5", "--set strategy.phases.0.epochs: expected an integer or null, got 1.5"),
+        (
+            "strategy.phases.0.epochs=1.5",
+            "--set strategy.phases.0.epochs: expected an integer or null, got 1.5",
+        ),
         ("train.device=gpu", "--set train.device: expected one of auto, cpu, cuda, got 'gpu'"),
         ("train.torch_threads=many", "--set train.torch_threads: expected an integer or null, got 'many'"),
         ("data.labels=5", "--set data.labels: expected a list like [a, b] or null, got 5"),
