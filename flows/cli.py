@@ -81,8 +81,9 @@ def print_summary(summary: RetrainSummary) -> None:
     )
     store = escape(summary.shown_store())
     console.print(f"Data version {summary.data_version} · MLflow: {store}")
-    if summary.tracking_uri.startswith(("http://", "https://")):  # a server: `mlflow ui` cannot open it
-        console.print(f"Open the MLflow UI at {store} in a browser")
+    if (server := summary.server_url()) is not None:  # a server: `mlflow ui` cannot open it
+        # without `user:***@`, which a browser would send as the password; without it, the browser asks
+        console.print(f"Open the MLflow UI at {escape(server)} in a browser")
     else:
         console.print(f"Open the MLflow UI: [bold]bitune ui[/] (or mlflow ui --backend-store-uri {store})")
 
@@ -234,6 +235,7 @@ def run(
     from bitune.data.versioning import check_new_source
     from bitune.params import load_params
     from bitune.params.folders import check_writable_folders
+    from bitune.params.redaction import check_overrides_hold_no_credentials
     from bitune.project_lock import hold_project
     from tasks.dvc_store import data_version
 
@@ -244,6 +246,7 @@ def run(
     params_file = params if params.is_absolute() else root / params
     held = ExitStack()
     try:
+        check_overrides_hold_no_credentials(overrides)
         loaded = load_params(params_file, overrides)  # bad params fail here, before any work starts
         # held from here to the end (the flow takes it again, re-entrantly): a second run is refused
         # now, not after Prefect's temporary server has taken seconds to start, and the data check
