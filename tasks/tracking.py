@@ -31,6 +31,10 @@ from bitune.errors import BituneError, TrackingError
 from bitune.params import TrackingParams, redact
 from bitune.params.folders import check_writable
 
+# MLflow prints "🏃 View run <name> at: <tracking URI>/#/..." as each run against a server ends: with
+# `user:password@` in the URI, the password in clear on a terminal. bitune prints its own links, without.
+os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+
 PIPELINE_TAG = "bitune.pipeline"
 SOURCE_NAME = "bitune retrain"  # the flow, whether `bitune run` or a Prefect worker started it
 MAX_BATCH = 900
@@ -135,8 +139,44 @@ def _one_try(timeout_s: int) -> Iterator[None]:
 def check_reachable(settings: TrackingSettings, timeout_s: int = PREFLIGHT_TIMEOUT_S) -> None:
     """One request without retries: a store that is down fails in seconds, not after MLflow's minutes
     of retries (7 by default, backing off), and before the data step has versioned anything."""
+    if is_database_server(settings.uri):
+        check_database(settings, timeout_s)
     with _one_try(timeout_s), tracking_errors(settings):
         settings.client().search_experiments(max_results=1)
+
+
+def is_database_server(uri: str) -> bool:
+    """A SQLAlchemy URL of a database server (postgresql, mysql, mssql), not a file, SQLite or HTTP."""
+    scheme = urllib.parse.urlsplit(uri).scheme.split("+")[0]
+    return scheme in ("postgresql", "postgres", "mysql", "mssql")
+
+
+def check_database(settings: TrackingSettings, timeout_s: int) -> None:
+    """One connection with a timeout, before MLflow's: MLflow retries creating its engine for about
+    100 s, then said to check a folder. A wrong password or a server that is down is said in seconds,
+    with the driver's own reason (its message names host, port and user, never the password)."""
+    import sqlalchemy
+
+    dialect = urllib.parse.urlsplit(settings.uri).scheme.split("+")[0]
+    timeout = {"connect_timeout": timeout_s} if dialect in ("postgresql", "postgres", "mysql") else {}
+    try:
+        engine = sqlalchemy.create_engine(settings.uri, connect_args=timeout)
+    except (sqlalchemy.exc.ArgumentError, ImportError) as exc:  # a malformed URL, a missing driver
+        raise TrackingError(
+            f"{settings.uri_setting}: cannot use {_shown(settings)} as a database URL ({exc}); check its "
+            "form, e.g. postgresql://user@host:5432/mlflow, and that its driver is installed"
+        ) from None
+    try:
+        with engine.connect():
+            pass
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        why = " ".join(str(getattr(exc, "orig", None) or exc).split())[:300]
+        raise TrackingError(
+            f"{settings.uri_setting}: cannot connect to the database at {_shown(settings)} ({why}); check "
+            "the user and password, and that the database server is running and reachable"
+        ) from None
+    finally:
+        engine.dispose()
 
 
 def check_store(settings: TrackingSettings) -> None:

@@ -139,3 +139,19 @@ def test_a_warmup_past_the_bottom_phase_is_refused_by_the_data_step_before_any_p
         ParamsError, match=r"^strategy phase 'bottom': warmup 1000 steps, but the phase takes \d+;"
     ):
         preprocess_fn(params, "md5", tmp_path)
+
+
+def test_a_database_store_that_is_down_is_said_in_seconds_not_after_mlflows_retries() -> None:
+    """MLflow retried creating its engine for about 100 s, then advised checking a folder."""
+    from loopback_server import free_port
+
+    from bitune.errors import TrackingError
+    from tasks.tracking import TrackingSettings, check_store
+
+    uri = f"postgresql://bitune:S3cret@127.0.0.1:{free_port()}/mlflow"  # nothing listens there
+    with pytest.raises(TrackingError) as raised:
+        check_store(TrackingSettings(uri=uri, experiment="bitune", artifact_location=None))
+    message = str(raised.value)
+    assert message.startswith("tracking.uri: cannot connect to the database at postgresql://bitune:***@127")
+    assert "Connection refused" in message and "database server is running" in message
+    assert "S3cret" not in message and "folder" not in message

@@ -204,5 +204,6 @@ def production_run(
         "env": env,
         "remote": remote,
         "stdout": proc.stdout,
+        "stderr": proc.stderr,
         "sets": [arg for s in sets for arg in ("--set", s)],  # the run's --set flags, to run it again
     }

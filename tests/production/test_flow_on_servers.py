@@ -62,6 +62,8 @@ def test_mlflow_server_holds_parent_and_nested_runs_and_the_champion(
     production_run: dict[str, Any], mlflow_client: Any, mlflow_compose_server: MlflowAuthServer
 ) -> None:
     assert "promoted to champion" in production_run["stdout"]
+    # MLflow's own "🏃 View run … at: URL" lines print the tracking URI as given, password and all
+    assert "View run" not in production_run["stdout"] + production_run["stderr"]
     champion, parent = _champion_run(mlflow_client)
     assert str(champion.version) == "1"
     assert parent.info.status == "FINISHED"

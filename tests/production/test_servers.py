@@ -261,3 +261,21 @@ def test_prefect_yaml_deploys_with_its_schedule_and_concurrency(prefect_server: 
     assert deployment.concurrency_options is not None
     assert deployment.concurrency_options.collision_strategy.value == "CANCEL_NEW"
     assert deployment.work_pool_name == "bitune"
+
+
+def test_a_wrong_database_password_is_said_in_seconds_naming_the_reason(postgres: Postgres) -> None:
+    """MLflow retried creating its engine for about 100 s, then advised checking a folder."""
+    from bitune.errors import TrackingError
+    from tasks.tracking import TrackingSettings, check_database, check_store
+
+    wrong = f"postgresql://{postgres.user}:not-{postgres.password}@{postgres.host}:{postgres.port}/mlflow"
+    with pytest.raises(TrackingError) as raised:
+        check_store(TrackingSettings(uri=wrong, experiment="bitune", artifact_location=None))
+    message = str(raised.value)
+    assert message.startswith(
+        f"tracking.uri: cannot connect to the database at postgresql://{postgres.user}:***@"
+    )
+    assert "password authentication failed" in message and "check the user and password" in message
+    assert postgres.password not in message and "\n" not in message
+    right = f"postgresql://{postgres.user}:{postgres.password}@{postgres.host}:{postgres.port}/mlflow"
+    check_database(TrackingSettings(uri=right, experiment="bitune", artifact_location=None), timeout_s=5)
