@@ -41,10 +41,12 @@ def schedule(
 ) -> None:
     """Serve the retrain flow on a schedule; needs a Prefect server (PREFECT_API_URL). Ctrl-C stops it."""
     from bitune.params import load_params
+    from bitune.params.redaction import check_overrides_hold_no_credentials
 
     root = project.resolve()
     overrides = list(set_ or [])
     with one_line_errors(root):
+        check_overrides_hold_no_credentials(overrides)  # a deployment's parameters are kept in clear
         loaded = load_params(params if params.is_absolute() else root / params, overrides)  # fail first
         from flows.schedule import (
             check_name,

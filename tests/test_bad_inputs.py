@@ -338,6 +338,11 @@ CASES = [
         ("tracking.uri:", "afile is a file, not a folder", "SQLite file in a writable folder"),
         {"new.csv": NEW_DATA, "afile": b"a file where the store's folder should be"},
     ),
+    Case(  # the flow run's parameters: kept in clear by the Prefect server
+        "password-in-set",
+        ["--set", "tracking.uri=http://admin:S3cret@127.0.0.1:1"],
+        ("--set tracking.uri: its value holds a password", "MLFLOW_TRACKING_URI, or the params file"),
+    ),
     Case(
         "empty-params-file",
         ["--params", "{in}/empty.yaml"],

@@ -93,6 +93,10 @@ def test_next_run_of_an_interval_is_one_interval_from_now() -> None:
         (["--timezone", "utc"], "error: --timezone 'utc': not an IANA time zone; did you mean UTC?"),
         (["--interval", "inf"], "error: --interval inf: give a number of seconds"),  # was exit 1
         (["--name", "a/b"], "error: --name 'a/b': give a deployment name"),  # was a traceback
+        (  # the deployment's parameters: in clear in the Prefect UI
+            ["--set", "tracking.uri=postgresql://bitune:S3cret@db/mlflow"],
+            "error: --set tracking.uri: its value holds a password, which Prefect would keep in clear",
+        ),
     ],
 )
 def test_cli_refuses_in_one_line_with_exit_2_before_asking_the_server(

@@ -6,6 +6,8 @@ import json
 import re
 from typing import Any
 
+from bitune.errors import ParamsError
+
 URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<user>[^/@\s:]*):(?P<secret>[^/@\s]+)@")
 SECRET_KEY = re.compile(r"(password|secret|token|access_key|api_key)", re.IGNORECASE)
 
@@ -15,6 +17,19 @@ def redact(key: str, value: str) -> str:
     if SECRET_KEY.search(key.rsplit(".", 1)[-1]):
         return "***"
     return URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", value)
+
+
+def check_overrides_hold_no_credentials(overrides: list[str]) -> None:
+    """`--set` values become the Prefect flow run's (and a deployment's) parameters, which the Prefect
+    server keeps in clear for anyone with its UI: a password there is refused, with where it can go."""
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if redact(key.strip(), value) != value:
+            where = "MLFLOW_TRACKING_URI, or " if key.strip() == "tracking.uri" else ""
+            raise ParamsError(
+                f"--set {key.strip()}: its value holds a password, which Prefect would keep in clear with "
+                f"the flow run's parameters; put it in {where}the params file (--params) instead"
+            )
 
 
 def redact_tree(tree: Any, key: str = "") -> Any:
