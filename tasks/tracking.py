@@ -423,8 +423,11 @@ def earlier_phase_run(
     return next((r.info.run_id for r in runs if r.info.run_id != current), None)
 
 
-def copy_metric_history(settings: TrackingSettings, source_run_id: str, target_run_id: str) -> None:
-    """Every metric `source_run_id` logged, at its own steps and times, into `target_run_id`.
+def copy_metric_history(
+    settings: TrackingSettings, source_run_id: str, target_run_id: str, skip: frozenset[str] = frozenset()
+) -> None:
+    """Every metric `source_run_id` logged (but those in `skip`), at its own steps and times, into
+    `target_run_id`.
 
     A run resumed after a crash opens a new parent run; without this, the epochs trained before the
     crash (and a phase reused whole) stayed under the killed parent, and the run of the registered
@@ -434,6 +437,7 @@ def copy_metric_history(settings: TrackingSettings, source_run_id: str, target_r
     history = [
         Metric(m.key, m.value, m.timestamp, m.step)
         for key in client.get_run(source_run_id).data.metrics
+        if key not in skip
         for m in client.get_metric_history(source_run_id, key)
     ]
     with signals_held():

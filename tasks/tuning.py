@@ -113,14 +113,26 @@ def carry_reused_run(
 
 
 def carry_resumed_history(
-    settings: TrackingSettings, pipeline_key: str, phase_key: str, run_id: str, resumed: bool
+    settings: TrackingSettings, pipeline_key: str, run: PhaseRun, run_id: str, checkpoints: PhaseCheckpoints
 ) -> None:
-    """A phase resumed from a checkpoint continues the history of the run it started under."""
-    if not resumed:
-        return
-    earlier = tracking.earlier_phase_run(settings, pipeline_key, phase_key, run_id)
+    """A phase resumed from a checkpoint continues the history of the run it started under.
+
+    Each epoch's metrics come from the checkpoint, which holds them all: the run killed after saving
+    an epoch's checkpoint but before logging that epoch had never logged it. The per-step metrics,
+    which only MLflow holds, are copied from that run.
+    """
+    try:
+        history = json.loads((checkpoints.folder / CHECKPOINT_STATE).read_text())["history"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no checkpoint (or an unreadable one, which run_phase reports): a fresh start
+    logged: set[str] = set()
+    for entry in history:
+        named = epoch_metrics(run.spec.name, {k: v for k, v in entry.items() if k != "epoch"})
+        tracking.log_metrics(settings, run_id, named, step=int(entry["epoch"]))
+        logged |= set(named)
+    earlier = tracking.earlier_phase_run(settings, pipeline_key, run.key, run_id)
     if earlier is not None:
-        tracking.copy_metric_history(settings, earlier, run_id)
+        tracking.copy_metric_history(settings, earlier, run_id, skip=frozenset(logged))
         tracking.set_tags(settings, run_id, {"bitune.resumed_from_run": earlier})
 
 
@@ -226,8 +238,7 @@ def tune_phase_fn(
     if accelerator.is_main_process:
         say_if_resuming(checkpoints, run)
     if main and run_id:
-        resuming = (checkpoints.folder / CHECKPOINT_STATE).exists()
-        carry_resumed_history(settings, pipeline_key, run.key, run_id, resuming)  # type: ignore[arg-type]
+        carry_resumed_history(settings, pipeline_key, run, run_id, checkpoints)  # type: ignore[arg-type]
     monitor = tracking.system_metrics(settings, run_id, str(accelerator.device)) if main and run_id else None  # type: ignore[arg-type]
     t0 = time.perf_counter()
     try:

@@ -193,7 +193,12 @@ def test_ctrl_c_then_a_run_past_its_limit_each_end_in_one_line_and_the_next_run_
     phases = client.search_runs(
         [experiment.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{timed_out.info.run_id}'"
     )
-    assert [(r.info.run_name, r.info.status) for r in phases] == [("bottom", "KILLED")]  # the head was reused
+    # the head was reused: a finished copy of the run that trained it, under this parent too
+    assert sorted((r.info.run_name, r.info.status) for r in phases) == [
+        ("bottom", "KILLED"),
+        ("head", "FINISHED"),
+    ]
+    assert next(r for r in phases if r.info.run_name == "head").data.tags["bitune.reused_from_run"]
     assert not client.search_model_versions("name='bitune-classifier'")  # nothing registered
     assert list(root.glob(".bitune/checkpoints/*/bottom/state.json"))  # kept for the next run
 
