@@ -85,6 +85,27 @@ class NoTraceback(logging.Filter):
         return not (restated or message.startswith("Finished in state Failed"))
 
 
+class UserErrorWithoutTraceback(logging.Filter):
+    """A user-fixable error (a BituneError) logged with its traceback shows on a console as its lines
+    without the traceback: its message already says what is wrong and the fix. For a scheduled run,
+    whose output reaches the `bitune schedule` terminal with nobody to restate the error once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], BituneError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def console_without_user_tracebacks() -> None:
+    """On every console handler of the loggers Prefect writes to; the handlers of the Prefect API log
+    (on the child loggers, called first) still get the traceback, so the Prefect UI keeps it."""
+    for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs"):
+        for h in logging.getLogger(name).handlers:
+            console_handler = isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+            if console_handler and not any(isinstance(f, UserErrorWithoutTraceback) for f in h.filters):
+                h.addFilter(UserErrorWithoutTraceback())
+
+
 def route_tracebacks(log_file: Path) -> None:
     log_file.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(log_file)

@@ -17,6 +17,7 @@ from bitune.params import Params, load_params
 from bitune.project_lock import ProjectBusyError, hold_project
 from bitune.retrain_summary import RetrainSummary
 from bitune.tuning.schedule import expand_strategy
+from flows.cli_common import console_without_user_tracebacks
 from flows.run_deadline import RunDeadline, RunTimeoutError
 from tasks.data import version_data
 from tasks.evaluate import evaluate
@@ -150,6 +151,7 @@ def retrain(
     A run past train.timeout_minutes is stopped as SIGTERM stops it and ends Failed, named TimedOut
     as Prefect's own flow timeouts are; the caller gets a RunTimeoutError.
     """
+    console_without_user_tracebacks()  # a scheduled run's output is the `bitune schedule` terminal
     root = Path(project_dir).resolve()
     keep_results_in_project(root)
     params = load_params(root / params_file, overrides or [])

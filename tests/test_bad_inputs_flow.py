@@ -122,3 +122,38 @@ def test_a_broken_local_folder_offline_is_not_blamed_on_offline_mode(
         check_model(ModelParams(name_or_path=str(folder)))
     assert str(raised.value).startswith(f"model.name_or_path: cannot load '{folder}' (")
     assert "offline" not in str(raised.value)
+
+
+# --- a scheduled run's output: the error's lines without its traceback ----------------------------
+
+
+def test_a_user_error_in_a_flow_run_reaches_the_console_without_its_traceback(
+    tmp_path: Path, tiny_bert_dir: Path
+) -> None:
+    """`bitune schedule` shows its runs' output as is: a TrackingError, already one line naming the
+    setting and the fix, came with two tracebacks (about 80 lines) per failed run. The flow runs in
+    a process of its own, as a runner starts it, with Prefect's own logging."""
+    import os
+    import subprocess
+    import sys
+
+    from loopback_server import free_port
+
+    root = make_project(tmp_path / "project", tiny_bert_dir)
+    overrides = [*tiny_overrides(tiny_bert_dir), f"tracking.uri=http://127.0.0.1:{free_port()}"]
+    script = (
+        "from flows.retrain import retrain\n"
+        "try:\n"
+        f"    retrain('params/default.yaml', {overrides!r}, {str(root)!r})\n"
+        "except Exception as exc:\n"
+        "    print('raised', type(exc).__name__)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env |= {"PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    shown = proc.stdout + proc.stderr
+    assert "raised TrackingError" in proc.stdout, shown[-3000:]
+    assert "tracking.uri: cannot reach MLflow at http://127.0.0.1:" in shown, shown[-3000:]
+    assert "Traceback" not in shown, shown[-3000:]
