@@ -202,19 +202,22 @@ def pause_served_deployment(name: str) -> None:
         client.pause_deployment(client.read_deployment_by_name(f"retrain/{name}").id)
 
 
-def _pause_or_explain(name: str) -> None:
-    """Pause, or say in one line that the schedule may still fire; silent when there is none yet."""
+def _pause_or_explain(name: str) -> bool:
+    """Pause, or say in one line that the schedule may still fire; silent when there is none yet.
+    False when the pause failed (the server is down, say): pausing again on the way out is futile."""
     from prefect.exceptions import ObjectNotFound
 
     try:
         pause_served_deployment(name)
     except ObjectNotFound:  # stopped while registering, before the deployment existed: nothing to pause
-        return
+        return True
     except Exception as exc:  # noqa: BLE001 - any failure here means the same thing to the user
         sys.stderr.write(
             f"error: retrain/{name}: serving stopped but its schedule could not be paused ({exc}); "
             "pause it in the Prefect UI before its next run comes due\n"
         )
+        return False
+    return True
 
 
 class ScheduleRunner(Runner):
@@ -254,7 +257,9 @@ class StopServing:
             raise KeyboardInterrupt
         self.signalled = True
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        _pause_or_explain(self.name)
+        if not _pause_or_explain(self.name):
+            # the runner's own pause on shutdown would retry against the same dead server for 75 s
+            self.runner.pause_on_shutdown = False
         if not self.runner.started:  # still registering: nothing runs yet
             raise KeyboardInterrupt
         self.loop.call_soon_threadsafe(self._stop_runner)

@@ -197,3 +197,26 @@ def test_ctrl_c_before_serving_starts_is_one_line_and_exit_130(stage: str, tmp_p
         "`bitune schedule --name nightly-test` serves it again."
     )
     assert "Aborted" not in out + err
+
+
+def test_a_pause_that_failed_is_not_retried_on_the_way_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM with the Prefect server down: the runner's own pause on shutdown retried against the
+    dead server for 75 s after the one-line "could not be paused", then exited 1 with a traceback."""
+    import asyncio
+    import signal
+    import types
+
+    import flows.schedule as schedule
+
+    def server_down(name: str) -> None:
+        raise ConnectionError("All connection attempts failed")
+
+    monkeypatch.setattr(schedule, "pause_served_deployment", server_down)
+    monkeypatch.setattr(signal, "signal", lambda *args: None)  # leave the test process's handlers be
+    runner = types.SimpleNamespace(started=True, pause_on_shutdown=True)
+    loop = asyncio.new_event_loop()
+    try:
+        schedule.StopServing("nightly", runner, loop)(signal.SIGTERM, None)  # type: ignore[arg-type]
+    finally:
+        loop.close()
+    assert runner.pause_on_shutdown is False
