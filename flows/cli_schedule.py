@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from flows.cli_common import ParamsOpt, ProjectOpt, SetOpt, console, errors, one_line_errors
+from flows.cli_common import EXIT_USER_ERROR, ParamsOpt, ProjectOpt, SetOpt, console, errors, one_line_errors
 
 
 def schedule(
@@ -74,7 +74,9 @@ def schedule(
             soft_wrap=True,
             highlight=False,
         )
-        serve_retrain(name, when, parameters)  # until Ctrl-C or SIGTERM, which pause the schedule first
+        paused = serve_retrain(
+            name, when, parameters
+        )  # until Ctrl-C or SIGTERM, which pause the schedule first
     except KeyboardInterrupt:  # before serving started (importing, registering), or a second Ctrl-C
         errors.print(
             f"interrupted: retrain/{name} is not being served (its schedule, if it had one, is paused); "
@@ -83,6 +85,9 @@ def schedule(
             highlight=False,
         )
         raise typer.Exit(130) from None
+    if not paused:  # the one-line error above said so and what to do; a script must see it too
+        console.print(f"Stopped serving retrain/{name}.", soft_wrap=True, highlight=False)
+        raise typer.Exit(EXIT_USER_ERROR)
     console.print(
         f"Stopped serving retrain/{name}; its schedule is paused until `bitune schedule --name {name}` "
         "serves it again.",

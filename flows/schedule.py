@@ -251,6 +251,7 @@ class StopServing:
         self.name, self.runner, self.loop = name, runner, loop
         self.stopping: asyncio.Task[None] | None = None
         self.signalled = False
+        self.pause_failed = False  # said on stderr when it happened; the goodbye must not say "paused"
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
         if self.signalled:
@@ -260,6 +261,7 @@ class StopServing:
         if not _pause_or_explain(self.name):
             # the runner's own pause on shutdown would retry against the same dead server for 75 s
             self.runner.pause_on_shutdown = False
+            self.pause_failed = True
         if not self.runner.started:  # still registering: nothing runs yet
             raise KeyboardInterrupt
         self.loop.call_soon_threadsafe(self._stop_runner)
@@ -274,7 +276,7 @@ async def _serve(
     schedule: RetrainSchedule,
     parameters: dict[str, Any],
     early: list[int],
-) -> None:
+) -> bool:
     runner = ScheduleRunner(name=name, pause_on_shutdown=True)
     stop = StopServing(name, runner, asyncio.get_running_loop())
     runner.on_signal = stop
@@ -293,17 +295,19 @@ async def _serve(
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
     await runner.start()
+    return not stop.pause_failed
 
 
 STOPS = (signal.SIGINT, signal.SIGTERM)
 
 
-def serve_retrain(name: str, schedule: RetrainSchedule, parameters: dict[str, Any]) -> None:
+def serve_retrain(name: str, schedule: RetrainSchedule, parameters: dict[str, Any]) -> bool:
     """Register (or update) deployment `retrain/<name>` and run its scheduled runs until stopped.
 
     The entrypoint is the module path `flows.retrain.retrain`, so each run imports the installed
     package whatever the runner's working directory. Ctrl-C or SIGTERM pauses the schedule, stops a
-    run in progress (it resumes from its checkpoint next time) and returns.
+    run in progress (it resumes from its checkpoint next time) and returns whether the schedule is
+    paused (False: the Prefect server could not be reached to pause it, which was said).
     """
     from flows.retrain import retrain  # seconds (torch, mlflow): a Ctrl-C here is a plain interrupt
 
@@ -312,7 +316,7 @@ def serve_retrain(name: str, schedule: RetrainSchedule, parameters: dict[str, An
     early: list[int] = []
     previous = {sig: signal.signal(sig, lambda signum, frame: early.append(signum)) for sig in STOPS}
     try:
-        asyncio.run(_serve(retrain, name, schedule, parameters, early))
+        return asyncio.run(_serve(retrain, name, schedule, parameters, early))
     finally:  # whatever happened, Ctrl-C is never left a no-op
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -216,7 +216,9 @@ def test_a_pause_that_failed_is_not_retried_on_the_way_out(monkeypatch: pytest.M
     runner = types.SimpleNamespace(started=True, pause_on_shutdown=True)
     loop = asyncio.new_event_loop()
     try:
-        schedule.StopServing("nightly", runner, loop)(signal.SIGTERM, None)  # type: ignore[arg-type]
+        stop = schedule.StopServing("nightly", runner, loop)  # type: ignore[arg-type]
+        stop(signal.SIGTERM, None)
     finally:
         loop.close()
     assert runner.pause_on_shutdown is False
+    assert stop.pause_failed  # so the goodbye line does not say the schedule is paused
