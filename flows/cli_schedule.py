@@ -74,9 +74,8 @@ def schedule(
             soft_wrap=True,
             highlight=False,
         )
-        paused = serve_retrain(
-            name, when, parameters
-        )  # until Ctrl-C or SIGTERM, which pause the schedule first
+        with one_line_errors(root):  # the server gone while registering is one line too
+            paused = serve_retrain(name, when, parameters)  # until Ctrl-C or SIGTERM, which pause first
     except KeyboardInterrupt:  # before serving started (importing, registering), or a second Ctrl-C
         errors.print(
             f"interrupted: retrain/{name} is not being served (its schedule, if it had one, is paused); "

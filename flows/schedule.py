@@ -22,14 +22,17 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import httpx
 from prefect import Flow
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 from prefect.runner import Runner
+from prefect.settings import get_current_settings
 from prefect.types.entrypoint import EntrypointType
 from pydantic import ValidationError
 
 from bitune.errors import BituneError
+from flows.prefect_outage import outlast_outages
 
 DEFAULT_CRON = "0 3 * * *"
 CRON_FIELDS = "minute hour day-of-month month day-of-week"
@@ -162,7 +165,6 @@ def require_api_server() -> str:
     Reads PREFECT_API_URL the way Prefect does (environment, then the active profile).
     """
     from prefect.client.orchestration import get_client
-    from prefect.settings import get_current_settings
 
     url = get_current_settings().api.url
     if not url:
@@ -284,16 +286,22 @@ async def _serve(
     signal.signal(signal.SIGTERM, stop)  # until `start` hands SIGTERM to `handle_sigterm`, which calls it
     if early:  # a signal came while the loop was being built: act on it now
         stop(early[0], None)
-    await runner.aadd_flow(
-        retrain,
-        name=name,
-        schedules=[schedule.to_prefect()],
-        parameters=parameters,
-        concurrency_limit=ONE_AT_A_TIME,
-        description=DESCRIPTION,
-        tags=["bitune", "retrain"],
-        entrypoint_type=EntrypointType.MODULE_PATH,
-    )
+    try:
+        await runner.aadd_flow(
+            retrain,
+            name=name,
+            schedules=[schedule.to_prefect()],
+            parameters=parameters,
+            concurrency_limit=ONE_AT_A_TIME,
+            description=DESCRIPTION,
+            tags=["bitune", "retrain"],
+            entrypoint_type=EntrypointType.MODULE_PATH,
+        )
+    except (httpx.TransportError, OSError) as exc:  # the server went away since `require_api_server`
+        raise OrchestrationError(
+            f"the Prefect server at {get_current_settings().api.url} stopped answering while retrain/{name} "
+            f"was being registered ({type(exc).__name__}); start it again, then run `bitune schedule` again"
+        ) from exc
     await runner.start()
     return not stop.pause_failed
 
@@ -310,6 +318,8 @@ def serve_retrain(name: str, schedule: RetrainSchedule, parameters: dict[str, An
     paused (False: the Prefect server could not be reached to pause it, which was said).
     """
     from flows.retrain import retrain  # seconds (torch, mlflow): a Ctrl-C here is a plain interrupt
+
+    outlast_outages(str(get_current_settings().api.url))  # after the import: Prefect's handlers exist
 
     # From here until `_serve` installs StopServing, a signal is only remembered: raised while
     # asyncio builds its loop, it printed "Exception ignored in BaseEventLoop.__del__" tracebacks.

@@ -222,3 +222,25 @@ def test_a_pause_that_failed_is_not_retried_on_the_way_out(monkeypatch: pytest.M
         loop.close()
     assert runner.pause_on_shutdown is False
     assert stop.pause_failed  # so the goodbye line does not say the schedule is paused
+
+
+def test_the_server_gone_while_registering_is_a_one_line_error() -> None:
+    """The server answered `require_api_server` and went away before the deployment was registered: this
+    was Prefect's 120-line httpx traceback and exit 1."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.schedule import OrchestrationError, serve_retrain
+
+    parameters = {
+        "params_file": "params/default.yaml",
+        "overrides": [],
+        "project_dir": str(REPO),
+        "force": False,
+    }
+    with temporary_settings({PREFECT_API_URL: DEAD_SERVER}), pytest.raises(OrchestrationError) as raised:
+        serve_retrain("gone-test", make_schedule("0 3 * * *", None), parameters | {"force": False})
+    assert str(raised.value) == (
+        f"the Prefect server at {DEAD_SERVER} stopped answering while retrain/gone-test was being registered "
+        "(ConnectError); start it again, then run `bitune schedule` again"
+    )
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works again afterwards
