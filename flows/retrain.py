@@ -91,8 +91,7 @@ class RenamedRuns(logging.Filter):
         return True
 
 
-RENAMED_RUNS = RenamedRuns()
-logging.getLogger("prefect.flow_runs").addFilter(RENAMED_RUNS)
+RENAMED_RUNS = RenamedRuns()  # attached to Prefect's flow-run logger by `retrain`, not at import
 
 
 def outcome(summary: RetrainSummary) -> str:
@@ -152,6 +151,7 @@ def retrain(
     as Prefect's own flow timeouts are; the caller gets a RunTimeoutError.
     """
     console_without_user_tracebacks()  # a scheduled run's output is the `bitune schedule` terminal
+    logging.getLogger("prefect.flow_runs").addFilter(RENAMED_RUNS)  # once: a filter is added once
     root = Path(project_dir).resolve()
     keep_results_in_project(root)
     params = load_params(root / params_file, overrides or [])

@@ -18,8 +18,6 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-import torch
-
 from bitune.errors import ParamsError, TrainingError
 from bitune.params import TrainParams
 from bitune.process_tether import tethered
@@ -42,8 +40,10 @@ def launch_command(job_file: Path, processes: int, launch_args: list[str]) -> li
         str(processes),
         "--dynamo_backend",
         "no",
+        # precision is not the launcher's to choose: each worker's Accelerator is given train.precision
+        # as resolved by bitune.device, and an explicit argument wins over what the launcher exports
         "--mixed_precision",
-        "bf16" if torch.cuda.is_available() else "no",
+        "no",
     ]
     if "--num_machines" not in launch_args:
         args += ["--num_machines", "1"]

@@ -31,10 +31,6 @@ from bitune.errors import BituneError, TrackingError
 from bitune.params import TrackingParams, redact
 from bitune.params.folders import check_writable
 
-# MLflow prints "🏃 View run <name> at: <tracking URI>/#/..." as each run against a server ends: with
-# `user:password@` in the URI, the password in clear on a terminal. bitune prints its own links, without.
-os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
-
 PIPELINE_TAG = "bitune.pipeline"
 SOURCE_NAME = "bitune retrain"  # the flow, whether `bitune run` or a Prefect worker started it
 MAX_BATCH = 900
@@ -59,6 +55,10 @@ class TrackingSettings:
         if artifacts and "://" not in artifacts and not uri.startswith("http"):
             artifacts = (root / artifacts).resolve().as_uri()
         setting = "MLFLOW_TRACKING_URI" if from_env else "tracking.uri"
+        # MLflow prints "🏃 View run <name> at: <tracking URI>/#/..." as each run against a server ends:
+        # with `user:password@` in the URI, the password in clear on a terminal. bitune prints its own
+        # links, without. Set here, where every stage gets its store's address, not at import.
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         return cls(uri=uri, experiment=tracking.experiment, artifact_location=artifacts, uri_setting=setting)
 
     def client(self) -> MlflowClient:
