@@ -14,6 +14,7 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed, Failed, State
 
 from bitune.params import Params, load_params
+from bitune.pipeline import pipeline_key
 from bitune.project_lock import ProjectBusyError, hold_project
 from bitune.retrain_summary import RetrainSummary
 from bitune.tuning.schedule import expand_strategy
@@ -27,7 +28,6 @@ from tasks.run_report import publish_summary
 from tasks.runs import (
     close_parent_run,
     open_parent_run,
-    pipeline_key,
     preflight,
     previous_success,
     reset_pipeline,

@@ -16,11 +16,12 @@ from bitune.forgetting import DRIFT_PLOT, plot_drift
 from bitune.model.classifier import load_classifier
 from bitune.model.layer_groups import resolve_layer_groups
 from bitune.params import Params
+from bitune.pipeline import pipeline_dir
 from bitune.tuning.phase import PhaseContext, predict_logits
 from tasks import tracking
 from tasks.preprocess import PreparedData
 from tasks.tracking import TrackingSettings
-from tasks.tuning import PhaseOutput, load_rows, pipeline_dir
+from tasks.tuning import PhaseOutput, load_rows
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from bitune.model.classifier import ClassifierMeta, load_backbone, load_tokenize
 from bitune.model.layer_groups import gradual_shortfall, resolve_layer_groups
 from bitune.model.pretrained import build_model, check_strategy_fits_model
 from bitune.params import Params, flatten
+from bitune.pipeline import pipeline_dir
 from bitune.tuning.checkpoint import STATE as CHECKPOINT_STATE
 from bitune.tuning.checkpoint import PhaseCheckpoints
 from bitune.tuning.features import feature_cache_file
@@ -69,11 +70,6 @@ class PhaseOutput:
         """What the run's summary shows of this phase: the handed-on epoch's validation scores."""
         scores = {k: v for k, v in (self.kept or self.best).items() if k.startswith("val_")}
         return {"phase": self.key, **scores, "cka": self.cka_to_pretrained, "seconds": self.train_seconds}
-
-
-def pipeline_dir(root: Path, pipeline_key: str) -> Path:
-    """Where one pipeline's phase outputs live; the key is data version + params digest."""
-    return root / ".bitune" / "runs" / pipeline_key
 
 
 def load_rows(prepared: PreparedData, split: str) -> list[dict]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bitune.params import load_params
-from tasks.runs import pipeline_key
+from bitune.pipeline import pipeline_key
 
 DEFAULT = Path(__file__).resolve().parents[1] / "params" / "default.yaml"
 DATA_MD5 = "0" * 32 + ".dir"
