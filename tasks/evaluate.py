@@ -9,6 +9,7 @@ import pandas as pd
 import torch
 from prefect import task
 
+from bitune.data.prepared import PreparedData, load_rows
 from bitune.device import make_accelerator
 from bitune.evaluation.curves import plot_learning_curves
 from bitune.evaluation.report import evaluate_predictions
@@ -19,9 +20,8 @@ from bitune.params import Params
 from bitune.pipeline import pipeline_dir
 from bitune.tuning.phase import PhaseContext, predict_logits
 from tasks import tracking
-from tasks.preprocess import PreparedData
 from tasks.tracking import TrackingSettings
-from tasks.tuning import PhaseOutput, load_rows
+from tasks.tuning import PhaseOutput
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from bitune.data.prepared import PreparedData
 from bitune.params import Params
-from tasks.preprocess import PreparedData
 from tasks.tracking import TrackingSettings
 from tasks.tuning import PhaseOutput, tune_phase_fn
 

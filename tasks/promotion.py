@@ -26,6 +26,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from bitune.data.prepared import PREPARED
 from bitune.errors import BituneError, TrackingError
 from bitune.evaluation.run_comparison import COMPARED, RunRow
 from bitune.params import Params, redact
@@ -63,7 +64,6 @@ MANUAL_GATE = "bitune.manual_gate"
 # the server is what `--serve-artifacts` is for: a client needs no route to the bucket. (Env, not an
 # argument: MLflow reads it at each download; a value the user set wins.)
 DOWNLOAD_THROUGH_SERVER = {"MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false"}
-PREPARED = Path(".bitune") / "prepared"  # in the project: where `tasks.preprocess` writes each split
 
 
 class PromotionRefused(BituneError):

@@ -38,6 +38,7 @@ from prefect import task
 from transformers import PreTrainedTokenizerBase
 
 import bitune
+from bitune.data.prepared import PreparedData
 from bitune.data.seen import split_digest
 from bitune.device import make_accelerator
 from bitune.errors import TrackingError
@@ -51,7 +52,6 @@ from bitune.promotion import CKA, GateDecision, decide
 from bitune.tuning.phase import PhaseContext
 from tasks.champion_moves import REGISTRATION, RUN_NOTE, move_champion
 from tasks.evaluate import Evaluation
-from tasks.preprocess import PreparedData
 from tasks.promotion import DATA_VERSION, TEST_SPLIT, download_classifier, get_champion
 from tasks.tracking import MAX_BATCH, TrackingSettings, signals_held, source_tags
 

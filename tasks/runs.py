@@ -16,6 +16,7 @@ from prefect import task
 from prefect.exceptions import TerminationSignal
 from prefect.runtime import flow_run
 
+from bitune.data.prepared import PreparedData
 from bitune.device import check_device
 from bitune.errors import TrackingError
 from bitune.forgetting import check_probe_file, probe_path
@@ -27,7 +28,7 @@ from bitune.tuning.model_fit import check_params_fit_model
 from tasks import tracking
 from tasks.data import DataVersion, warn_remote_credentials
 from tasks.phase_launch import check_launch_args
-from tasks.preprocess import PreparedData, check_model
+from tasks.preprocess import check_model
 from tasks.tracking import TrackingSettings
 
 log = logging.getLogger("bitune")

@@ -14,11 +14,11 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import datasets
 import torch
 from mlflow.exceptions import MlflowException
 from prefect import task
 
+from bitune.data.prepared import PreparedData, load_rows
 from bitune.data.seen import texts_in
 from bitune.device import launched_distributed, make_accelerator
 from bitune.forgetting import (
@@ -43,7 +43,6 @@ from bitune.tuning.phase_names import epoch_metrics, phase_field, phase_summary,
 from bitune.tuning.schedule import PhaseRun, expand_strategy
 from tasks import tracking
 from tasks.phase_launch import run_distributed
-from tasks.preprocess import PreparedData
 from tasks.tracking import TrackingSettings
 
 log = logging.getLogger("bitune")
@@ -70,11 +69,6 @@ class PhaseOutput:
         """What the run's summary shows of this phase: the handed-on epoch's validation scores."""
         scores = {k: v for k, v in (self.kept or self.best).items() if k.startswith("val_")}
         return {"phase": self.key, **scores, "cka": self.cka_to_pretrained, "seconds": self.train_seconds}
-
-
-def load_rows(prepared: PreparedData, split: str) -> list[dict]:
-    dataset = datasets.load_from_disk(str(prepared.tokenized))[split]
-    return dataset.select_columns(["input_ids", "attention_mask", "labels"]).to_list()
 
 
 def say_if_resuming(checkpoints: PhaseCheckpoints, run: PhaseRun) -> None:
