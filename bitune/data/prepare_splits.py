@@ -7,7 +7,6 @@ without pandera, which reading and validating the source needs.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -58,7 +57,6 @@ def prepare_splits(params: Params, data_md5: str, root: Path) -> PreparedData:
     folder.mkdir(parents=True, exist_ok=True)
     for name in SPLITS:
         splits[name].to_parquet(folder / f"{name}.parquet", index=False)
-    (folder / "labels.json").write_text(json.dumps(label_map.to_dict(), indent=2))
     tokenizer = load_tokenizer(params.model)
     tokenized = tokenize_splits(splits, tokenizer, params.preprocess, label_map, folder, TOKENIZED)
     max_length = params.preprocess.max_length
