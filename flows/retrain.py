@@ -17,6 +17,7 @@ from bitune.params import Params, load_params
 from bitune.pipeline import pipeline_key
 from bitune.project_lock import ProjectBusyError, hold_project
 from bitune.retrain_summary import RetrainSummary
+from bitune.tuning.phase_output import PhaseOutput
 from bitune.tuning.schedule import expand_strategy
 from flows.cli_common import console_without_user_tracebacks
 from flows.run_deadline import RunDeadline, RunTimeoutError
@@ -33,7 +34,7 @@ from tasks.runs import (
     reset_pipeline,
 )
 from tasks.tracking import TrackingSettings
-from tasks.tuning import PhaseOutput, tune_phase
+from tasks.tuning import tune_phase
 
 
 def strategy_run_name() -> str:

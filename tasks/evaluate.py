@@ -19,9 +19,9 @@ from bitune.model.layer_groups import resolve_layer_groups
 from bitune.params import Params
 from bitune.pipeline import pipeline_dir
 from bitune.tuning.phase import PhaseContext, predict_logits
+from bitune.tuning.phase_output import PhaseOutput
 from tasks import tracking
 from tasks.tracking import TrackingSettings
-from tasks.tuning import PhaseOutput
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from bitune.data.prepared import PreparedData
 from bitune.params import Params
+from bitune.tuning.phase_output import PhaseOutput
 from tasks.tracking import TrackingSettings
-from tasks.tuning import PhaseOutput, tune_phase_fn
+from tasks.tuning import tune_phase_fn
 
 
 def main(job_file: str) -> None:

@@ -14,7 +14,7 @@ from bitune.data.prepare_splits import prepare_splits
 from bitune.data.seen import seen_text_keys, text_key_fingerprints
 from bitune.model.classifier import load_seen_text_keys
 from bitune.params import load_params
-from tasks.tuning import tune_phase_fn
+from bitune.tuning.train_phase import scheduled_phase, train_phase
 
 
 def test_a_trained_phase_records_its_train_and_validation_texts(tmp_path: Path, tiny_bert_dir: Path) -> None:
@@ -24,7 +24,7 @@ def test_a_trained_phase_records_its_train_and_validation_texts(tmp_path: Path, 
         REPO / "params" / "default.yaml", [*tiny_overrides(tiny_bert_dir), "strategy.phases.0.epochs=1"]
     )
     prepared = prepare_splits(params, "md5-of-the-data", tmp_path)
-    output = tune_phase_fn(params, prepared, 0, None, tmp_path, "pipeline", None, None)
+    output = train_phase(params, prepared, scheduled_phase(params, 0), None, tmp_path, "pipeline")
 
     keys = load_seen_text_keys(Path(output.model_dir))
     split = {
