@@ -46,10 +46,9 @@ from bitune.evaluation.metrics import named_metrics
 from bitune.evaluation.rescore import label_ids, score_texts
 from bitune.evaluation.unseen import GateRows, gate_rows
 from bitune.model.classifier import BituneClassifier, ClassifierMeta, load_classifier, load_seen_text_keys
-from bitune.model.layer_groups import resolve_layer_groups
 from bitune.params import Params, RegistryParams
 from bitune.promotion import CKA, GateDecision, decide
-from bitune.tuning.phase import PhaseContext
+from bitune.tuning.phase_context import inference_context
 from tasks.champion_moves import REGISTRATION, RUN_NOTE, move_champion
 from tasks.evaluate import Evaluation
 from tasks.promotion import DATA_VERSION, TEST_SPLIT, download_classifier, get_champion
@@ -260,13 +259,7 @@ def score_test_rows(
     for both sides of the gate whenever it compares on a subset of the rows (and of `bitune promote`'s
     re-score, which keeps the terminal to its own lines: `progress` False)."""
     model, tokenizer, meta = loaded
-    ctx = PhaseContext(
-        accelerator=make_accelerator(params.train),
-        groups=resolve_layer_groups(model.backbone),
-        pretrained={},  # inference only: nothing is anchored
-        eval_batch_size=params.train.eval_batch_size,
-        progress=progress,
-    )
+    ctx = inference_context(make_accelerator(params.train), model, params.train.eval_batch_size, progress)
     logits = score_texts(model, tokenizer, meta, test["text"].tolist(), ctx)
     return named_metrics(logits, label_ids(meta, test["label"].tolist()), meta.labels)
 
