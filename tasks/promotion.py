@@ -52,8 +52,8 @@ from tasks.tracking import PIPELINE_TAG, TrackingSettings, check_reachable, dama
 if TYPE_CHECKING:
     import pandas as pd
 
-# tasks.registry (the re-score's code path) is imported inside the functions that need it: it pulls in
-# torch and prefect, seconds that `bitune compare` and every error path need not pay. So are pandas and
+# bitune.evaluation.rescore (the re-score's code path) is imported inside the functions that need it: it
+# pulls in torch, seconds that `bitune compare` and every error path need not pay. So are pandas and
 # the model code, which only a re-score needs.
 
 DATA_VERSION = "bitune.data_version"
@@ -257,9 +257,9 @@ def rescore_on_local_split(
     """
     import numpy as np
 
+    from bitune.evaluation.rescore import score_test_rows
     from bitune.evaluation.unseen import GateRows, gate_rows
     from bitune.model.classifier import load_classifier, load_seen_text_keys
-    from tasks.registry import score_test_rows
 
     local = local_test_split(root, [s for s in (challenger.test_split, champion.test_split) if s])
     if local is None:

@@ -35,20 +35,16 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model, infer_signature
 from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 from prefect import task
-from transformers import PreTrainedTokenizerBase
 
 import bitune
 from bitune.data.prepared import PreparedData
 from bitune.data.seen import split_digest
-from bitune.device import make_accelerator
 from bitune.errors import TrackingError
-from bitune.evaluation.metrics import named_metrics
-from bitune.evaluation.rescore import label_ids, score_texts
+from bitune.evaluation.rescore import challenger_metrics, score_test_rows
 from bitune.evaluation.unseen import GateRows, gate_rows
-from bitune.model.classifier import BituneClassifier, ClassifierMeta, load_classifier, load_seen_text_keys
+from bitune.model.classifier import load_classifier, load_seen_text_keys
 from bitune.params import Params, RegistryParams
 from bitune.promotion import CKA, GateDecision, decide
-from bitune.tuning.phase_context import inference_context
 from tasks.champion_moves import REGISTRATION, RUN_NOTE, move_champion
 from tasks.evaluate import Evaluation
 from tasks.promotion import DATA_VERSION, TEST_SPLIT, download_classifier, get_champion
@@ -249,21 +245,6 @@ class ChampionOnTest:
     rows: GateRows | None = None  # which test rows it is compared on; None when labels differ
 
 
-def score_test_rows(
-    loaded: tuple[BituneClassifier, PreTrainedTokenizerBase, ClassifierMeta],
-    test: pd.DataFrame,
-    params: Params,
-    progress: bool = True,
-) -> dict[str, float]:
-    """A saved model's test scores on `test`'s text, encoded with its own settings: the one code path
-    for both sides of the gate whenever it compares on a subset of the rows (and of `bitune promote`'s
-    re-score, which keeps the terminal to its own lines: `progress` False)."""
-    model, tokenizer, meta = loaded
-    ctx = inference_context(make_accelerator(params.train), model, params.train.eval_batch_size, progress)
-    logits = score_texts(model, tokenizer, meta, test["text"].tolist(), ctx)
-    return named_metrics(logits, label_ids(meta, test["label"].tolist()), meta.labels)
-
-
 def champion_metrics(
     settings: TrackingSettings, name: str, params: Params, prepared: PreparedData
 ) -> ChampionOnTest:
@@ -302,20 +283,6 @@ def champion_metrics(
     return ChampionOnTest(champion_version, scores, rows)
 
 
-def challenger_metrics(
-    evaluation: Evaluation, model_dir: Path, params: Params, prepared: PreparedData, rows: GateRows
-) -> dict[str, float]:
-    """The challenger's scores on the rows the champion is compared on: its evaluation when that is
-    all of them, else a re-score of the same rows through the champion's code path."""
-    if not rows.excluded:
-        return evaluation.metrics
-    test = pd.read_parquet(prepared.split_file("test"))
-    scores = score_test_rows(load_classifier(model_dir), test[rows.keep], params)
-    if CKA in evaluation.metrics:  # measured on the probe texts, not the test rows
-        scores[CKA] = evaluation.metrics[CKA]
-    return scores
-
-
 def gate(
     evaluation: Evaluation,
     model_dir: Path,
@@ -333,7 +300,7 @@ def gate(
     problem = champion.rows.problem(rules.metric, challenger_version)
     if problem is not None or champion.scores is None:
         return GateDecision(False, [problem or "the champion could not be scored"])
-    challenger = challenger_metrics(evaluation, model_dir, params, prepared, champion.rows)
+    challenger = challenger_metrics(evaluation.metrics, model_dir, params, prepared, champion.rows)
     return champion.rows.annotate(decide(challenger, champion.scores, rules))
 
 
