@@ -41,10 +41,10 @@ from bitune.data.prepared import PreparedData
 from bitune.data.seen import split_digest
 from bitune.errors import TrackingError
 from bitune.evaluation.rescore import challenger_metrics, score_test_rows
-from bitune.evaluation.unseen import GateRows, gate_rows
+from bitune.evaluation.unseen import gate_rows
 from bitune.model.classifier import load_classifier, load_seen_text_keys
 from bitune.params import Params, RegistryParams
-from bitune.promotion import CKA, GateDecision, decide
+from bitune.promotion import CKA, ChampionOnTest, GateDecision, decide_at_registration, registration_text
 from tasks.champion_moves import REGISTRATION, RUN_NOTE, move_champion
 from tasks.evaluate import Evaluation
 from tasks.promotion import DATA_VERSION, TEST_SPLIT, download_classifier, get_champion
@@ -236,15 +236,6 @@ def link_version_to_model(settings: TrackingSettings, model_id: str, name: str, 
         client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps([*listed, entry])})
 
 
-@dataclass(frozen=True)
-class ChampionOnTest:
-    """The champion as the gate sees it on this run's test split."""
-
-    version: str | None = None  # None: the registry has no champion yet
-    scores: dict[str, float] | None = None  # None: not scored (other labels, or no unseen rows to score)
-    rows: GateRows | None = None  # which test rows it is compared on; None when labels differ
-
-
 def champion_metrics(
     settings: TrackingSettings, name: str, params: Params, prepared: PreparedData
 ) -> ChampionOnTest:
@@ -283,27 +274,6 @@ def champion_metrics(
     return ChampionOnTest(champion_version, scores, rows)
 
 
-def gate(
-    evaluation: Evaluation,
-    model_dir: Path,
-    params: Params,
-    prepared: PreparedData,
-    champion: ChampionOnTest,
-    challenger_version: str,
-) -> GateDecision:
-    """The gate's decision, with both models scored on the same rows, none of them seen by the champion."""
-    rules = params.registry
-    if champion.version is None:
-        return decide(evaluation.metrics, None, rules)
-    if champion.rows is None:
-        return GateDecision(False, ["champion has a different label set; promote manually with --force"])
-    problem = champion.rows.problem(rules.metric, challenger_version)
-    if problem is not None or champion.scores is None:
-        return GateDecision(False, [problem or "the champion could not be scored"])
-    challenger = challenger_metrics(evaluation.metrics, model_dir, params, prepared, champion.rows)
-    return champion.rows.annotate(decide(challenger, champion.scores, rules))
-
-
 def set_champion(
     settings: TrackingSettings,
     name: str,
@@ -315,29 +285,6 @@ def set_champion(
     """The gate's promotion: `champion` to `version` in one alias write, the previous one kept for
     rollback and the move in the champion history."""
     move_champion(settings.client(), name, str(version), previous, REGISTRATION, reason, run_id)
-
-
-SHOWN_SCORES = ("test/accuracy", "test/macro_f1", "test/ece", "test/loss", CKA)
-
-
-def registration_text(
-    name: str, version: str, decision: GateDecision, metrics: dict[str, float], data_md5: str
-) -> str:
-    """The gate's decision and the test scores in Markdown: what the run page and the model version
-    page show first, instead of a tag among dozens."""
-    outcome = "promoted to **champion**" if decision.promote else "kept as **challenger**"
-    scores = [f"| {key} | {metrics[key]:.4f} |" for key in SHOWN_SCORES if key in metrics]
-    return "\n".join(
-        [
-            f"{name} version {version}, {outcome} at registration (data version `{data_md5}`).",
-            "",
-            f"Gate: {'; '.join(decision.reasons)}",
-            "",
-            "| test score | value |",
-            "|---|---|",
-            *scores,
-        ]
-    )[:5000]
 
 
 def describe(
@@ -398,7 +345,13 @@ def register_fn(
             )
         link_version_to_model(settings, logged.model_id, rules.model_name, str(mv.version))
         client.set_registered_model_alias(rules.model_name, CHALLENGER, mv.version)
-        decision = gate(evaluation, Path(model_dir), params, prepared, champion, str(mv.version))
+        decision = decide_at_registration(
+            evaluation.metrics,
+            champion,
+            rules,
+            str(mv.version),
+            lambda rows: challenger_metrics(evaluation.metrics, Path(model_dir), params, prepared, rows),
+        )
         for key, value in evaluation.metrics.items():
             if key in (rules.metric, "test/accuracy", "test/macro_f1", CKA):
                 client.set_model_version_tag(rules.model_name, mv.version, key, f"{value:.6f}")
