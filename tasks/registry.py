@@ -20,7 +20,6 @@ import logging
 import os
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import torch
-from mlflow.entities import LoggedModel, LoggedModelOutput, Metric
+from mlflow.entities import LoggedModel, LoggedModelOutput
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, infer_signature
 from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
@@ -45,10 +44,11 @@ from bitune.evaluation.unseen import gate_rows
 from bitune.model.classifier import load_classifier, load_seen_text_keys
 from bitune.params import Params, RegistryParams
 from bitune.promotion import CKA, ChampionOnTest, GateDecision, decide_at_registration, registration_text
+from tasks import tracking
 from tasks.champion_moves import REGISTRATION, RUN_NOTE, move_champion
 from tasks.evaluate import Evaluation
 from tasks.promotion import DATA_VERSION, TEST_SPLIT, download_classifier, get_champion
-from tasks.tracking import MAX_BATCH, TrackingSettings, signals_held, source_tags
+from tasks.tracking import TrackingSettings, signals_held, source_tags
 
 CHALLENGER = "challenger"
 MODEL_TYPE = "bitune-text-classifier"  # the logged model's type: the Models tab can filter on it
@@ -163,7 +163,8 @@ def log_model(
     try:
         with signals_held():
             client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
-        log_model_metrics(settings, run_id, logged.model_id, metrics or {})
+        # on the run (MLflow's compare view, `bitune compare`) and on the logged model
+        tracking.log_metrics(settings, run_id, metrics or {}, model_id=logged.model_id)
         with tempfile.TemporaryDirectory() as tmp:
             target = Path(tmp) / "model"
             ids = Model(
@@ -180,17 +181,6 @@ def log_model(
         raise
     with signals_held():
         return client.finalize_logged_model(logged.model_id, "READY")
-
-
-def log_model_metrics(
-    settings: TrackingSettings, run_id: str, model_id: str, metrics: dict[str, float]
-) -> None:
-    """`metrics` on the run (for MLflow's compare view and `bitune compare`) and on the logged model."""
-    now = int(time.time() * 1000)
-    items = [Metric(k, float(v), now, 0, model_id=model_id) for k, v in metrics.items()]
-    with signals_held():
-        for i in range(0, len(items), MAX_BATCH):
-            settings.client().log_batch(run_id, metrics=items[i : i + MAX_BATCH])
 
 
 _PROCESS_URI = threading.Lock()
