@@ -26,6 +26,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from bitune.champion_moves import PROMOTE, ROLLBACK, ChampionMove
 from bitune.data.prepared import PREPARED
 from bitune.errors import BituneError, TrackingError
 from bitune.evaluation.run_comparison import COMPARED, RunRow
@@ -38,15 +39,7 @@ from bitune.promotion import (
     decide_on_stored_scores,
     needs_rescore,
 )
-from tasks.champion_moves import (
-    CHAMPION,
-    PREVIOUS,
-    PROMOTE,
-    ROLLBACK,
-    ChampionMove,
-    champion_history,
-    move_champion,
-)
+from tasks.champion_moves import CHAMPION, PREVIOUS, champion_history, move_champion
 from tasks.tracking import PIPELINE_TAG, TrackingSettings, check_reachable, damaged_store
 
 if TYPE_CHECKING:

@@ -36,6 +36,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 from prefect import task
 
 import bitune
+from bitune.champion_moves import REGISTRATION
 from bitune.data.prepared import PreparedData
 from bitune.data.seen import split_digest
 from bitune.errors import TrackingError
@@ -45,7 +46,7 @@ from bitune.model.classifier import load_classifier, load_seen_text_keys
 from bitune.params import Params, RegistryParams
 from bitune.promotion import CKA, ChampionOnTest, GateDecision, decide_at_registration, registration_text
 from tasks import tracking
-from tasks.champion_moves import REGISTRATION, RUN_NOTE, move_champion
+from tasks.champion_moves import RUN_NOTE, move_champion
 from tasks.evaluate import Evaluation
 from tasks.promotion import DATA_VERSION, TEST_SPLIT, download_classifier, get_champion
 from tasks.tracking import TrackingSettings, signals_held, source_tags
