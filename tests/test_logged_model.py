@@ -32,8 +32,9 @@ from bitune.model.classifier import load_classifier
 from bitune.params import Params, load_params
 from tasks import tracking
 from tasks.evaluate import Evaluation
+from tasks.logged_model import log_model, save_pyfunc
 from tasks.promotion import DATA_VERSION, TEST_SPLIT, download_classifier, promote, rollback
-from tasks.registry import champion_metrics, log_model, register_fn, save_pyfunc
+from tasks.registry import champion_metrics, register_fn
 from tasks.tracking import TrackingSettings
 
 NAME = "bitune-classifier"

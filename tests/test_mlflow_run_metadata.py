@@ -26,7 +26,8 @@ from bitune.params import Params, load_params
 from tasks import tracking
 from tasks.data import DataVersion
 from tasks.evaluate import Evaluation
-from tasks.registry import pip_requirements, public_version, register_fn
+from tasks.logged_model import pip_requirements, public_version
+from tasks.registry import register_fn
 from tasks.runs import open_parent_run_fn
 from tasks.tracking import TrackingSettings
 

@@ -308,7 +308,7 @@ def test_logging_a_model_version_prints_no_mlflow_info_line(project: Project) ->
 
     from mlflow.entities import LoggedModelStatus
 
-    from tasks.registry import log_model
+    from tasks.logged_model import log_model
 
     records: list[logging.LogRecord] = []
     handler = logging.Handler(logging.DEBUG)

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import datasets
 
 # `datasets` is imported where it is used: the served model imports `normalise_texts` from here and
-# ships without it (tasks/registry.py SERVING_REQUIREMENTS).
+# ships without it (tasks/logged_model.py SERVING_REQUIREMENTS).
 
 CACHE_FORMAT = 1  # bump when the columns or their meaning change: old caches then miss
 # The tokenized cache's label map, in id order: a hit needs the same one (`_is_hit`). The only label
