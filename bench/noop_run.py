@@ -76,8 +76,9 @@ def last_success(root: Path, params_file: Path) -> str | None:
     """
     from bitune.data.sources import read_source
     from bitune.params import load_params
+    from bitune.pipeline import pipeline_key
     from tasks import dvc_store
-    from tasks.runs import pipeline_key, previous_success_fn
+    from tasks.runs import previous_success_fn
     from tasks.tracking import TrackingSettings
 
     params = load_params(params_file)

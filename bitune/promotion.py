@@ -8,10 +8,15 @@ or, when those differ, both versions' fresh scores on the local test rows neithe
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from bitune.errors import ParamsError
 from bitune.params import PER_CLASS_F1, RegistryParams
+
+if TYPE_CHECKING:  # bitune.evaluation.unseen imports GateDecision from here
+    from bitune.evaluation.unseen import GateRows
 
 CKA = "test/cka_to_pretrained"
 SUPPORT = "test/support/"
@@ -78,6 +83,61 @@ def decide(
         reasons.append(f"{cka_change(drop)} (allowed drop {rules.max_cka_drop:.4f}{verdict})")
         ok = ok and within
     return GateDecision(ok, reasons)
+
+
+@dataclass(frozen=True)
+class ChampionOnTest:
+    """The champion as the gate sees it on this run's test split."""
+
+    version: str | None = None  # None: the registry has no champion yet
+    scores: dict[str, float] | None = None  # None: not scored (other labels, or no unseen rows to score)
+    rows: GateRows | None = None  # which test rows it is compared on; None when labels differ
+
+
+def decide_at_registration(
+    challenger: dict[str, float],
+    champion: ChampionOnTest,
+    rules: RegistryParams,
+    challenger_version: str,
+    challenger_on: Callable[[GateRows], dict[str, float]],
+) -> GateDecision:
+    """The flow's gate, with both models scored on the same rows, none of them seen by the champion.
+
+    `challenger`: its scores on the whole test split. `challenger_on(rows)`: its scores on the rows
+    the champion is compared on, asked for only when the champion was scored (the registry task
+    re-scores the saved model when some rows are left out).
+    """
+    if champion.version is None:
+        return decide(challenger, None, rules)
+    if champion.rows is None:
+        return GateDecision(False, ["champion has a different label set; promote manually with --force"])
+    problem = champion.rows.problem(rules.metric, challenger_version)
+    if problem is not None or champion.scores is None:
+        return GateDecision(False, [problem or "the champion could not be scored"])
+    return champion.rows.annotate(decide(challenger_on(champion.rows), champion.scores, rules))
+
+
+SHOWN_SCORES = ("test/accuracy", "test/macro_f1", "test/ece", "test/loss", CKA)
+
+
+def registration_text(
+    name: str, version: str, decision: GateDecision, metrics: dict[str, float], data_md5: str
+) -> str:
+    """The gate's decision and the test scores in Markdown: what the run page and the model version
+    page show first, instead of a tag among dozens."""
+    outcome = "promoted to **champion**" if decision.promote else "kept as **challenger**"
+    scores = [f"| {key} | {metrics[key]:.4f} |" for key in SHOWN_SCORES if key in metrics]
+    return "\n".join(
+        [
+            f"{name} version {version}, {outcome} at registration (data version `{data_md5}`).",
+            "",
+            f"Gate: {'; '.join(decision.reasons)}",
+            "",
+            "| test score | value |",
+            "|---|---|",
+            *scores,
+        ]
+    )[:5000]
 
 
 @dataclass(frozen=True)

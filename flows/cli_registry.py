@@ -34,8 +34,8 @@ from bitune.process_tether import tethered
 from flows.cli_common import HostOpt, ParamsOpt, PortOpt, ProjectOpt, console, one_line_errors
 
 if TYPE_CHECKING:
+    from bitune.champion_moves import ChampionMove
     from bitune.params import Params
-    from tasks.champion_moves import ChampionMove
     from tasks.tracking import TrackingSettings
 
 DEFAULT_PARAMS = Path("params/default.yaml")

@@ -14,8 +14,10 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed, Failed, State
 
 from bitune.params import Params, load_params
+from bitune.pipeline import pipeline_key
 from bitune.project_lock import ProjectBusyError, hold_project
 from bitune.retrain_summary import RetrainSummary
+from bitune.tuning.phase_output import PhaseOutput
 from bitune.tuning.schedule import expand_strategy
 from flows.cli_common import console_without_user_tracebacks
 from flows.run_deadline import RunDeadline, RunTimeoutError
@@ -27,13 +29,12 @@ from tasks.run_report import publish_summary
 from tasks.runs import (
     close_parent_run,
     open_parent_run,
-    pipeline_key,
     preflight,
     previous_success,
     reset_pipeline,
 )
 from tasks.tracking import TrackingSettings
-from tasks.tuning import PhaseOutput, tune_phase
+from tasks.tuning import tune_phase
 
 
 def strategy_run_name() -> str:

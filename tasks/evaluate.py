@@ -9,18 +9,19 @@ import pandas as pd
 import torch
 from prefect import task
 
+from bitune.data.prepared import PreparedData, load_rows
 from bitune.device import make_accelerator
 from bitune.evaluation.curves import plot_learning_curves
 from bitune.evaluation.report import evaluate_predictions
 from bitune.forgetting import DRIFT_PLOT, plot_drift
 from bitune.model.classifier import load_classifier
-from bitune.model.layer_groups import resolve_layer_groups
 from bitune.params import Params
-from bitune.tuning.phase import PhaseContext, predict_logits
+from bitune.pipeline import pipeline_dir
+from bitune.tuning.phase import predict_logits
+from bitune.tuning.phase_context import inference_context
+from bitune.tuning.phase_output import PhaseOutput
 from tasks import tracking
-from tasks.preprocess import PreparedData
 from tasks.tracking import TrackingSettings
-from tasks.tuning import PhaseOutput, load_rows, pipeline_dir
 
 
 @dataclass(frozen=True)
@@ -44,12 +45,7 @@ def evaluate_fn(
     model, tokenizer, _ = load_classifier(Path(final.model_dir))
     model.to(accelerator.device)
     rows = load_rows(prepared, "test")
-    ctx = PhaseContext(
-        accelerator=accelerator,
-        groups=resolve_layer_groups(model.backbone),
-        pretrained={},  # inference only: nothing is anchored
-        eval_batch_size=params.train.eval_batch_size,
-    )
+    ctx = inference_context(accelerator, model, params.train.eval_batch_size)
     logits = predict_logits(model, rows, ctx, tokenizer.pad_token_id or 0)
     labels = torch.as_tensor([r["labels"] for r in rows])
     texts = pd.read_parquet(prepared.split_file("test"))["text"].tolist()

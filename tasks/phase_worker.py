@@ -6,10 +6,11 @@ import json
 import sys
 from pathlib import Path
 
+from bitune.data.prepared import PreparedData
 from bitune.params import Params
-from tasks.preprocess import PreparedData
+from bitune.tuning.phase_output import PhaseOutput
 from tasks.tracking import TrackingSettings
-from tasks.tuning import PhaseOutput, tune_phase_fn
+from tasks.tuning import tune_phase_fn
 
 
 def main(job_file: str) -> None:

@@ -26,6 +26,8 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from bitune.champion_moves import PROMOTE, ROLLBACK, ChampionMove
+from bitune.data.prepared import PREPARED
 from bitune.errors import BituneError, TrackingError
 from bitune.evaluation.run_comparison import COMPARED, RunRow
 from bitune.params import Params, redact
@@ -37,22 +39,14 @@ from bitune.promotion import (
     decide_on_stored_scores,
     needs_rescore,
 )
-from tasks.champion_moves import (
-    CHAMPION,
-    PREVIOUS,
-    PROMOTE,
-    ROLLBACK,
-    ChampionMove,
-    champion_history,
-    move_champion,
-)
+from tasks.champion_moves import CHAMPION, PREVIOUS, champion_history, move_champion
 from tasks.tracking import PIPELINE_TAG, TrackingSettings, check_reachable, damaged_store
 
 if TYPE_CHECKING:
     import pandas as pd
 
-# tasks.registry (the re-score's code path) is imported inside the functions that need it: it pulls in
-# torch and prefect, seconds that `bitune compare` and every error path need not pay. So are pandas and
+# bitune.evaluation.rescore (the re-score's code path) is imported inside the functions that need it: it
+# pulls in torch, seconds that `bitune compare` and every error path need not pay. So are pandas and
 # the model code, which only a re-score needs.
 
 DATA_VERSION = "bitune.data_version"
@@ -63,7 +57,6 @@ MANUAL_GATE = "bitune.manual_gate"
 # the server is what `--serve-artifacts` is for: a client needs no route to the bucket. (Env, not an
 # argument: MLflow reads it at each download; a value the user set wins.)
 DOWNLOAD_THROUGH_SERVER = {"MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false"}
-PREPARED = Path(".bitune") / "prepared"  # in the project: where `tasks.preprocess` writes each split
 
 
 class PromotionRefused(BituneError):
@@ -257,9 +250,9 @@ def rescore_on_local_split(
     """
     import numpy as np
 
+    from bitune.evaluation.rescore import score_test_rows
     from bitune.evaluation.unseen import GateRows, gate_rows
     from bitune.model.classifier import load_classifier, load_seen_text_keys
-    from tasks.registry import score_test_rows
 
     local = local_test_split(root, [s for s in (challenger.test_split, champion.test_split) if s])
     if local is None:

@@ -7,67 +7,36 @@ Aliases move one at a time and the previous champion is recorded on the new one,
 can restore it; the registry is never left without a champion or with two, and every move is kept
 (`tasks.champion_moves`).
 
-The model is an MLflow 3 logged model of the parent run (the experiment's Models tab), with the test
-scores on its page, and each version's source is `models:/<model_id>`. Versions registered before
-were a folder of the run's artifacts (source `<run artifact uri>/model`): everything that reads a
-version goes through `get_model_version_download_uri`, which serves both.
+The model is logged by `tasks.logged_model` (an MLflow 3 logged model of the parent run); each
+version's source is `models:/<model_id>`.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import os
 import tempfile
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from importlib.metadata import version
 from pathlib import Path
 
-import mlflow
 import pandas as pd
-import torch
-from mlflow.entities import LoggedModel, LoggedModelOutput, Metric
 from mlflow.exceptions import MlflowException
-from mlflow.models import Model, infer_signature
-from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 from prefect import task
-from transformers import PreTrainedTokenizerBase
 
-import bitune
+from bitune.champion_moves import REGISTRATION
+from bitune.data.prepared import PreparedData
 from bitune.data.seen import split_digest
-from bitune.device import make_accelerator
 from bitune.errors import TrackingError
-from bitune.evaluation.metrics import named_metrics
-from bitune.evaluation.rescore import label_ids, score_texts
-from bitune.evaluation.unseen import GateRows, gate_rows
-from bitune.model.classifier import BituneClassifier, ClassifierMeta, load_classifier, load_seen_text_keys
-from bitune.model.layer_groups import resolve_layer_groups
+from bitune.evaluation.rescore import challenger_metrics, score_test_rows
+from bitune.evaluation.unseen import gate_rows
+from bitune.model.classifier import load_classifier, load_seen_text_keys
 from bitune.params import Params, RegistryParams
-from bitune.promotion import CKA, GateDecision, decide
-from bitune.tuning.phase import PhaseContext
-from tasks.champion_moves import REGISTRATION, RUN_NOTE, move_champion
+from bitune.promotion import CKA, ChampionOnTest, GateDecision, decide_at_registration, registration_text
+from tasks.champion_moves import RUN_NOTE, move_champion
 from tasks.evaluate import Evaluation
-from tasks.preprocess import PreparedData
+from tasks.logged_model import link_version_to_model, log_model, process_tracking_uri
 from tasks.promotion import DATA_VERSION, TEST_SPLIT, download_classifier, get_champion
-from tasks.tracking import MAX_BATCH, TrackingSettings, signals_held, source_tags
+from tasks.tracking import TrackingSettings
 
 CHALLENGER = "challenger"
-MODEL_TYPE = "bitune-text-classifier"  # the logged model's type: the Models tab can filter on it
-MODEL_CODE = Path(__file__).parent / "serving" / "pyfunc_model.py"
-SERVING_REQUIREMENTS = (
-    "mlflow",
-    "torch",
-    "transformers",
-    "safetensors",
-    "pandas",
-    "pydantic",
-    "pyyaml",
-    "accelerate",
-)
 
 
 @dataclass(frozen=True)
@@ -81,194 +50,6 @@ class Registration:
     @property
     def uri(self) -> str:
         return f"models:/{self.name}/{self.version}"
-
-
-def pip_requirements() -> list[str]:
-    """Exact versions of what the served model imports (offline, mlflow cannot infer them).
-
-    Without a local version label: PyTorch's own wheels call themselves `2.13.0+cpu` or `+cu128`, a
-    version no package index but PyTorch's serves, so `torch==2.13.0+cpu` made the model's
-    environment (`mlflow models serve --env-manager uv`, `build-docker`) impossible to install.
-    """
-    names = {"pyyaml": "PyYAML"}
-    return [f"{n}=={public_version(version(names.get(n, n)))}" for n in SERVING_REQUIREMENTS]
-
-
-def public_version(installed: str) -> str:
-    """`2.13.0+cpu` -> `2.13.0`: the release any index serves (PEP 440's public version)."""
-    return installed.partition("+")[0]
-
-
-def save_pyfunc(
-    target: Path, model_dir: Path, example_texts: list[str], mlflow_model: Model | None = None
-) -> None:
-    """The classifier as an MLflow pyfunc folder at `target` ("models from code", safetensors weights),
-    with its signature, an input example and pinned requirements; `mlflow_model` carries the logged
-    model's ids into its MLmodel file."""
-    example = pd.DataFrame({"text": example_texts[:3]})
-    model, tokenizer, meta = load_classifier(model_dir)
-    enc = tokenizer(example["text"].tolist(), truncation=True, padding=True, return_tensors="pt")
-    with torch.inference_mode():
-        probs = torch.softmax(model(enc["input_ids"], enc["attention_mask"]), -1)
-    output = pd.DataFrame(
-        {
-            "label": [meta.labels[i] for i in probs.argmax(-1).tolist()],
-            "score": probs.max(-1).values.tolist(),
-        }
-    )
-    for j, label in enumerate(meta.labels):
-        output[f"prob_{label}"] = probs[:, j].tolist()
-    pyfunc_log = logging.getLogger("mlflow.pyfunc")
-    level = pyfunc_log.level
-    pyfunc_log.setLevel(logging.WARNING)  # its "Validating input example" INFO line on every run
-    try:
-        mlflow.pyfunc.save_model(
-            path=str(target),
-            python_model=str(MODEL_CODE),
-            artifacts={"classifier": str(model_dir)},
-            code_paths=[str(Path(bitune.__file__).parent)],
-            pip_requirements=pip_requirements(),
-            signature=infer_signature(example, output),
-            input_example=example,
-            mlflow_model=mlflow_model,
-        )
-    finally:
-        pyfunc_log.setLevel(level)
-
-
-def logged_model_name(run_name: str | None) -> str:
-    """The parent run's name (strategy and data version) as a logged model name, which MLflow allows
-    no `/ : . % " '` in."""
-    name = "".join("-" if c in "/:.%\"'" else c for c in (run_name or "").strip())
-    return name or "model"
-
-
-def log_model(
-    settings: TrackingSettings,
-    run_id: str,
-    model_dir: Path,
-    example_texts: list[str],
-    tags: dict[str, str] | None = None,
-    metrics: dict[str, float] | None = None,
-) -> LoggedModel:
-    """The classifier as an MLflow 3 logged model of run `run_id`: READY once its files are uploaded,
-    FAILED if they are not. Its params are the run's (as `mlflow.pyfunc.log_model` copies them), the
-    run lists it as an output, and `metrics` are logged to the run with its id, so the model's page and
-    the experiment's Models tab show them. Client calls only: thread-safe, no active run needed."""
-    client = settings.client()
-    run = client.get_run(run_id)
-    logged = client.create_logged_model(
-        run.info.experiment_id,
-        name=logged_model_name(run.info.run_name),
-        source_run_id=run_id,
-        tags={**source_tags(), **(tags or {})},
-        params=dict(run.data.params),
-        model_type=MODEL_TYPE,
-    )
-    try:
-        with signals_held():
-            client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
-        log_model_metrics(settings, run_id, logged.model_id, metrics or {})
-        with tempfile.TemporaryDirectory() as tmp:
-            target = Path(tmp) / "model"
-            ids = Model(
-                artifact_path=logged.artifact_location,
-                model_uuid=logged.model_id,
-                run_id=run_id,
-                model_id=logged.model_id,
-            )
-            save_pyfunc(target, model_dir, example_texts, ids)
-            client.log_model_artifacts(logged.model_id, str(target))
-    except BaseException:
-        with suppress(MlflowException):  # the upload's own error is the one to report
-            client.finalize_logged_model(logged.model_id, "FAILED")
-        raise
-    with signals_held():
-        return client.finalize_logged_model(logged.model_id, "READY")
-
-
-def log_model_metrics(
-    settings: TrackingSettings, run_id: str, model_id: str, metrics: dict[str, float]
-) -> None:
-    """`metrics` on the run (for MLflow's compare view and `bitune compare`) and on the logged model."""
-    now = int(time.time() * 1000)
-    items = [Metric(k, float(v), now, 0, model_id=model_id) for k, v in metrics.items()]
-    with signals_held():
-        for i in range(0, len(items), MAX_BATCH):
-            settings.client().log_batch(run_id, metrics=items[i : i + MAX_BATCH])
-
-
-_PROCESS_URI = threading.Lock()
-
-
-@contextmanager
-def process_tracking_uri(uri: str) -> Iterator[None]:
-    """The process-wide tracking URI pointed at `uri` for the duration, when the store is a local one.
-
-    MLflow's SQL registry looks up a `models:/<model_id>` source through `MlflowClient()`, the process's
-    tracking URI, not the calling client's (a TODO in `mlflow/store/model_registry/sqlalchemy_store.py`):
-    from any folder but the project it found no such model, in an empty `mlflow.db` it created there.
-    A tracking server resolves the source against its own store and needs nothing. Restored after,
-    environment variable included; bitune itself never reads the process-wide URI.
-    """
-    from mlflow.tracking._tracking_service import utils as tracking_utils
-
-    if uri.startswith(("http://", "https://")) or mlflow.get_tracking_uri() == uri:
-        yield
-        return
-    with _PROCESS_URI:
-        explicit = tracking_utils._tracking_uri
-        env = os.environ.get("MLFLOW_TRACKING_URI")
-        mlflow.set_tracking_uri(uri)
-        try:
-            yield
-        finally:
-            mlflow.set_tracking_uri(explicit)  # type: ignore[arg-type]  # None: back to env / default
-            if env is None:
-                os.environ.pop("MLFLOW_TRACKING_URI", None)
-            else:
-                os.environ["MLFLOW_TRACKING_URI"] = env
-
-
-def link_version_to_model(settings: TrackingSettings, model_id: str, name: str, version: str) -> None:
-    """The logged model's `mlflow.modelVersions` tag, which its page reads to list the registered
-    versions; `mlflow.register_model` writes it client-side, a tracking server on its own."""
-    client = settings.client()
-    current = client.get_logged_model(model_id).tags.get(MLFLOW_MODEL_VERSIONS)
-    listed = json.loads(current) if current else []
-    entry = {"name": name, "version": str(version)}
-    if entry not in [{"name": e.get("name"), "version": str(e.get("version"))} for e in listed]:
-        client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps([*listed, entry])})
-
-
-@dataclass(frozen=True)
-class ChampionOnTest:
-    """The champion as the gate sees it on this run's test split."""
-
-    version: str | None = None  # None: the registry has no champion yet
-    scores: dict[str, float] | None = None  # None: not scored (other labels, or no unseen rows to score)
-    rows: GateRows | None = None  # which test rows it is compared on; None when labels differ
-
-
-def score_test_rows(
-    loaded: tuple[BituneClassifier, PreTrainedTokenizerBase, ClassifierMeta],
-    test: pd.DataFrame,
-    params: Params,
-    progress: bool = True,
-) -> dict[str, float]:
-    """A saved model's test scores on `test`'s text, encoded with its own settings: the one code path
-    for both sides of the gate whenever it compares on a subset of the rows (and of `bitune promote`'s
-    re-score, which keeps the terminal to its own lines: `progress` False)."""
-    model, tokenizer, meta = loaded
-    ctx = PhaseContext(
-        accelerator=make_accelerator(params.train),
-        groups=resolve_layer_groups(model.backbone),
-        pretrained={},  # inference only: nothing is anchored
-        eval_batch_size=params.train.eval_batch_size,
-        progress=progress,
-    )
-    logits = score_texts(model, tokenizer, meta, test["text"].tolist(), ctx)
-    return named_metrics(logits, label_ids(meta, test["label"].tolist()), meta.labels)
 
 
 def champion_metrics(
@@ -309,41 +90,6 @@ def champion_metrics(
     return ChampionOnTest(champion_version, scores, rows)
 
 
-def challenger_metrics(
-    evaluation: Evaluation, model_dir: Path, params: Params, prepared: PreparedData, rows: GateRows
-) -> dict[str, float]:
-    """The challenger's scores on the rows the champion is compared on: its evaluation when that is
-    all of them, else a re-score of the same rows through the champion's code path."""
-    if not rows.excluded:
-        return evaluation.metrics
-    test = pd.read_parquet(prepared.split_file("test"))
-    scores = score_test_rows(load_classifier(model_dir), test[rows.keep], params)
-    if CKA in evaluation.metrics:  # measured on the probe texts, not the test rows
-        scores[CKA] = evaluation.metrics[CKA]
-    return scores
-
-
-def gate(
-    evaluation: Evaluation,
-    model_dir: Path,
-    params: Params,
-    prepared: PreparedData,
-    champion: ChampionOnTest,
-    challenger_version: str,
-) -> GateDecision:
-    """The gate's decision, with both models scored on the same rows, none of them seen by the champion."""
-    rules = params.registry
-    if champion.version is None:
-        return decide(evaluation.metrics, None, rules)
-    if champion.rows is None:
-        return GateDecision(False, ["champion has a different label set; promote manually with --force"])
-    problem = champion.rows.problem(rules.metric, challenger_version)
-    if problem is not None or champion.scores is None:
-        return GateDecision(False, [problem or "the champion could not be scored"])
-    challenger = challenger_metrics(evaluation, model_dir, params, prepared, champion.rows)
-    return champion.rows.annotate(decide(challenger, champion.scores, rules))
-
-
 def set_champion(
     settings: TrackingSettings,
     name: str,
@@ -355,29 +101,6 @@ def set_champion(
     """The gate's promotion: `champion` to `version` in one alias write, the previous one kept for
     rollback and the move in the champion history."""
     move_champion(settings.client(), name, str(version), previous, REGISTRATION, reason, run_id)
-
-
-SHOWN_SCORES = ("test/accuracy", "test/macro_f1", "test/ece", "test/loss", CKA)
-
-
-def registration_text(
-    name: str, version: str, decision: GateDecision, metrics: dict[str, float], data_md5: str
-) -> str:
-    """The gate's decision and the test scores in Markdown: what the run page and the model version
-    page show first, instead of a tag among dozens."""
-    outcome = "promoted to **champion**" if decision.promote else "kept as **challenger**"
-    scores = [f"| {key} | {metrics[key]:.4f} |" for key in SHOWN_SCORES if key in metrics]
-    return "\n".join(
-        [
-            f"{name} version {version}, {outcome} at registration (data version `{data_md5}`).",
-            "",
-            f"Gate: {'; '.join(decision.reasons)}",
-            "",
-            "| test score | value |",
-            "|---|---|",
-            *scores,
-        ]
-    )[:5000]
 
 
 def describe(
@@ -438,7 +161,13 @@ def register_fn(
             )
         link_version_to_model(settings, logged.model_id, rules.model_name, str(mv.version))
         client.set_registered_model_alias(rules.model_name, CHALLENGER, mv.version)
-        decision = gate(evaluation, Path(model_dir), params, prepared, champion, str(mv.version))
+        decision = decide_at_registration(
+            evaluation.metrics,
+            champion,
+            rules,
+            str(mv.version),
+            lambda rows: challenger_metrics(evaluation.metrics, Path(model_dir), params, prepared, rows),
+        )
         for key, value in evaluation.metrics.items():
             if key in (rules.metric, "test/accuracy", "test/macro_f1", CKA):
                 client.set_model_version_tag(rules.model_name, mv.version, key, f"{value:.6f}")

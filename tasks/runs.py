@@ -6,7 +6,6 @@ run's has nothing new to learn.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -17,43 +16,22 @@ from prefect import task
 from prefect.exceptions import TerminationSignal
 from prefect.runtime import flow_run
 
-from bitune.data.splits import SPLIT_METHOD
+from bitune.data.prepared import PreparedData
 from bitune.device import check_device
 from bitune.errors import TrackingError
 from bitune.forgetting import check_probe_file, probe_path
-from bitune.model.content_digest import pretrained_content_digest
 from bitune.model.pretrained import check_strategy_fits_model
 from bitune.params import Params
 from bitune.params.folders import check_writable_folders
+from bitune.pipeline import pipeline_dir
 from bitune.tuning.model_fit import check_params_fit_model
 from tasks import tracking
 from tasks.data import DataVersion, warn_remote_credentials
 from tasks.phase_launch import check_launch_args
-from tasks.preprocess import PreparedData, check_model
+from tasks.preprocess import check_model
 from tasks.tracking import TrackingSettings
-from tasks.tuning import pipeline_dir
 
 log = logging.getLogger("bitune")
-
-
-def pipeline_key(data_md5: str, params: Params, columns: tuple[str, str] | None = None) -> str:
-    """What a trained model is a function of: the data version, the params that shape training
-    (`Params.digest`), the pretrained model's files (`model.name_or_path` names a folder, which can be
-    overwritten in place with other weights), and how rows are split (a new split method must not
-    resume phases trained on another split).
-
-    `columns`: the data/ columns the run reads (`DataVersion.columns`). They stand in for
-    `data.text_column`/`data.label_column`, which name the source's columns: a plain run after
-    `--data f.tsv --set data.text_column=sentence` reads the same rows of data/ by `text`, and
-    must find that run instead of training the same model again.
-    """
-    if columns is not None:
-        text_column, label_column = columns
-        data = params.data.model_copy(update={"text_column": text_column, "label_column": label_column})
-        params = params.model_copy(update={"data": data})
-    pretrained = pretrained_content_digest(params.model)
-    digest = hashlib.sha256(f"{params.digest()}-{pretrained}-{SPLIT_METHOD}".encode()).hexdigest()[:16]
-    return f"{data_md5.removesuffix('.dir')[:12]}-{digest}"
 
 
 def preflight_fn(settings: TrackingSettings, params: Params, root: Path) -> None:

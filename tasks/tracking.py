@@ -309,10 +309,12 @@ def log_metrics(
     metrics: dict[str, float],
     step: int = 0,
     synchronous: bool = True,
+    model_id: str | None = None,
 ) -> None:
-    """One batched call; `synchronous=False` (per-step metrics) queues it so training never waits."""
+    """One batched call; `synchronous=False` (per-step metrics) queues it so training never waits.
+    `model_id`: the metrics belong to that logged model too, whose page shows them."""
     now = int(time.time() * 1000)
-    items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+    items = [Metric(k, float(v), now, step, model_id=model_id) for k, v in metrics.items()]
     with signals_held():
         for i in range(0, len(items), MAX_BATCH):
             settings.client().log_batch(run_id, metrics=items[i : i + MAX_BATCH], synchronous=synchronous)

@@ -17,11 +17,12 @@ from conftest import REPO, make_project, tiny_overrides
 from project_state import data_state
 
 from bitune.data.demo import make_demo_frame
+from bitune.data.prepared import PreparedData
 from bitune.errors import ModelError, ParamsError, TrackingError
 from bitune.params import DataParams, ModelParams, load_params
 from tasks import dvc_store
 from tasks.data import DataVersion, version_data_fn
-from tasks.preprocess import PreparedData, check_model
+from tasks.preprocess import check_model
 from tasks.tracking import TrackingSettings
 
 # --- the flow checks the folders it writes, before the data step ----------------------------------

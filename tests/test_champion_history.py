@@ -18,10 +18,10 @@ from conftest import make_project
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
+from bitune.champion_moves import MAX_TEXT, MOVE_PREFIX, MOVES_HEADING, ChampionMove
 from bitune.params import load_params
 from flows.cli import app
 from tasks import tracking
-from tasks.champion_moves import MAX_TEXT, MOVE_PREFIX, MOVES_HEADING, ChampionMove, with_move_line
 from tasks.promotion import promote, rollback
 from tasks.registry import set_champion
 from tasks.tracking import TrackingSettings
@@ -170,11 +170,6 @@ def test_long_reasons_and_many_moves_stay_within_mlflows_limits(registry: Regist
         text = client.get_model_version(NAME, version).description
         assert len(text) <= MAX_TEXT
         assert text.startswith(f"{NAME} version {version}, kept as **challenger** at registration.")
-    # the newest line is the one kept
-    assert with_move_line("head", "new").endswith("\n- new")
-    crowded = with_move_line("head", "x" * 4970)
-    assert len(crowded) <= MAX_TEXT and crowded.endswith("x")
-    assert with_move_line(crowded, "newest") == f"head\n\n{MOVES_HEADING}\n- newest"
 
 
 def test_bitune_history_lists_the_moves(registry: Registry) -> None:

@@ -1,6 +1,6 @@
 """data.label_conflicts, for real: the data step versions every row as the source has it, and
 preprocessing drops the rows of texts with more than one label before splitting (a real DVC repo,
-`version_data_fn` then `preprocess_fn` on a tiny BERT's tokenizer)."""
+`version_data_fn` then `prepare_splits` on a tiny BERT's tokenizer)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ import pytest
 from conftest import REPO, make_project, tiny_overrides
 
 from bitune.data.demo import make_demo_frame
+from bitune.data.prepare_splits import prepare_splits
+from bitune.data.prepared import SPLITS
 from bitune.errors import DataError
 from bitune.params import load_params
 from tasks.data import version_data_fn
-from tasks.preprocess import SPLITS, preprocess_fn
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +50,7 @@ def test_drop_keeps_the_data_version_whole_and_drops_the_rows_before_splitting(
     params = load_params(REPO / "params" / "default.yaml", [*base, "data.label_conflicts=drop"])
     with caplog.at_level(logging.WARNING, logger="bitune"):
         version = version_data_fn(params.data, root)
-        prepared = preprocess_fn(params, version.md5, root)
+        prepared = prepare_splits(params, version.md5, root)
     assert version.stats["rows"] == 123 and version.stats["conflicting_texts"] == 2
     stored = pd.read_csv(root / "data" / "reviews.csv")
     assert len(stored) == 123 and (stored["text"] == thrice).sum() == 3  # the version keeps every row
@@ -59,5 +60,5 @@ def test_drop_keeps_the_data_version_whole_and_drops_the_rows_before_splitting(
     assert "their 5 rows are dropped before splitting (data.label_conflicts: drop)" in caplog.text
     assert "dropped 5 rows of 2 texts with more than one label" in caplog.text
 
-    kept = preprocess_fn(params.model_copy(update={"data": refused.data}), version.md5, root)
+    kept = prepare_splits(params.model_copy(update={"data": refused.data}), version.md5, root)
     assert kept.key != prepared.key and sum(kept.sizes.values()) == 123  # all rows: another folder

@@ -47,10 +47,7 @@ def test_label_map_sorted_by_default_or_in_the_given_order() -> None:
     assert found.labels == ("negative", "positive")
     given = LabelMap.from_frames(FRAMES, ["positive", "negative"])
     assert given.id_of("positive") == 0 and given.label_of(1) == "negative"
-    assert given.to_dict() == {
-        "id2label": {0: "positive", 1: "negative"},
-        "label2id": {"positive": 0, "negative": 1},
-    }
+    assert given.labels == ("positive", "negative")
     with pytest.raises(DataError, match="'neutral' is not one of"):
         found.id_of("neutral")
     with pytest.raises(DataError, match="label id 2 is out of range"):

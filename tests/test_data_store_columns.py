@@ -6,8 +6,8 @@ from pathlib import Path
 
 from bitune.data.sources import STORED_COLUMNS, columns_in_store
 from bitune.params import load_params
+from bitune.pipeline import pipeline_key
 from tasks.data import version_data_fn
-from tasks.runs import pipeline_key
 
 REPO = Path(__file__).resolve().parents[1]
 

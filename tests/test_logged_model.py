@@ -25,14 +25,16 @@ from mlflow.tracking import MlflowClient
 from test_registry_champion import direct_scores, saved_classifier
 
 from bitune.data.demo import make_demo_frame
+from bitune.data.prepare_splits import prepare_splits
+from bitune.data.prepared import PreparedData
 from bitune.data.seen import split_digest
 from bitune.model.classifier import load_classifier
 from bitune.params import Params, load_params
 from tasks import tracking
 from tasks.evaluate import Evaluation
-from tasks.preprocess import PreparedData, preprocess_fn
+from tasks.logged_model import log_model, save_pyfunc
 from tasks.promotion import DATA_VERSION, TEST_SPLIT, download_classifier, promote, rollback
-from tasks.registry import champion_metrics, log_model, register_fn, save_pyfunc
+from tasks.registry import champion_metrics, register_fn
 from tasks.tracking import TrackingSettings
 
 NAME = "bitune-classifier"
@@ -90,7 +92,7 @@ def store(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path) -> Stor
     make_demo_frame(80, 0).to_csv(root / "data" / "reviews.csv", index=False)
     params = load_params(REPO / "params" / "default.yaml", [f"model.name_or_path={tiny_bert_dir}"])
     settings = TrackingSettings(f"sqlite:///{root / 'mlflow.db'}", "bitune", (root / "mlartifacts").as_uri())
-    prepared = preprocess_fn(params, MD5, root)
+    prepared = prepare_splits(params, MD5, root)
     models = {v: saved_classifier(params, prepared, root / f"model-{v}", seed=int(v)) for v in ("1", "2")}
     runs = {"1": register_the_old_way(settings, params, prepared, models["1"])}
 

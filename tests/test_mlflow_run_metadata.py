@@ -18,14 +18,16 @@ from conftest import REPO
 from mlflow.tracking import MlflowClient
 
 from bitune.data.demo import make_demo_frame
+from bitune.data.prepare_splits import prepare_splits
+from bitune.data.prepared import PreparedData
 from bitune.model.classifier import ClassifierMeta, load_tokenizer, save_classifier
 from bitune.model.pretrained import build_model
 from bitune.params import Params, load_params
 from tasks import tracking
 from tasks.data import DataVersion
 from tasks.evaluate import Evaluation
-from tasks.preprocess import PreparedData, preprocess_fn
-from tasks.registry import pip_requirements, public_version, register_fn
+from tasks.logged_model import pip_requirements, public_version
+from tasks.registry import register_fn
 from tasks.runs import open_parent_run_fn
 from tasks.tracking import TrackingSettings
 
@@ -60,7 +62,7 @@ def registered(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path) ->
     make_demo_frame(80, 0).to_csv(root / "data" / "reviews.csv", index=False)
     params = load_params(REPO / "params" / "default.yaml", [f"model.name_or_path={tiny_bert_dir}"])
     settings = TrackingSettings(f"sqlite:///{root / 'mlflow.db'}", "bitune", (root / "mlartifacts").as_uri())
-    prepared = preprocess_fn(params, MD5, root)
+    prepared = prepare_splits(params, MD5, root)
     runs = []
     for seed, scores in ((1, {"test/macro_f1": 0.8, "test/accuracy": 0.81}), (2, {"test/macro_f1": 0.7})):
         model_dir = saved_classifier(params, prepared, root / f"model-{seed}", seed)

@@ -10,11 +10,11 @@ import pandas as pd
 from conftest import REPO, tiny_overrides
 
 from bitune.data.demo import make_demo_frame
+from bitune.data.prepare_splits import prepare_splits
 from bitune.data.seen import seen_text_keys, text_key_fingerprints
 from bitune.model.classifier import load_seen_text_keys
 from bitune.params import load_params
-from tasks.preprocess import preprocess_fn
-from tasks.tuning import tune_phase_fn
+from bitune.tuning.train_phase import scheduled_phase, train_phase
 
 
 def test_a_trained_phase_records_its_train_and_validation_texts(tmp_path: Path, tiny_bert_dir: Path) -> None:
@@ -23,8 +23,8 @@ def test_a_trained_phase_records_its_train_and_validation_texts(tmp_path: Path, 
     params = load_params(
         REPO / "params" / "default.yaml", [*tiny_overrides(tiny_bert_dir), "strategy.phases.0.epochs=1"]
     )
-    prepared = preprocess_fn(params, "md5-of-the-data", tmp_path)
-    output = tune_phase_fn(params, prepared, 0, None, tmp_path, "pipeline", None, None)
+    prepared = prepare_splits(params, "md5-of-the-data", tmp_path)
+    output = train_phase(params, prepared, scheduled_phase(params, 0), None, tmp_path, "pipeline")
 
     keys = load_seen_text_keys(Path(output.model_dir))
     split = {

@@ -128,17 +128,17 @@ def test_a_warmup_past_the_bottom_phase_is_refused_by_the_data_step_before_any_p
     from conftest import tiny_overrides
 
     from bitune.data.demo import make_demo_frame
-    from tasks.preprocess import preprocess_fn
+    from bitune.data.prepare_splits import prepare_splits
 
     (tmp_path / "data").mkdir()
     make_demo_frame(120, 0).to_csv(tmp_path / "data" / "reviews.csv", index=False)
     overrides = tiny_overrides(tiny_bert_dir)
-    preprocess_fn(load_params(REPO / "params/default.yaml", overrides), "md5", tmp_path)
+    prepare_splits(load_params(REPO / "params/default.yaml", overrides), "md5", tmp_path)
     params = load_params(REPO / "params/default.yaml", [*overrides, "strategy.phases.1.warmup=1000"])
     with pytest.raises(
         ParamsError, match=r"^strategy phase 'bottom': warmup 1000 steps, but the phase takes \d+;"
     ):
-        preprocess_fn(params, "md5", tmp_path)
+        prepare_splits(params, "md5", tmp_path)
 
 
 def test_a_database_store_that_is_down_is_said_in_seconds_not_after_mlflows_retries() -> None:

@@ -58,7 +58,7 @@ def test_the_pipeline_key_changes_when_the_model_folder_is_overwritten(
     from tiny_models import save_tiny_bert
 
     from bitune.params import load_params
-    from tasks.runs import pipeline_key
+    from bitune.pipeline import pipeline_key
 
     folder = tmp_path / "m"
     shutil.copytree(tiny_bert_dir, folder)

@@ -24,6 +24,8 @@ from test_registry_champion import saved_classifier
 from typer.testing import CliRunner
 
 from bitune.data.demo import make_demo_frame
+from bitune.data.prepare_splits import prepare_splits
+from bitune.data.prepared import PREPARED, PreparedData
 from bitune.data.splits import split_key
 from bitune.evaluation.metrics import summary_metrics
 from bitune.model.classifier import load_classifier
@@ -32,8 +34,6 @@ from bitune.promotion import StoredScores, needs_rescore
 from flows.cli import app
 from tasks import tracking
 from tasks.evaluate import Evaluation
-from tasks.preprocess import PreparedData, preprocess_fn
-from tasks.promotion import PREPARED
 from tasks.registry import register_fn
 from tasks.tracking import TrackingSettings
 
@@ -115,7 +115,7 @@ def project(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path) -> Pr
     params_a = load_params(params_file)
     params_b = load_params(params_file, ["data.split.seed=1"])  # a re-split: other test rows
     settings = TrackingSettings.from_params(params_a.tracking, root)
-    split_a, split_b = preprocess_fn(params_a, MD5, root), preprocess_fn(params_b, MD5, root)
+    split_a, split_b = prepare_splits(params_a, MD5, root), prepare_splits(params_b, MD5, root)
     model_a = saved_classifier(
         params_a, split_a, root / "a", seed=1, seen_texts=texts_of(split_a, "train", "validation")
     )
@@ -308,7 +308,7 @@ def test_logging_a_model_version_prints_no_mlflow_info_line(project: Project) ->
 
     from mlflow.entities import LoggedModelStatus
 
-    from tasks.registry import log_model
+    from tasks.logged_model import log_model
 
     records: list[logging.LogRecord] = []
     handler = logging.Handler(logging.DEBUG)

@@ -4,14 +4,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from bitune.errors import ParamsError
 from bitune.evaluation.metrics import named_metrics
 from bitune.evaluation.report import evaluate_predictions
+from bitune.evaluation.unseen import GateRows
 from bitune.params import GATE_METRICS, RegistryParams, load_params
-from bitune.promotion import StoredScores, decide, decide_on_stored_scores
+from bitune.promotion import (
+    ChampionOnTest,
+    GateDecision,
+    StoredScores,
+    decide,
+    decide_at_registration,
+    decide_on_stored_scores,
+    registration_text,
+)
 
 F1, CKA = "test/macro_f1", "test/cka_to_pretrained"
 DEFAULTS = Path(__file__).resolve().parents[1] / "params" / "default.yaml"
@@ -217,3 +227,65 @@ def test_stored_scores_on_different_label_sets_do_not_compare() -> None:
     ]
     same = StoredScores("3", scores(0.9) | {"test/support/neg": 4, "test/support/pos": 6})
     assert decide_on_stored_scores(same, old, RULES).promote
+
+
+def rows(keep: list[bool], labels: list[str] | None = None, recorded: bool = True) -> GateRows:
+    return GateRows(np.array(keep), tuple(labels or ["neg", "pos"] * (len(keep) // 2)), recorded)
+
+
+def never_rescored(rows: GateRows) -> dict[str, float]:
+    raise AssertionError("the challenger was re-scored when nothing could be compared")
+
+
+def test_registration_gate_promotes_the_first_version_without_scoring_again() -> None:
+    decision = decide_at_registration(scores(0.1), ChampionOnTest(), RULES, "1", never_rescored)
+    assert decision.promote and decision.reasons == ["no champion yet"]
+
+
+def test_registration_gate_keeps_a_champion_with_other_labels() -> None:
+    decision = decide_at_registration(scores(0.9), ChampionOnTest("1"), RULES, "2", never_rescored)
+    assert not decision.promote
+    assert decision.reasons == ["champion has a different label set; promote manually with --force"]
+
+
+def test_registration_gate_refuses_when_the_champion_saw_every_test_row() -> None:
+    champion = ChampionOnTest("1", None, rows([False, False, False, False]))
+    decision = decide_at_registration(scores(0.9), champion, RULES, "2", never_rescored)
+    assert not decision.promote
+    assert decision.reasons[0].startswith("all 4 test rows were in the champion's training data")
+    assert decision.reasons[0].endswith("or promote manually with `bitune promote 2 --force`")
+
+
+def test_registration_gate_compares_the_challenger_on_the_champions_unseen_rows() -> None:
+    unseen = rows([True, True, False, True])
+    asked: list[GateRows] = []
+
+    def on(rows: GateRows) -> dict[str, float]:
+        asked.append(rows)
+        return scores(0.70)  # on the unseen rows only: worse than on the whole split
+
+    champion = ChampionOnTest("1", scores(0.75), unseen)
+    decision = decide_at_registration(scores(0.90), champion, RULES, "2", on)
+    assert asked == [unseen]
+    assert not decision.promote
+    assert decision.reasons[0] == "compared on 3 of 4 test rows: 1 was in the champion's training data"
+    assert "0.7000 vs champion 0.7500" in decision.reasons[1]
+
+
+def test_registration_text_leads_with_the_decision_and_lists_the_shown_scores() -> None:
+    metrics = scores(0.8123, cka=0.95) | {"test/loss": 0.4, "test/support/neg": 10.0}
+    text = registration_text("clf", "3", GateDecision(True, ["a", "b"]), metrics, "abc123")
+    assert text.splitlines() == [
+        "clf version 3, promoted to **champion** at registration (data version `abc123`).",
+        "",
+        "Gate: a; b",
+        "",
+        "| test score | value |",
+        "|---|---|",
+        "| test/accuracy | 0.8123 |",
+        "| test/macro_f1 | 0.8123 |",
+        "| test/loss | 0.4000 |",
+        "| test/cka_to_pretrained | 0.9500 |",
+    ]
+    kept = registration_text("clf", "4", GateDecision(False, ["x" * 6000]), {}, "abc123")
+    assert "kept as **challenger**" in kept and len(kept) == 5000  # MLflow's description limit

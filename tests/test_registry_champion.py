@@ -24,6 +24,8 @@ from mlflow.tracking import MlflowClient
 from transformers import BertConfig, BertModel, BertTokenizerFast
 
 from bitune.data.demo import make_demo_frame
+from bitune.data.prepare_splits import prepare_splits
+from bitune.data.prepared import PreparedData
 from bitune.errors import TrackingError
 from bitune.evaluation.metrics import summary_metrics
 from bitune.model.classifier import ClassifierMeta, load_classifier, load_tokenizer, save_classifier
@@ -31,7 +33,6 @@ from bitune.model.pretrained import build_model
 from bitune.params import Params, load_params
 from tasks import tracking
 from tasks.evaluate import Evaluation
-from tasks.preprocess import PreparedData, preprocess_fn
 from tasks.registry import champion_metrics, register_fn
 from tasks.tracking import TrackingSettings
 
@@ -143,8 +144,8 @@ def store(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path) -> Stor
         experiment="bitune",
         artifact_location=(root / "mlartifacts").as_uri(),
     )
-    prepared_a = preprocess_fn(params_a, "md5-of-the-data", root)
-    prepared_b = preprocess_fn(params_b, "md5-of-the-data", root)
+    prepared_a = prepare_splits(params_a, "md5-of-the-data", root)
+    prepared_b = prepare_splits(params_b, "md5-of-the-data", root)
     champion_dir = saved_classifier(params_a, prepared_a, root / "champion", seed=1)
     challenger_dir = saved_classifier(params_b, prepared_b, root / "challenger", seed=2)
     built = Store(root, settings, params_a, params_b, prepared_b, champion_dir, challenger_dir)

@@ -107,7 +107,7 @@ def test_pyfunc_predicts_as_the_training_path(
 
 
 def test_served_model_imports_without_datasets() -> None:
-    """The served model's requirements (tasks/registry.py) do not include `datasets`."""
+    """The served model's requirements (tasks/logged_model.py) do not include `datasets`."""
     code = (
         "import sys; import runpy; runpy.run_path(sys.argv[1]); "
         "from bitune.data.preprocess import normalise_texts; "

@@ -11,9 +11,9 @@ import pytest
 from conftest import REPO, tiny_overrides
 
 from bitune.data.demo import make_demo_frame
+from bitune.data.prepare_splits import prepare_splits
 from bitune.model.source import VOCAB_FILES, tokenizer_files_identity
 from bitune.params import ModelParams, load_params
-from tasks.preprocess import preprocess_fn
 
 
 def test_a_tokenizer_replaced_in_place_gets_a_new_tokenization(tmp_path: Path, tiny_bert_dir: Path) -> None:
@@ -22,8 +22,8 @@ def test_a_tokenizer_replaced_in_place_gets_a_new_tokenization(tmp_path: Path, t
     (tmp_path / "data").mkdir()
     make_demo_frame(40, 0).to_csv(tmp_path / "data" / "reviews.csv", index=False)
     params = load_params(REPO / "params" / "default.yaml", tiny_overrides(model_dir))
-    first = preprocess_fn(params, "md5-of-the-data", tmp_path)
-    again = preprocess_fn(params, "md5-of-the-data", tmp_path)
+    first = prepare_splits(params, "md5-of-the-data", tmp_path)
+    again = prepare_splits(params, "md5-of-the-data", tmp_path)
     assert again.folder == first.folder  # nothing changed: the same tokenization is reused
 
     vocab = model_dir / "vocab.txt"
@@ -31,7 +31,7 @@ def test_a_tokenizer_replaced_in_place_gets_a_new_tokenization(tmp_path: Path, t
     vocab.write_text("\n".join([*words[:-1], "replacedtoken"]) + "\n")
     stat = vocab.stat()
     os.utime(vocab, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
-    after = preprocess_fn(params, "md5-of-the-data", tmp_path)
+    after = prepare_splits(params, "md5-of-the-data", tmp_path)
     assert after.folder != first.folder
 
 

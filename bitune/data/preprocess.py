@@ -24,9 +24,11 @@ if TYPE_CHECKING:
     import datasets
 
 # `datasets` is imported where it is used: the served model imports `normalise_texts` from here and
-# ships without it (tasks/registry.py SERVING_REQUIREMENTS).
+# ships without it (tasks/logged_model.py SERVING_REQUIREMENTS).
 
 CACHE_FORMAT = 1  # bump when the columns or their meaning change: old caches then miss
+# The tokenized cache's label map, in id order: a hit needs the same one (`_is_hit`). The only label
+# file of a prepared folder; the model's labels travel in its own `bitune.json`.
 LABELS_FILE = "label_map.json"
 
 
@@ -60,13 +62,6 @@ class LabelMap:
                 f"label id {i} is out of range 0..{len(self.labels) - 1} for labels {list(self.labels)}"
             )
         return self.labels[i]
-
-    def to_dict(self) -> dict[str, dict[Any, Any]]:
-        """The shape of a transformers config's id2label/label2id."""
-        return {
-            "id2label": dict(enumerate(self.labels)),
-            "label2id": {lab: i for i, lab in enumerate(self.labels)},
-        }
 
     @classmethod
     def from_frames(cls, frames: dict[str, pd.DataFrame], labels: list[str] | None) -> LabelMap:

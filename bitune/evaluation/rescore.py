@@ -9,16 +9,24 @@ champion reads the split's text and encodes it with what its own `bitune.json` r
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from bitune.data.prepared import PreparedData
 from bitune.data.preprocess import normalise_texts
+from bitune.device import make_accelerator
 from bitune.errors import DataError
-from bitune.model.classifier import BituneClassifier, ClassifierMeta
+from bitune.evaluation.metrics import named_metrics
+from bitune.evaluation.unseen import GateRows
+from bitune.model.classifier import BituneClassifier, ClassifierMeta, load_classifier
+from bitune.params import Params
+from bitune.promotion import CKA
 from bitune.tuning.phase import PhaseContext, predict_logits
+from bitune.tuning.phase_context import inference_context
 
 
 def encode_texts(
@@ -62,3 +70,32 @@ def score_texts(
     """Logits for `texts` in order, batched and autocast exactly as the evaluation of a new model."""
     model.to(ctx.accelerator.device)
     return predict_logits(model, encode_texts(tokenizer, meta, texts), ctx, tokenizer.pad_token_id or 0)
+
+
+def score_test_rows(
+    loaded: tuple[BituneClassifier, PreTrainedTokenizerBase, ClassifierMeta],
+    test: pd.DataFrame,
+    params: Params,
+    progress: bool = True,
+) -> dict[str, float]:
+    """A saved model's test scores on `test`'s text, encoded with its own settings: the one code path
+    for both sides of the gate whenever it compares on a subset of the rows (and of `bitune promote`'s
+    re-score, which keeps the terminal to its own lines: `progress` False)."""
+    model, tokenizer, meta = loaded
+    ctx = inference_context(make_accelerator(params.train), model, params.train.eval_batch_size, progress)
+    logits = score_texts(model, tokenizer, meta, test["text"].tolist(), ctx)
+    return named_metrics(logits, label_ids(meta, test["label"].tolist()), meta.labels)
+
+
+def challenger_metrics(
+    evaluated: dict[str, float], model_dir: Path, params: Params, prepared: PreparedData, rows: GateRows
+) -> dict[str, float]:
+    """The challenger's scores on the rows the champion is compared on: its evaluation (`evaluated`)
+    when that is all of them, else a re-score of the same rows through the champion's code path."""
+    if not rows.excluded:
+        return evaluated
+    test = pd.read_parquet(prepared.split_file("test"))
+    scores = score_test_rows(load_classifier(model_dir), test[rows.keep], params)
+    if CKA in evaluated:  # measured on the probe texts, not the test rows
+        scores[CKA] = evaluated[CKA]
+    return scores

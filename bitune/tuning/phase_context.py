@@ -14,7 +14,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from bitune.model.classifier import BituneClassifier
-from bitune.model.layer_groups import LayerGroups
+from bitune.model.layer_groups import LayerGroups, resolve_layer_groups
 from bitune.params import PhaseSpec
 from bitune.tuning.averaging import WeightAverage
 from bitune.tuning.batching import length_grouped_batches, pad_batch
@@ -81,6 +81,20 @@ class PhaseResult:
     def entry(self, epoch: int) -> dict[str, float]:
         """The history entry of `epoch` (empty when that epoch never ran)."""
         return next((h for h in self.history if int(h["epoch"]) == epoch), {})
+
+
+def inference_context(
+    accelerator: Accelerator, model: BituneClassifier, eval_batch_size: int, progress: bool = True
+) -> PhaseContext:
+    """The context for scoring a saved model (evaluation, the gate's re-scores): inference only, so
+    nothing is anchored and no pretrained weights, checkpoints or hooks are needed."""
+    return PhaseContext(
+        accelerator=accelerator,
+        groups=resolve_layer_groups(model.backbone),
+        pretrained={},
+        eval_batch_size=eval_batch_size,
+        progress=progress,
+    )
 
 
 def labels_of(rows: Rows) -> torch.Tensor:
