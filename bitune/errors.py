@@ -6,6 +6,13 @@ prints that line and exits non-zero, and the traceback goes to the log only.
 """
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """What a library said, fit for quoting in a one-line error: its first line, cut at `limit`
+    characters (an HTTP error can carry a whole page); the exception's type when it said nothing."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+
+
 class BituneError(Exception):
     """A problem the user can fix; `str(error)` is the one-line message shown to them."""
 

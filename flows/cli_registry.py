@@ -297,7 +297,7 @@ def ui(
 
         _, settings = load_settings(project, params)
         ensure_store(settings)
-    if settings.uri.startswith(("http://", "https://")):
+    if settings.is_server:
         console.print(
             f"Tracking goes to the MLflow server at {redact(settings.uri_setting, settings.uri)}: "
             "open that address in a browser."

@@ -30,7 +30,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 import bitune
 from bitune.model.classifier import load_classifier
 from tasks import tracking
-from tasks.tracking import TrackingSettings, signals_held, source_tags
+from tasks.tracking import TrackingSettings, is_server_uri, signals_held, source_tags
 
 MODEL_TYPE = "bitune-text-classifier"  # the logged model's type: the Models tab can filter on it
 MODEL_CODE = Path(__file__).parent / "serving" / "pyfunc_model.py"
@@ -166,7 +166,7 @@ def process_tracking_uri(uri: str) -> Iterator[None]:
     """
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    if uri.startswith(("http://", "https://")) or mlflow.get_tracking_uri() == uri:
+    if is_server_uri(uri) or mlflow.get_tracking_uri() == uri:
         yield
         return
     with _PROCESS_URI:

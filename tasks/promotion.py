@@ -28,7 +28,7 @@ from mlflow.tracking import MlflowClient
 
 from bitune.champion_moves import PROMOTE, ROLLBACK, ChampionMove
 from bitune.data.prepared import PREPARED
-from bitune.errors import BituneError, TrackingError
+from bitune.errors import BituneError, TrackingError, first_line
 from bitune.evaluation.run_comparison import COMPARED, RunRow
 from bitune.params import Params, redact
 from bitune.promotion import (
@@ -91,7 +91,7 @@ def registry_errors(settings: TrackingSettings) -> Iterator[None]:
         damaged = damaged_store(settings, exc)  # a page past the header: MLflow wraps SQLite's error
         if damaged is not None:
             raise damaged from None
-        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        first = first_line(exc)
         shown = redact(settings.uri_setting, settings.uri)
         if "Max retries exceeded" in first or "Connection refused" in first:
             raise TrackingError(

@@ -24,7 +24,7 @@ from prefect import task
 from bitune.champion_moves import REGISTRATION
 from bitune.data.prepared import PreparedData
 from bitune.data.seen import split_digest
-from bitune.errors import TrackingError
+from bitune.errors import TrackingError, first_line
 from bitune.evaluation.rescore import challenger_metrics, score_test_rows
 from bitune.evaluation.unseen import gate_rows
 from bitune.model.classifier import load_classifier, load_seen_text_keys
@@ -65,7 +65,7 @@ def champion_metrics(
     try:
         champion = get_champion(client, name)
     except MlflowException as exc:
-        first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        first = first_line(exc, 160)
         raise TrackingError(
             f"registry: cannot read the champion of {name} from MLflow at {settings.uri} ({first}); "
             "nothing was registered and the champion is unchanged"
@@ -183,7 +183,7 @@ def register_fn(
         client.set_tag(parent_run_id, "bitune.gate", decision.summary()[:5000])
     except MlflowException as exc:
         raise TrackingError(
-            f"registry: MLflow refused ({str(exc).splitlines()[0][:160]}); the champion is unchanged"
+            f"registry: MLflow refused ({first_line(exc, 160)}); the champion is unchanged"
         ) from None
     version = str(mv.version)
     return Registration(

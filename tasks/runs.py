@@ -48,7 +48,7 @@ def preflight_fn(settings: TrackingSettings, params: Params, root: Path) -> None
     check_device(params.train)  # `cuda` on a machine without one, bf16 on a GPU without it
     check_launch_args(params.train)  # as accelerate launch parses them, when phases are distributed
     check_probe_file(probe_path(params.forgetting.probe_file, root))
-    check_writable_folders(params, root, tracking_server=settings.uri.startswith(("http://", "https://")))
+    check_writable_folders(params, root, tracking_server=settings.is_server)
     warn_remote_credentials(params.data)  # an s3:// remote without AWS credentials, said before the push
     tracking.check_store(settings)  # and the experiment's own artifact folder, fixed when it was created
 

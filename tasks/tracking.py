@@ -27,7 +27,7 @@ from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 from mlflow.utils.file_utils import local_file_uri_to_path
 
-from bitune.errors import BituneError, TrackingError
+from bitune.errors import BituneError, TrackingError, first_line
 from bitune.params import TrackingParams, redact
 from bitune.params.folders import check_writable
 
@@ -35,6 +35,11 @@ PIPELINE_TAG = "bitune.pipeline"
 SOURCE_NAME = "bitune retrain"  # the flow, whether `bitune run` or a Prefect worker started it
 MAX_BATCH = 900
 PREFLIGHT_TIMEOUT_S = 10
+
+
+def is_server_uri(uri: str) -> bool:
+    """A tracking URI that names an MLflow server rather than a local store."""
+    return uri.startswith(("http://", "https://"))
 
 
 @dataclass(frozen=True)
@@ -52,7 +57,7 @@ class TrackingSettings:
         if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
             uri = f"sqlite:///{(root / uri.removeprefix('sqlite:///')).resolve()}"
         artifacts = tracking.artifact_location
-        if artifacts and "://" not in artifacts and not uri.startswith("http"):
+        if artifacts and "://" not in artifacts and not is_server_uri(uri):
             artifacts = (root / artifacts).resolve().as_uri()
         setting = "MLFLOW_TRACKING_URI" if from_env else "tracking.uri"
         # MLflow prints "🏃 View run <name> at: <tracking URI>/#/..." as each run against a server ends:
@@ -60,6 +65,11 @@ class TrackingSettings:
         # links, without. Set here, where every stage gets its store's address, not at import.
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         return cls(uri=uri, experiment=tracking.experiment, artifact_location=artifacts, uri_setting=setting)
+
+    @property
+    def is_server(self) -> bool:
+        """An MLflow tracking server (which keeps artifacts where it is told), not a local store."""
+        return is_server_uri(self.uri)
 
     def client(self) -> MlflowClient:
         return MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
@@ -76,7 +86,7 @@ def tracking_errors(settings: TrackingSettings) -> Iterator[None]:
         damaged = damaged_store(settings, exc)  # MLflow wraps some of SQLite's errors in its own
         if damaged is not None:
             raise damaged from None
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         if "failed with exception" in first or "Max retries exceeded" in first:  # no HTTP answer at all
             raise _unreachable(settings, "no answer") from None
         raise TrackingError(
@@ -113,7 +123,7 @@ def _shown(settings: TrackingSettings) -> str:
 def _unreachable(settings: TrackingSettings, why: str) -> TrackingError:
     fix = (
         "start the server or point tracking.uri / MLFLOW_TRACKING_URI at a running one"
-        if settings.uri.startswith("http")
+        if settings.is_server
         else "check that its folder exists and is writable, or point tracking.uri / MLFLOW_TRACKING_URI "
         "elsewhere"
     )
@@ -240,7 +250,7 @@ def experiment_id(settings: TrackingSettings) -> str:
         found = client.get_experiment_by_name(settings.experiment)
         if found is not None:
             return found.experiment_id
-        location = None if settings.uri.startswith("http") else settings.artifact_location
+        location = None if settings.is_server else settings.artifact_location
         return client.create_experiment(settings.experiment, artifact_location=location)
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from bitune.digest import json_digest
 from bitune.errors import DataError
 from bitune.params import PreprocessParams
 
@@ -94,7 +95,7 @@ def tokenization_key(
         payload["revision"] = revision
     if tokenizer_files is not None:
         payload["tokenizer_files"] = tokenizer_files
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    return json_digest(payload)
 
 
 def tokenize_splits(
@@ -181,7 +182,7 @@ def _content_fingerprint(table: pd.DataFrame) -> str:
 
 
 def _digest(payload: list[Any]) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    return json_digest(payload)
 
 
 def _is_hit(target: Path, label_map: LabelMap) -> bool:

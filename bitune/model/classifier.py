@@ -30,7 +30,7 @@ from transformers import (
 )
 
 from bitune.data.seen import seen_text_keys
-from bitune.errors import ModelError
+from bitune.errors import ModelError, first_line
 from bitune.model.source import check_model_folder, not_cached_offline, resolve_model_source
 from bitune.params import ModelParams, PreprocessParams
 
@@ -44,7 +44,7 @@ def _load_error(model: ModelParams, exc: Exception) -> ModelError:
     offline = not_cached_offline(model)
     if offline is not None:
         return offline
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    first = first_line(exc)
     return ModelError(
         f"model.name_or_path: cannot load {model.name_or_path!r} ({first[:160]}); use a local folder "
         "with safetensors weights or a hub id reachable from here"

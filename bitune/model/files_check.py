@@ -13,7 +13,7 @@ from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
 
-from bitune.errors import ModelError
+from bitune.errors import ModelError, first_line
 from bitune.model.hub_reachable import check_hub_reachable
 from bitune.model.source import VOCAB_FILES, check_model_folder, not_cached_offline, resolve_model_source
 from bitune.params import ModelParams
@@ -57,7 +57,7 @@ def check_weight_files(folder: Path) -> None:
             with safe_open(str(path), framework="numpy"):
                 pass
         except (SafetensorError, OSError) as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            reason = first_line(exc)
             raise ModelError(
                 f"model.name_or_path: {path} is not a readable safetensors file ({reason}); the file is "
                 "probably truncated: copy or download it again, or save_pretrained the model anew"

@@ -14,7 +14,7 @@ import httpx2
 from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, is_offline_mode
 from huggingface_hub.errors import HfHubHTTPError
 
-from bitune.errors import ModelError
+from bitune.errors import ModelError, first_line
 from bitune.model.source import hub_snapshot, resolve_model_source
 from bitune.params import ModelParams
 
@@ -45,7 +45,7 @@ def check_hub_reachable(model: ModelParams, timeout_s: float = PROBE_TIMEOUT_S) 
     except (httpx2.TransportError, OSError) as exc:
         address = urlparse(constants.ENDPOINT)
         host = f"{address.scheme}://{address.hostname}" + (f":{address.port}" if address.port else "")
-        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        why = first_line(exc, 160)
         raise ModelError(
             f"model.name_or_path: {model.name_or_path!r} is not in the local Hugging Face cache and {host} "
             f"cannot be reached to download it ({why}); connect to the network (or set HF_ENDPOINT to a "

@@ -16,6 +16,7 @@ from typing import Any
 
 from huggingface_hub import is_offline_mode, try_to_load_from_cache
 
+from bitune.digest import json_digest
 from bitune.errors import ModelError
 from bitune.params import ModelParams
 
@@ -124,7 +125,7 @@ def model_identity(model: ModelParams) -> str:
         snapshot = hub_snapshot(model)
         if snapshot is not None:  # only when known: keys of uncached ids stay as they were
             payload["snapshot"] = snapshot
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    return json_digest(payload)
 
 
 def tokenizer_files_identity(model: ModelParams) -> str | None:

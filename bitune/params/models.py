@@ -6,8 +6,6 @@ objects. Unknown keys, wrong types and out-of-range values fail with a message n
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -15,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from bitune.data.remote import remote_problem
+from bitune.digest import json_digest
 from bitune.params.redaction import flatten, redact, redact_tree
 
 LAYER_SLICE = re.compile(r"^layers\[(-?\d*):(-?\d*)\]$")
@@ -415,4 +414,4 @@ class Params(Strict):
             for part in parents:
                 node = node.get(part, {})
             node.pop(last, None)
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+        return json_digest(payload)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from bitune.errors import ModelError, ParamsError
+from bitune.errors import ModelError, ParamsError, first_line
 from bitune.model.classifier import BituneClassifier, max_input_tokens, meta_backbone
 from bitune.model.layer_groups import check_layer_slices, resolve_layer_groups
 from bitune.params import Params
@@ -27,7 +27,7 @@ def check_params_fit_model(params: Params) -> None:
     except ModelError:
         raise
     except Exception as exc:  # remote code or a config the library cannot build: not a bitune bug
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        first = first_line(exc, 160)
         raise ModelError(
             f"model.name_or_path: cannot build {params.model.name_or_path} from its config ({first}); "
             "point it at an encoder model folder or hub id"
