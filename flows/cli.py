@@ -22,11 +22,8 @@ from rich.table import Table
 
 from bitune.errors import BituneError
 from flows import cli_data, cli_registry, cli_schedule
-from flows.cli_common import (
+from flows.cli_errors import (
     LOG_FILE,
-    ParamsOpt,
-    ProjectOpt,
-    SetOpt,
     console,
     errors,
     fail,
@@ -34,10 +31,9 @@ from flows.cli_common import (
     not_a_project,
     project_log,
     project_root,
-    quiet_defaults,
-    quiet_new_mlflow_store,
-    route_tracebacks,
 )
+from flows.cli_options import ParamsOpt, ProjectOpt, SetOpt
+from flows.console_logging import quiet_defaults, quiet_new_mlflow_store, route_tracebacks
 
 if TYPE_CHECKING:
     from bitune.retrain_summary import RetrainSummary

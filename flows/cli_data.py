@@ -17,7 +17,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from bitune.errors import DataError
-from flows.cli_common import ParamsOpt, ProjectOpt, SetOpt, console, errors, one_line_errors
+from flows.cli_errors import console, errors, one_line_errors
+from flows.cli_options import ParamsOpt, ProjectOpt, SetOpt
 from tasks import dvc_store
 
 if TYPE_CHECKING:

@@ -31,7 +31,8 @@ from rich.table import Table
 from bitune.errors import BituneError
 from bitune.evaluation.run_comparison import RunRow, duration_text, param_differences, plot_comparison
 from bitune.process_tether import tethered
-from flows.cli_common import HostOpt, ParamsOpt, PortOpt, ProjectOpt, console, one_line_errors
+from flows.cli_errors import console, one_line_errors
+from flows.cli_options import HostOpt, ParamsOpt, PortOpt, ProjectOpt
 
 if TYPE_CHECKING:
     from bitune.champion_moves import ChampionMove

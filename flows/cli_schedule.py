@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from flows.cli_common import EXIT_USER_ERROR, ParamsOpt, ProjectOpt, SetOpt, console, errors, one_line_errors
+from flows.cli_errors import EXIT_USER_ERROR, console, errors, one_line_errors
+from flows.cli_options import ParamsOpt, ProjectOpt, SetOpt
 
 
 def schedule(

@@ -19,7 +19,7 @@ from bitune.project_lock import ProjectBusyError, hold_project
 from bitune.retrain_summary import RetrainSummary
 from bitune.tuning.phase_output import PhaseOutput
 from bitune.tuning.schedule import expand_strategy
-from flows.cli_common import console_without_user_tracebacks
+from flows.console_logging import console_without_user_tracebacks
 from flows.run_deadline import RunDeadline, RunTimeoutError
 from tasks.data import version_data
 from tasks.evaluate import evaluate

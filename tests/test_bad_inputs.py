@@ -657,7 +657,7 @@ def test_prefect_queue_drain_warnings_stay_off_the_terminal(tmp_path: Path) -> N
     """Prefect's EventsWorker warns "Still processing items" at exit: a second line after an error."""
     import logging
 
-    from flows.cli_common import route_tracebacks
+    from flows.console_logging import route_tracebacks
 
     names = ("EventsWorker", "APILogWorker", "prefect._internal.concurrency")
     root = logging.getLogger()

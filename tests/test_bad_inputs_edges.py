@@ -213,7 +213,7 @@ def test_a_bad_checkout_version_on_a_new_project_writes_nothing(tmp_path: Path) 
 
 
 def run_in_one_line_errors(tmp_path: Path, exc: BaseException, capsys: pytest.CaptureFixture[str]) -> int:
-    from flows.cli_common import one_line_errors
+    from flows.cli_errors import one_line_errors
 
     (tmp_path / "params").mkdir(exist_ok=True)  # a project folder: the one place the log is written
     try:
@@ -261,7 +261,7 @@ def test_typer_exits_and_user_errors_pass_through_unchanged(
 
 def test_prefect_restating_any_error_stays_off_the_terminal() -> None:
     """An OSError's restatements quote its repr, not its str; they were three ERROR lines of noise."""
-    from flows.cli_common import NoTraceback
+    from flows.console_logging import NoTraceback
 
     keep = NoTraceback()
     exc = FileNotFoundError(2, "No such file or directory")

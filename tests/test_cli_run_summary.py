@@ -7,7 +7,7 @@ import pytest
 
 from bitune.retrain_summary import RetrainSummary
 from flows.cli import print_summary
-from flows.cli_common import console
+from flows.cli_errors import console
 
 
 def printed(tracking_uri: str, monkeypatch: pytest.MonkeyPatch) -> str:

@@ -16,7 +16,7 @@ FIRST_RUN = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from flows.cli_common import quiet_defaults, route_tracebacks
+    from flows.console_logging import quiet_defaults, route_tracebacks
     quiet_defaults()
     import flows.retrain
     route_tracebacks(Path(sys.argv[1]) / ".bitune/logs/bitune.log")
