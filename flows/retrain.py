@@ -23,7 +23,7 @@ from flows.console_logging import console_without_user_tracebacks
 from flows.run_deadline import RunDeadline, RunTimeoutError
 from tasks.data import version_data
 from tasks.evaluate import evaluate
-from tasks.preprocess import preprocess
+from tasks.preprocess import check_gate_metric, preprocess
 from tasks.registry import register
 from tasks.run_report import publish_summary
 from tasks.runs import (
@@ -208,6 +208,7 @@ def run_pipeline(root: Path, params: Params, force: bool) -> RetrainSummary:
     preflight(settings, params, str(root))
     data = version_data(params.data, str(root))
     label_flow_run(params.strategy.name, data.md5)
+    check_gate_metric(params, str(root))  # a typo there is said even when the run skips
     key = pipeline_key(data.md5, params, data.columns)
     # a forced run retrains whatever ran before: looking would log "nothing new to learn unless --force"
     previous = None if force else previous_success(settings, key)
@@ -221,10 +222,9 @@ def run_pipeline(root: Path, params: Params, force: bool) -> RetrainSummary:
         )
         publish_summary(skipped)
         return skipped
+    prepared = preprocess(params, data.md5, str(root))  # refuses what it can before --force resets
     if force:
         reset_pipeline(str(root), key, str(params.train.checkpoint_dir))
-
-    prepared = preprocess(params, data.md5, str(root))
     run_id = open_parent_run(settings, params, data, prepared, key, str(root))
     try:
         phases: list[PhaseOutput] = []

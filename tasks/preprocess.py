@@ -9,7 +9,7 @@ from pathlib import Path
 
 from prefect import task
 
-from bitune.data.prepare_splits import prepare_splits
+from bitune.data.prepare_splits import check_gate_metric_in_data, prepare_splits
 from bitune.data.prepared import PreparedData
 from bitune.model.classifier import check_tokenizer_fits, load_tokenizer
 from bitune.model.files_check import check_model_files
@@ -27,3 +27,8 @@ def check_model(model: ModelParams) -> None:
 @task(name="preprocess")
 def preprocess(params: Params, data_md5: str, root: str) -> PreparedData:
     return prepare_splits(params, data_md5, Path(root))
+
+
+def check_gate_metric(params: Params, root: str) -> None:
+    """Before the skip decision and `--force`'s reset: see `check_gate_metric_in_data`."""
+    check_gate_metric_in_data(params, Path(root))

@@ -14,6 +14,8 @@ import pytest
 from conftest import make_project, tiny_overrides
 from mlflow.tracking import MlflowClient
 
+from bitune.errors import ParamsError
+
 pytestmark = pytest.mark.slow
 
 
@@ -76,6 +78,17 @@ def test_unchanged_rerun_is_a_noop(tmp_path: Path, tiny_bert_dir: Path, prefect_
     assert (root / "data.dvc").read_bytes() == dvc_file
     assert sorted(p.name for p in (root / ".bitune" / "runs").iterdir()) == run_dirs  # nothing trained
     print(f"no-op run inside the test session: {seconds:.1f} s")
+
+    # A typo in the gate's metric is said though nothing would train (it skipped with exit 0), and
+    # `--force` with it keeps the finished phases (it reset them, then preprocessing refused the run).
+    kept = sorted(str(p.relative_to(root)) for p in (root / ".bitune").rglob("*") if "logs" not in p.parts)
+    typo = [*overrides, "registry.metric=test/f1/positve"]
+    for force in (False, True):
+        with pytest.raises(ParamsError, match=r"^registry.metric: label 'positve' is not in the data"):
+            retrain(overrides=typo, project_dir=str(root), force=force)
+    assert tracked(root) == before
+    now = sorted(str(p.relative_to(root)) for p in (root / ".bitune").rglob("*") if "logs" not in p.parts)
+    assert [p for p in kept if p not in now] == []  # nothing of the trained pipeline was deleted
 
 
 def test_plain_run_after_data_with_source_columns_is_a_noop(  # type: ignore[no-untyped-def]

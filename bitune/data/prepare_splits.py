@@ -18,10 +18,21 @@ from bitune.data.validation import drop_label_conflicts
 from bitune.model.classifier import load_tokenizer
 from bitune.model.source import tokenizer_files_identity
 from bitune.params import Params
+from bitune.params.models import PER_CLASS_F1
 from bitune.promotion import check_gate_metric_labels
 from bitune.tuning.step_plan import check_step_plan
 
 log = logging.getLogger("bitune")
+
+
+def check_gate_metric_in_data(params: Params, root: Path) -> None:
+    """`registry.metric: test/f1/<label>` against the labels of the data version in data/, before the
+    run decides anything: a run that skips (nothing new to learn) said nothing of a typo there, and
+    `--force` had already reset the finished phases when preprocessing refused it."""
+    if not params.registry.metric.startswith(PER_CLASS_F1):
+        return  # the rows are read only when a label is named
+    frames = read_source(params.data.model_copy(update={"source": "data"}), root / params.data.dir).frames
+    check_gate_metric_labels(params.registry, LabelMap.from_frames(frames, params.data.labels).labels)
 
 
 def prepare_splits(params: Params, data_md5: str, root: Path) -> PreparedData:
