@@ -43,12 +43,14 @@ def version_data_fn(data: DataParams, root: Path) -> DataVersion:
     report.raise_for_errors(source_name(data.source, data.dir))
     for warning in report.warnings:
         log.warning("data: %s", warning)
-    dvc_store.ensure_repo(root, data.remote)
-    # a failed push (remote down, a DVC plugin missing) puts data/ and data.dvc back byte for byte
-    with dvc_store.data_kept_aside(root, str(data.dir)):
-        if data.source != "data":
-            materialise(raw, data_dir)
-        md5 = dvc_store.add_and_push(root, str(data.dir))
+    # a failed push (remote down, a DVC plugin missing) puts data/, data.dvc and the remote setting
+    # back byte for byte
+    with dvc_store.remote_setting_kept(root):
+        dvc_store.ensure_repo(root, data.remote)
+        with dvc_store.data_kept_aside(root, str(data.dir)):
+            if data.source != "data":
+                materialise(raw, data_dir)
+            md5 = dvc_store.add_and_push(root, str(data.dir))
     return DataVersion(
         md5=md5,
         path=str(data_dir),

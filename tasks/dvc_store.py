@@ -16,7 +16,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -129,18 +129,28 @@ def data_kept_aside(root: Path, data_dir: str = "data") -> Iterator[None]:
         _remove(aside)
 
 
-@contextmanager
-def _data_dvc_restored(root: Path) -> Iterator[None]:
+def _data_dvc_restored(root: Path) -> AbstractContextManager[None]:
     """On any exception: data.dvc back to its exact bytes (or gone, if it was)."""
-    dvc_file = root / DVC_FILE
-    before = dvc_file.read_bytes() if dvc_file.exists() else None
+    return _file_restored(root / DVC_FILE)
+
+
+def remote_setting_kept(root: Path) -> AbstractContextManager[None]:
+    """On any exception: `.dvc/config.local` (the default remote `ensure_repo` points at `data.remote`)
+    back to its exact bytes. A push to a new remote that failed left the config on it, and a bare
+    `dvc push` or `dvc pull` went there until the next good run put it back."""
+    return _file_restored(root / ".dvc" / "config.local")
+
+
+@contextmanager
+def _file_restored(path: Path) -> Iterator[None]:
+    before = path.read_bytes() if path.exists() else None
     try:
         yield
     except BaseException:
         if before is None:
-            dvc_file.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
         else:
-            dvc_file.write_bytes(before)
+            path.write_bytes(before)
         raise
 
 

@@ -182,10 +182,13 @@ def test_a_push_that_fails_for_a_missing_plugin_leaves_data_as_it_was(project: P
     csv = project.parent / "c.csv"
     make_demo_frame(60, 3).to_csv(csv, index=False)
     before = state(project)
+    remote_setting = (project / ".dvc" / "config.local").read_bytes()
     with pytest.raises(DataError, match="cannot push data version"):
         version_data_fn(DataParams(source=str(csv), remote="gs://bucket/path"), project)
     after = state(project)
     assert after["data.dvc"] == before["data.dvc"] and after["data"] == before["data"] == template["b_files"]
+    # and `dvc push` / `dvc pull` by hand still go to the remote the data is in, not to gs://
+    assert (project / ".dvc" / "config.local").read_bytes() == remote_setting
 
     # edits in data/ that a run was versioning (data.source=data) stay as they were, not reset
     (project / "data" / "b.csv").write_bytes(template["b_files"]["b.csv"] + b"my own row,positive\n")
