@@ -25,8 +25,11 @@ EXIT_USER_ERROR = 2
 
 
 def is_project(folder: Path) -> bool:
-    """A bitune project folder: it holds params/, data.dvc or mlflow.db (a clone has the first two)."""
-    return (folder / "params").is_dir() or (folder / "data.dvc").is_file() or (folder / "mlflow.db").is_file()
+    """A bitune project folder: it holds params files, data.dvc or mlflow.db (a clone has the first two).
+    A params/ folder without YAML in it is not enough: the clone's `bitune/params/` is a Python package."""
+    params = folder / "params"
+    has_params = params.is_dir() and any(params.glob("*.y*ml"))
+    return has_params or (folder / "data.dvc").is_file() or (folder / "mlflow.db").is_file()
 
 
 def project_log(root: Path) -> Path | None:

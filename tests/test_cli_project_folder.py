@@ -21,20 +21,27 @@ def bitune(*args: str):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("command", [["run"], ["history"], ["compare"]], ids=" ".join)
+@pytest.mark.parametrize("subfolder", ["docs", "bitune"])
 def test_a_subfolder_of_the_project_names_the_project_and_writes_nothing(
-    command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    command: list[str], subfolder: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """`bitune/` holds the Python package `bitune.params`: a params/ folder, but no params file in it.
+    From there the error blamed --params and left `bitune/.bitune/logs` for git to show."""
     root = make_project(tmp_path / "project", Path())
-    docs = root / "docs"
-    docs.mkdir()
-    monkeypatch.chdir(docs)
+    sub = root / subfolder
+    sub.mkdir()
+    if subfolder == "bitune":
+        (sub / "params").mkdir()
+        (sub / "params" / "__init__.py").write_text('"""Params models."""\n')
+    held = sorted(sub.rglob("*"))
+    monkeypatch.chdir(sub)
     result = bitune(*command)
     assert result.exit_code == 2, result.output
     assert result.stderr.strip().splitlines() == [
-        f"error: {docs}: not a bitune project folder (no params/ or data.dvc); run bitune from {root} or "
+        f"error: {sub}: not a bitune project folder (no params/ or data.dvc); run bitune from {root} or "
         f"pass --project {root}"
     ]
-    assert list(docs.iterdir()) == []  # no .bitune/logs in a folder that is no project
+    assert sorted(sub.rglob("*")) == held  # no .bitune/logs in a folder that is no project
 
 
 def test_a_folder_outside_any_project_says_to_pass_the_project(tmp_path: Path) -> None:
