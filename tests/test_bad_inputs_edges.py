@@ -124,6 +124,20 @@ def test_a_file_where_a_folder_should_be_and_a_local_artifact_root_are_checked(t
     check_writable_folders(params, tmp_path, tracking_server=True)  # a server keeps its own artifacts
 
 
+def test_an_artifact_folder_that_is_a_file_says_the_experiment_keeps_its_folder(tmp_path: Path) -> None:
+    """The advice was "point tracking.artifact_location at a folder": for the experiment the first run
+    made, that alone was refused again, by the experiment's own artifact check."""
+    (tmp_path / "mlartifacts").write_text("a file")
+    params = load_params(PARAMS, ["tracking.artifact_location=mlartifacts"])
+    with pytest.raises(ParamsError) as raised:
+        check_writable_folders(params, tmp_path)
+    assert str(raised.value) == (
+        f"tracking.artifact_location: {tmp_path / 'mlartifacts'} is a file, not a folder; move it away, or "
+        "point tracking.artifact_location at a writable folder and, for an experiment that exists already, "
+        "set a new tracking.experiment too (an experiment keeps the folder it was created with)"
+    )
+
+
 def test_the_check_leaves_no_folder_it_created(tmp_path: Path) -> None:
     params = load_params(PARAMS, ["train.checkpoint_dir=deep/er/checkpoints"])
     check_writable_folders(params, tmp_path)

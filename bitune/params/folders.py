@@ -32,7 +32,18 @@ def written_folders(params: Params, root: Path, tracking_server: bool = False) -
 def check_writable_folders(params: Params, root: Path, tracking_server: bool = False) -> None:
     """Each folder can be created and written; those this check created are removed again."""
     for key, folder in written_folders(params, root, tracking_server).items():
-        check_writable(key, folder)
+        check_writable(key, folder, FIXES.get(key, ""))
+
+
+# MLflow fixes an experiment's artifact folder when it creates the experiment: pointing
+# tracking.artifact_location elsewhere alone was refused again, by the experiment's own check.
+FIXES = {
+    "tracking.artifact_location": (
+        "move it away, or point tracking.artifact_location at a writable folder and, for an experiment "
+        "that exists already, set a new tracking.experiment too (an experiment keeps the folder it was "
+        "created with)"
+    )
+}
 
 
 def check_writable(key: str, folder: Path, fix: str = "") -> None:
