@@ -219,7 +219,10 @@ def run(
     data: Annotated[
         str | None,
         typer.Option(
-            "--data", metavar="SOURCE", help="data source: a file, a folder of split files, hf:<id>"
+            "--data",
+            metavar="SOURCE",
+            help="data source: a file, a folder of split files, hf:<id>[:<config>], data (what data/ "
+            "holds) or demo",
         ),
     ] = None,
     force: Annotated[
