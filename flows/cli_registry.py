@@ -235,10 +235,29 @@ def _table(rows: list[RunRow], experiment: str, differences: dict[str, str] | No
     return table
 
 
-def _print_comparison(rows: list[RunRow], experiment: str) -> None:
+def preset_params(project: Path, params: Path, rows: list[RunRow]) -> dict[str, dict[str, str]]:
+    """Each run's strategy preset as the params file resolves it, flat: what its `strategy.*` keys are
+    compared with. A preset this checkout no longer has is left out (its keys are then not shown)."""
+    from bitune.params import load_params
+
+    root = project.resolve()
+    presets = {}
+    for name in {r.params.get("strategy.name", r.strategy) for r in rows if r.params}:
+        try:
+            presets[name] = load_params(
+                params if params.is_absolute() else root / params, [f"strategy={name}"]
+            ).flat()
+        except BituneError:
+            continue
+    return presets
+
+
+def _print_comparison(
+    rows: list[RunRow], experiment: str, presets: dict[str, dict[str, str]] | None = None
+) -> None:
     """The table, with the params that differ among the runs as its last column when that fits the
     terminal uncut, else listed under it, one run id a line (continuations indented past the id)."""
-    differences = param_differences(rows)
+    differences = param_differences(rows, presets)
     table = _table(rows, experiment)
     widest = max((len(text) for text in differences.values()), default=0)
     if differences and Measurement.get(console, console.options, table).maximum + 1 + widest <= console.width:
@@ -280,7 +299,7 @@ def compare(
             f"No bitune runs in experiment {settings.experiment!r} yet; start one with `bitune run`."
         )
         return
-    _print_comparison(rows, settings.experiment)
+    _print_comparison(rows, settings.experiment, preset_params(project, params, rows))
     if plot is not None:
         console.print(f"Plot written to {plot_comparison(rows, plot)}")
 

@@ -104,6 +104,19 @@ def test_one_changed_key_is_not_lost_among_another_presets_keys() -> None:
     assert two == {"r1": "model.dropout=0.1", "r2": "model.dropout=0.3"}
 
 
+def test_a_key_set_on_a_run_of_another_preset_is_shown_against_that_preset() -> None:
+    """`--set strategy=lp_ft --set strategy.rounds=2` among bidirectional runs read `(common)`."""
+    lp_ft = {f"strategy.phases.{i}.lr": "0.001" for i in range(4)} | {"strategy.name": "lp_ft"}
+    rows = [
+        row("r1", BASE),
+        row("r2", BASE | lp_ft | {"strategy.rounds": "2"}),
+        row("r3", BASE),
+    ]
+    presets = {"lp_ft": lp_ft | {"strategy.rounds": "1"}}
+    assert param_differences(rows, presets)["r2"] == "strategy.rounds=2"
+    assert param_differences(rows)["r2"] == "(common)"  # no preset known: its strategy keys are left out
+
+
 def test_long_values_and_many_keys_are_shortened() -> None:
     many = {f"k.{i:02d}": "1" for i in range(MAX_PARAMS_SHOWN + 3)}
     long = "/a/very/long/path/to/a/model/folder/that/goes/on/and/on"

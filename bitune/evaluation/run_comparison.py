@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -63,7 +64,9 @@ def differing_params(rows: list[RunRow]) -> list[str]:
     return sorted(k for k in keys if len({p.get(k, UNSET) for p in logged}) > 1)
 
 
-def param_differences(rows: list[RunRow]) -> dict[str, str]:
+def param_differences(
+    rows: list[RunRow], presets: Mapping[str, Mapping[str, str]] | None = None
+) -> dict[str, str]:
     """Per run id, `key=value` of each param in which that run departs from the others, as `bitune
     run --set` takes them; empty when nothing differs.
 
@@ -71,8 +74,10 @@ def param_differences(rows: list[RunRow]) -> dict[str, str]:
     only the keys where it departs from that, so one changed epoch count is not lost among the
     dozens of keys two presets differ in. Without a plurality (two runs, say) every run shows the
     key. A run whose strategy differs from most runs' (the strategy column shows it) leaves out the
-    `strategy.*` keys its preset brings. `(common)`: the run departs in nothing; `?`: it logged no
-    params (killed before logging).
+    `strategy.*` keys its preset brings: with `presets` (strategy name -> the params that preset
+    resolves to, flat), it shows those where it departs from its own preset (`strategy.rounds=2` on
+    an `lp_ft` run was hidden); without, all of them. `(common)`: the run departs in nothing; `?`: it
+    logged no params (killed before logging).
     """
     keys = differing_params(rows)
     if not keys:
@@ -86,14 +91,20 @@ def param_differences(rows: list[RunRow]) -> dict[str, str]:
             out[r.run_id] = "?"
             continue
         own_preset = usual_strategy is not None and _strategy(r) != usual_strategy
+        preset = (presets or {}).get(_strategy(r)) if own_preset else None
         departs = [
             k
             for k in keys
             if (usual[k] is None or r.params.get(k, UNSET) != usual[k])
-            and not (own_preset and k.startswith("strategy."))
+            and not (own_preset and k.startswith("strategy.") and _as_preset(r.params, k, preset))
         ]
         out[r.run_id] = _assignments(r.params, departs) if departs else "(common)"
     return out
+
+
+def _as_preset(params: dict[str, str], key: str, preset: Mapping[str, str] | None) -> bool:
+    """The run's `key` is what its preset gives (or, with no preset known, taken to be)."""
+    return preset is None or params.get(key, UNSET) == preset.get(key, UNSET)
 
 
 def _strategy(row: RunRow) -> str:
