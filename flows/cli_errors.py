@@ -25,10 +25,10 @@ EXIT_USER_ERROR = 2
 
 
 def is_project(folder: Path) -> bool:
-    """A bitune project folder: it holds params files, data.dvc or mlflow.db (a clone has the first two).
-    A params/ folder without YAML in it is not enough: the clone's `bitune/params/` is a Python package."""
+    """A bitune project folder: it holds params/, data.dvc or mlflow.db (a clone has the first two).
+    A params/ that is a Python package is not one: the clone's `bitune/params/` is."""
     params = folder / "params"
-    has_params = params.is_dir() and any(params.glob("*.y*ml"))
+    has_params = params.is_dir() and not (params / "__init__.py").exists()
     return has_params or (folder / "data.dvc").is_file() or (folder / "mlflow.db").is_file()
 
 

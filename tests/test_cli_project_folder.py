@@ -25,7 +25,7 @@ def bitune(*args: str):  # type: ignore[no-untyped-def]
 def test_a_subfolder_of_the_project_names_the_project_and_writes_nothing(
     command: list[str], subfolder: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`bitune/` holds the Python package `bitune.params`: a params/ folder, but no params file in it.
+    """`bitune/` holds the Python package `bitune.params`: a params/ folder, but a package, not params.
     From there the error blamed --params and left `bitune/.bitune/logs` for git to show."""
     root = make_project(tmp_path / "project", Path())
     sub = root / subfolder
