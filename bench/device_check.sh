@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
-# Issue 3's GPU checks in one device call (4 to 9 minutes on an H100), from the repository root:
+# Issue 3's GPU checks in one device call (5 to 9 minutes on an H100), from the repository root:
 #
 #   .venv/bin/python bench/device_bundle.py pack .gpu --wheels-only     # here, once
 #   bash bench/device_check.sh "$OUT"                                    # there (carry .gpu)
 #
-# 1. what this card's bf16 matmuls deliver, with nvidia-smi's clocks and power under load (a card
-#    held by its power cap never reaches the datasheet peak that MFU divides by);
-# 2. the bottom phase of a BERT-base-sized encoder at batch 512, compiled: the MFU target's number;
-# 3. the same under torch.profiler: kernels by GPU time, and how busy the GPU was in a step;
-# 4. all 12 layers trained (plain fine-tuning through the same engine), for comparison;
-# 5. the two candidates for the memory-bound third of a step, each an upper bound measured against 2:
-#    Inductor's max-autotune matmul templates (bias + GELU in the matmul epilogue), and bf16 weights
-#    without autocast (LayerNorm and the residual stream in bf16 instead of fp32).
-# Each step has its own time limit and writes its own file, so a slow step loses only itself. The
-# device tool returns few files: everything lands in seven (a JSON per run, the profile, a log).
+# 1. b512-compile: the bottom phase of a BERT-base-sized encoder at batch 512, compiled (the MFU
+#    target's number as shipped), with what this card's bf16 matmuls deliver and nvidia-smi's clocks
+#    and power under load (a card held by its power cap never reaches the datasheet peak);
+# 2. b512-bf16-norms: the same with `train.bf16_norms` (LayerNorm in and out in bf16, so the residual
+#    stream between layers is bf16, not autocast's fp32): the engine's candidate for the memory-bound
+#    third of a step;
+# 3. b512-norms-autotune: 2 plus Inductor's max-autotune matmul templates (bias + GELU in the
+#    matmul's epilogue);
+# 4. b512-norms-l12: 2 with all 12 layers trained (plain fine-tuning through the same engine);
+# 5. b512-bf16-weights: bf16 weights without autocast, the upper bound of 2 (not a way to train);
+# 6. b512-norms-profile: 2 under torch.profiler (kernels by GPU time, how busy the GPU was).
+# Each step has its own time limit and writes its own file, so a slow step loses only itself, and
+# a call cut at its limit keeps what finished. The device tool returns at most 8 files: a JSON per
+# run, the profile and a log.
 set -u
 OUT=${1:?usage: bench/device_check.sh OUT_FOLDER}
 mkdir -p "$OUT"
@@ -32,12 +36,13 @@ run() {  # name, time limit in seconds, gpu_throughput.py arguments...
   timeout "$limit" python3 bench/gpu_throughput.py "$@" --out "$OUT/$name.json" >>"$LOG" 2>&1 \
     || echo "== $name: exit $?" >>"$LOG"
 }
-# the candidates right after the baseline: a device call cut at its limit keeps what finished
-run b512-compile 150 --batch-size 512 --compile --matmul-check
-run b512-bf16-weights 120 --batch-size 512 --compile --bf16-weights
-run b512-autotune 200 --batch-size 512 --compile --compile-mode max-autotune-no-cudagraphs
-run b512-profile 150 --batch-size 512 --compile --profile "$OUT/profile.txt" --profile-steps 6
-run b512-all-layers 120 --batch-size 512 --trained-layers 12 --compile
+export PYTHONUNBUFFERED=1
+run b512-compile 140 --batch-size 512 --compile --matmul-check
+run b512-bf16-norms 110 --batch-size 512 --compile --bf16-norms
+run b512-norms-autotune 170 --batch-size 512 --compile --bf16-norms --compile-mode max-autotune-no-cudagraphs
+run b512-norms-l12 100 --batch-size 512 --compile --bf16-norms --trained-layers 12
+run b512-bf16-weights 100 --batch-size 512 --compile --bf16-weights
+run b512-norms-profile 120 --batch-size 512 --compile --bf16-norms --profile "$OUT/profile.txt" --profile-steps 6
 python3 - "$OUT" <<'PY' | tee -a "$LOG"
 import json, pathlib, sys
 for path in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):

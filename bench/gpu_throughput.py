@@ -27,6 +27,8 @@ lets Inductor pick Triton matmul templates that fuse bias + GELU into the matmul
 `--bf16-weights` trains with the weights themselves in bf16 and no autocast, so LayerNorm and the
 residual stream stay bf16 instead of autocast's fp32: an upper bound on what a bf16 residual stream
 (fp32 master weights kept by the optimizer) would gain, not a way to train (no fp32 master copy).
+`--bf16-norms` is the engine's way to get there (`train.bf16_norms`): fp32 weights under autocast,
+LayerNorm reading and writing bf16, so the residual stream between layers is bf16.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from bitune.device import make_accelerator
 from bitune.model.classifier import BituneClassifier
 from bitune.model.layer_groups import resolve_layer_groups
 from bitune.params import PhaseSpec, TrainParams
+from bitune.tuning.bf16_norms import Bf16LayerNorm
 from bitune.tuning.phase import PhaseContext, PhaseData, run_phase
 from bitune.tuning.schedule import PhaseRun
 
@@ -214,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--static-compile", action="store_true", help="with --compile: dynamic=False")
     parser.add_argument("--compile-mode", default=None, help="with --compile: torch.compile's mode")
     parser.add_argument("--bf16-weights", action="store_true", help="bf16 weights, no autocast (upper bound)")
+    parser.add_argument("--bf16-norms", action="store_true", help="train.bf16_norms: bf16 LayerNorm in/out")
     args = parser.parse_args(argv)
     compile_options: dict[str, object] = {}
     if args.static_compile:  # a diagnostic: the engine compiles with dynamic=True (batches vary in length)
@@ -259,7 +263,13 @@ def main(argv: list[str] | None = None) -> int:
     accelerator = make_accelerator(TrainParams(device="auto", precision=precision))
     pretrained = {n: p.detach().clone().to(accelerator.device) for n, p in model.backbone.named_parameters()}
     ctx = PhaseContext(
-        accelerator, groups, pretrained, eval_batch_size=batch, progress=False, compile=args.compile
+        accelerator,
+        groups,
+        pretrained,
+        eval_batch_size=batch,
+        progress=False,
+        compile=args.compile,
+        bf16_norms=args.bf16_norms,
     )
     data = PhaseData(
         synthetic_rows(batch * steps, seq, config.vocab_size, 0),
@@ -290,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
             "static_compile": args.static_compile,
             "compile_mode": args.compile_mode,
             "bf16_weights": args.bf16_weights,
+            "bf16_norms": args.bf16_norms,
+            "bf16_norm_modules": sum(isinstance(m, Bf16LayerNorm) for m in model.modules()),
             "weights_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
             "attention": model.backbone.config._attn_implementation,
         },

@@ -153,6 +153,7 @@ def run_bitune(
         seed=params.train.seed,
         eval_batch_size=params.train.eval_batch_size,
         compile=params.train.compile,
+        bf16_norms=params.train.bf16_norms,
         progress=False,  # per-step bars would bury the results in a benchmark's log
     )
     data = PhaseData(splits["train"], splits["validation"], pad_id)

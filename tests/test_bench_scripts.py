@@ -11,6 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
+import attention_backends  # noqa: E402
 import device_bundle  # noqa: E402
 import gpu_throughput  # noqa: E402
 import sweep  # noqa: E402
@@ -139,6 +140,26 @@ def test_gpu_throughput_bf16_weights_trains_the_weights_in_bf16_without_autocast
     report = json.loads(out.read_text())
     assert report["config"]["weights_dtype"] == "bfloat16" and report["config"]["precision"] == "no"
     assert report["samples_per_s"] > 0
+
+
+def test_gpu_throughput_bf16_norms_is_recorded_and_changes_nothing_in_fp32(tmp_path: Path) -> None:
+    import json
+
+    out = tmp_path / "gpu.json"
+    assert gpu_throughput.main(["--out", str(out), "--bf16-norms"]) == 0
+    config = json.loads(out.read_text())["config"]
+    assert config["bf16_norms"] is True and config["precision"] == "no"
+    assert config["bf16_norm_modules"] == 0  # fp32 on CPU: the norms stay plain LayerNorms
+
+
+def test_attention_backends_times_or_explains_every_backend(tmp_path: Path) -> None:
+    import json
+
+    out = tmp_path / "attention.json"
+    assert attention_backends.main(["--out", str(out), "--reps", "1"]) == 0
+    results = json.loads(out.read_text())["ms_forward_backward"]
+    assert set(results) == {f"{b}{m}" for b in attention_backends.BACKENDS for m in ("", "+mask")}
+    assert isinstance(results["math"], float)  # the math backend runs anywhere (NaN: not timed on CPU)
 
 
 def test_gpu_throughput_profile_writes_a_kernel_table(tmp_path: Path) -> None:

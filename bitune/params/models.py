@@ -34,6 +34,9 @@ MODEL_IRRELEVANT = (
 # Checks on the data that pass or stop the run but never change a row: in `Params.digest` at their
 # defaults whatever they are set to, so raising one retrains nothing (and keys made before stay valid).
 VALIDATION_ONLY = ("data.max_length_chars", "data.max_duplicate_fraction")
+# Settings added after pipeline keys were pinned: in `Params.digest` only when set away from their
+# default, so a project that never names them keeps its key.
+KEYED_WHEN_SET = ("train.bf16_norms",)
 
 
 class Strict(BaseModel):
@@ -286,6 +289,12 @@ class TrainParams(Strict):
         False,
         description="torch.compile the model in the tuning phases (pays off on GPUs; first batches compile)",
     )
+    bf16_norms: bool = Field(
+        False,
+        description="under bf16: LayerNorm reads and writes bf16 (fp32 statistics inside), so hidden states "
+        "between layers are bf16 instead of autocast's fp32; halves their memory traffic. Weights and "
+        "optimizer stay fp32. No effect in fp32",
+    )
     timeout_minutes: float | None = Field(
         None,
         gt=0,
@@ -400,7 +409,8 @@ class Params(Strict):
         (speed only); where checkpoints and cached features live; and `train.timeout_minutes`
         (a run stopped by it resumes under a longer one). `train.processes` and
         `train.launch_args` stay in: the number of processes changes the batches each optimizer
-        step sees. `VALIDATION_ONLY` settings enter at their defaults.
+        step sees. `VALIDATION_ONLY` settings enter at their defaults; `KEYED_WHEN_SET` ones only when
+        set away from them.
         """
         payload = self.model_dump(mode="json")
         defaults = DataParams().model_dump(mode="json")
@@ -408,6 +418,10 @@ class Params(Strict):
             section, name = path.split(".")
             assert section == "data", path  # the defaults above are the data section's
             payload[section][name] = defaults[name]
+        for path in KEYED_WHEN_SET:
+            section, name = path.split(".")
+            if payload[section][name] == type(getattr(self, section)).model_fields[name].default:
+                payload[section].pop(name)
         for path in exclude:
             *parents, last = path.split(".")
             node = payload

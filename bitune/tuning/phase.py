@@ -25,6 +25,7 @@ from bitune.model.layer_groups import gradual_unfreeze_order
 from bitune.params import PhaseSpec
 from bitune.tuning.anchor import PretrainedAnchor, effective_anchor
 from bitune.tuning.batching import BatchList, length_grouped_batches, pad_batch, shard_batches
+from bitune.tuning.bf16_norms import use_bf16_norms
 from bitune.tuning.checkpoint import rng_state, set_rng_state
 from bitune.tuning.contrastive import supervised_contrastive_loss
 from bitune.tuning.feature_phase import run_on_features, trains_top_only
@@ -125,6 +126,8 @@ def run_phase(model: BituneClassifier, run: PhaseRun, data: PhaseData, ctx: Phas
     fix = remedy(spec.lr, ctx.accelerator.mixed_precision)  # advice of the NaN guard's errors
     device = ctx.accelerator.device
     model.to(device)
+    if ctx.bf16_norms and ctx.accelerator.mixed_precision == "bf16":
+        use_bf16_norms(model)
     torch.manual_seed(ctx.seed + run.index)
     data = sample_train_rows(data, spec, ctx.seed + run.index)
     if spec.cache_features and trains_top_only(spec.train):

@@ -169,6 +169,7 @@ def train_phase(
         on_epoch=on_epoch,
         on_step=on_step,
         compile=params.train.compile,
+        bf16_norms=params.train.bf16_norms,
     )
     if accelerator.is_main_process:
         say_if_resuming(checkpoints, run)
