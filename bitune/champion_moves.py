@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-MOVE_PREFIX = "bitune.champion.move."
+from bitune.tag_names import CHAMPION_MOVE_PREFIX as MOVE_PREFIX
+
 MAX_TEXT = 5000  # MLflow's description column, and a tag value every backend stores
 MAX_WHY_IN_DESCRIPTION = 400  # the full reason is in the move's tag and the version's tags
 MOVES_HEADING = "Champion moves:"

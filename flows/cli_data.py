@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from bitune.errors import DataError
+from bitune.tag_names import DATA_VERSION
 from flows.cli_errors import console, errors, one_line_errors
 from flows.cli_options import ParamsOpt, ProjectOpt, SetOpt
 from tasks import dvc_store
@@ -26,8 +27,6 @@ if TYPE_CHECKING:
 
     from bitune.data.version_diff import LabelChange, VersionDiff
     from bitune.params import Params
-
-RUN_TAG = "bitune.data_version"
 
 
 def register(app: typer.Typer) -> None:
@@ -327,7 +326,7 @@ def _mlflow_sightings(root: Path, params: Params) -> tuple[list[dvc_store.Sighti
         experiment = client.get_experiment_by_name(settings.experiment)
         if experiment is None:
             return [], {}
-        runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{RUN_TAG}` != ''")
+        runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{DATA_VERSION}` != ''")
     except Exception as exc:  # connection errors come as several types; the listing goes on without
         errors.print(
             f"[yellow]note:[/] MLflow at {escape(settings.uri)} not read ({type(exc).__name__}); "
@@ -338,7 +337,7 @@ def _mlflow_sightings(root: Path, params: Params) -> tuple[list[dvc_store.Sighti
         return [], {}
     sightings, rows = [], {}
     for run in runs:
-        md5 = run.data.tags[RUN_TAG]
+        md5 = run.data.tags[DATA_VERSION]
         sightings.append(
             dvc_store.Sighting(md5, datetime.fromtimestamp(run.info.start_time / 1000, UTC), "mlflow")
         )

@@ -31,11 +31,10 @@ from bitune.champion_moves import (
     stopped_line,
     with_move_line,
 )
+from bitune.tag_names import PREVIOUS_CHAMPION, PROMOTION
 from tasks.tracking import source_tags
 
 CHAMPION = "champion"
-PREVIOUS = "bitune.previous_champion"
-PROMOTION = "bitune.promotion"
 RUN_NOTE = "mlflow.note.content"  # the run page's Description
 
 
@@ -69,7 +68,7 @@ def move_champion(
     """
     if action != ROLLBACK:
         if from_version:
-            client.set_model_version_tag(name, to_version, PREVIOUS, from_version)
+            client.set_model_version_tag(name, to_version, PREVIOUS_CHAMPION, from_version)
         client.set_model_version_tag(name, to_version, PROMOTION, why[:MAX_TEXT])
     client.set_registered_model_alias(name, CHAMPION, to_version)
     move = ChampionMove(

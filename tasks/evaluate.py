@@ -17,6 +17,7 @@ from bitune.forgetting import DRIFT_PLOT, plot_drift
 from bitune.model.classifier import load_classifier
 from bitune.params import Params
 from bitune.pipeline import pipeline_dir
+from bitune.tag_names import PHASE, PIPELINE_KEY
 from bitune.tuning.phase import predict_logits
 from bitune.tuning.phase_context import inference_context
 from bitune.tuning.phase_output import PhaseOutput
@@ -59,7 +60,7 @@ def evaluate_fn(
         run_id = tracking.start_run(
             settings,
             "evaluate",
-            {"bitune.phase": "evaluate", "bitune.pipeline_key": pipeline_key},
+            {PHASE: "evaluate", PIPELINE_KEY: pipeline_key},
             parent_run_id,
         )
         tracking.log_params(

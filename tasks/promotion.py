@@ -39,8 +39,19 @@ from bitune.promotion import (
     decide_on_stored_scores,
     needs_rescore,
 )
-from tasks.champion_moves import CHAMPION, PREVIOUS, champion_history, move_champion
-from tasks.tracking import PIPELINE_TAG, TrackingSettings, check_reachable, damaged_store
+from bitune.tag_names import (
+    DATA_VERSION,
+    MANUAL_GATE,
+    MODEL_VERSION,
+    PIPELINE,
+    PREVIOUS_CHAMPION,
+    RESTORED,
+    ROLLED_BACK,
+    STRATEGY,
+    TEST_SPLIT,
+)
+from tasks.champion_moves import CHAMPION, champion_history, move_champion
+from tasks.tracking import TrackingSettings, check_reachable, damaged_store
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -49,9 +60,6 @@ if TYPE_CHECKING:
 # pulls in torch, seconds that `bitune compare` and every error path need not pay. So are pandas and
 # the model code, which only a re-score needs.
 
-DATA_VERSION = "bitune.data_version"
-TEST_SPLIT = "bitune.test_split"  # `bitune.data.seen.split_digest` of the rows its test scores are on
-MANUAL_GATE = "bitune.manual_gate"
 # MLflow 3 fetches proxied artifacts from presigned URLs on the server's own S3 endpoint when the server
 # offers them; compose's is `http://minio:9000`, a name only its containers resolve. Streaming through
 # the server is what `--serve-artifacts` is for: a client needs no route to the bucket. (Env, not an
@@ -339,18 +347,18 @@ def rollback(settings: TrackingSettings, name: str) -> Promotion:
             raise TrackingError(
                 f"rollback: {name} has no champion to roll back; `bitune promote VERSION` sets one"
             )
-        previous = current.tags.get(PREVIOUS)
+        previous = current.tags.get(PREVIOUS_CHAMPION)
         if not previous:
             raise TrackingError(
                 f"rollback: champion version {current.version} of {name} replaced no earlier "
-                f"champion (no tag {PREVIOUS}); promote a version with `bitune promote VERSION`"
+                f"champion (no tag {PREVIOUS_CHAMPION}); promote a version with `bitune promote VERSION`"
             )
         restored = get_version(client, name, previous)
         client.set_model_version_tag(
-            name, str(current.version), "bitune.rolled_back", f"replaced by version {restored.version}"
+            name, str(current.version), ROLLED_BACK, f"replaced by version {restored.version}"
         )
         client.set_model_version_tag(
-            name, str(restored.version), "bitune.restored", f"rollback from version {current.version}"
+            name, str(restored.version), RESTORED, f"rollback from version {current.version}"
         )
         # the restored version keeps its own `bitune.previous_champion` and `bitune.promotion` tags, so a
         # second rollback goes one step further back and the original promotion reason survives
@@ -376,7 +384,7 @@ def rollback_target(settings: TrackingSettings, name: str) -> str | None:
     that replaced no earlier champion). `bitune history` offers the rollback only then."""
     with registry_errors(settings):
         current = get_champion(settings.client(), name)
-    return (current.tags.get(PREVIOUS) or None) if current is not None else None
+    return (current.tags.get(PREVIOUS_CHAMPION) or None) if current is not None else None
 
 
 def compare_runs(settings: TrackingSettings, model_name: str) -> list[RunRow]:
@@ -391,7 +399,7 @@ def compare_runs(settings: TrackingSettings, model_name: str) -> list[RunRow]:
             )
         runs = client.search_runs(
             [experiment.experiment_id],
-            filter_string=f"tags.`{PIPELINE_TAG}` LIKE '%'",
+            filter_string=f"tags.`{PIPELINE}` LIKE '%'",
             order_by=["attributes.start_time ASC"],
             max_results=5000,
         )
@@ -407,7 +415,7 @@ def compare_runs(settings: TrackingSettings, model_name: str) -> list[RunRow]:
             tags = run.data.tags
             if "mlflow.parentRunId" in tags:
                 continue
-            version = tags.get("bitune.model_version")
+            version = tags.get(MODEL_VERSION)
             metrics = {k: run.data.metrics[k] for k in COMPARED if k in run.data.metrics}
             if version and len(metrics) < len(COMPARED):  # runs from before parents carried test scores
                 try:
@@ -420,8 +428,8 @@ def compare_runs(settings: TrackingSettings, model_name: str) -> list[RunRow]:
                     run_id=run.info.run_id,
                     name=run.info.run_name or run.info.run_id[:8],
                     status=run.info.status,
-                    strategy=tags.get("bitune.strategy", ""),
-                    data_version=tags.get("bitune.data_version", "")[:8],
+                    strategy=tags.get(STRATEGY, ""),
+                    data_version=tags.get(DATA_VERSION, "")[:8],
                     metrics={k: metrics[k] for k in COMPARED if k in metrics},
                     seconds=(end - run.info.start_time) / 1000 if end else None,
                     model_version=version,

@@ -30,10 +30,19 @@ from bitune.evaluation.unseen import gate_rows
 from bitune.model.classifier import load_classifier, load_seen_text_keys
 from bitune.params import Params, RegistryParams
 from bitune.promotion import CKA, ChampionOnTest, GateDecision, decide_at_registration, registration_text
+from bitune.tag_names import (
+    DATA_VERSION,
+    GATE,
+    MODEL_VERSION,
+    PARAMS_DIGEST,
+    SOURCE,
+    STRATEGY,
+    TEST_SPLIT,
+)
 from tasks.champion_moves import RUN_NOTE, move_champion
 from tasks.evaluate import Evaluation
 from tasks.logged_model import link_version_to_model, log_model, process_tracking_uri
-from tasks.promotion import DATA_VERSION, TEST_SPLIT, download_classifier, get_champion
+from tasks.promotion import download_classifier, get_champion
 from tasks.tracking import TrackingSettings
 
 CHALLENGER = "challenger"
@@ -139,8 +148,8 @@ def register_fn(
     identity = {
         DATA_VERSION: data_md5,
         TEST_SPLIT: split_digest(texts, test["label"].tolist()),
-        "bitune.strategy": params.strategy.name,
-        "bitune.params_digest": params.digest(),
+        STRATEGY: params.strategy.name,
+        PARAMS_DIGEST: params.digest(),
     }
     try:
         # the parent run carries the test scores too, for MLflow's compare view and `bitune compare`
@@ -156,7 +165,7 @@ def register_fn(
                 rules.model_name,
                 source=source,
                 run_id=parent_run_id,
-                tags={**identity, "bitune.source": source},
+                tags={**identity, SOURCE: source},
                 model_id=logged.model_id,
             )
         link_version_to_model(settings, logged.model_id, rules.model_name, str(mv.version))
@@ -173,14 +182,14 @@ def register_fn(
                 client.set_model_version_tag(rules.model_name, mv.version, key, f"{value:.6f}")
         for key, tag in (champion.rows.tags() if champion.rows else {}).items():
             client.set_model_version_tag(rules.model_name, mv.version, key, tag)
-        client.set_model_version_tag(rules.model_name, mv.version, "bitune.gate", decision.summary()[:5000])
+        client.set_model_version_tag(rules.model_name, mv.version, GATE, decision.summary()[:5000])
         describe(settings, parent_run_id, rules.model_name, str(mv.version), decision, evaluation, data_md5)
         if decision.promote:
             set_champion(
                 settings, rules.model_name, mv.version, champion.version, decision.summary(), parent_run_id
             )
-        client.set_tag(parent_run_id, "bitune.model_version", mv.version)
-        client.set_tag(parent_run_id, "bitune.gate", decision.summary()[:5000])
+        client.set_tag(parent_run_id, MODEL_VERSION, mv.version)
+        client.set_tag(parent_run_id, GATE, decision.summary()[:5000])
     except MlflowException as exc:
         raise TrackingError(
             f"registry: MLflow refused ({first_line(exc, 160)}); the champion is unchanged"

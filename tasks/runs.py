@@ -24,6 +24,7 @@ from bitune.model.pretrained import check_strategy_fits_model
 from bitune.params import Params
 from bitune.params.folders import check_writable_folders
 from bitune.pipeline import pipeline_dir
+from bitune.tag_names import CLOSED_STALE_RUNS, DATA_VERSION, MODEL_VERSION, PIPELINE_KEY, STRATEGY
 from bitune.tuning.model_fit import check_params_fit_model
 from tasks import tracking
 from tasks.data import DataVersion, warn_remote_credentials
@@ -62,8 +63,8 @@ def previous_success_fn(settings: TrackingSettings, key: str) -> str | None:
             return None
         runs = client.search_runs(
             [exp.experiment_id],
-            filter_string=f"attributes.status = 'FINISHED' and tags.`bitune.pipeline_key` = '{key}' "
-            "and tags.`bitune.model_version` != ''",
+            filter_string=f"attributes.status = 'FINISHED' and tags.`{PIPELINE_KEY}` = '{key}' "
+            f"and tags.`{MODEL_VERSION}` != ''",
             order_by=["attributes.start_time DESC"],
             max_results=1,
         )
@@ -99,10 +100,10 @@ def open_parent_run_fn(
 ) -> str:
     stale = tracking.close_stale_runs(settings, key)
     tags = {
-        "bitune.pipeline_key": key,
-        "bitune.strategy": params.strategy.name,
-        "bitune.data_version": data.md5,
-        **({"bitune.closed_stale_runs": ",".join(stale)} if stale else {}),  # an empty tag on every run
+        PIPELINE_KEY: key,
+        STRATEGY: params.strategy.name,
+        DATA_VERSION: data.md5,
+        **({CLOSED_STALE_RUNS: ",".join(stale)} if stale else {}),  # an empty tag on every run
         **tracking.git_state(root),
         **prefect_flow_run(),
     }

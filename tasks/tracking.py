@@ -30,8 +30,8 @@ from mlflow.utils.file_utils import local_file_uri_to_path
 from bitune.errors import BituneError, TrackingError, first_line
 from bitune.params import TrackingParams, redact
 from bitune.params.folders import check_writable
+from bitune.tag_names import PIPELINE, PIPELINE_KEY, PREFIX, REUSED_FROM_RUN
 
-PIPELINE_TAG = "bitune.pipeline"
 SOURCE_NAME = "bitune retrain"  # the flow, whether `bitune run` or a Prefect worker started it
 MAX_BATCH = 900
 PREFLIGHT_TIMEOUT_S = 10
@@ -284,7 +284,7 @@ def start_run(
 ) -> str:
     """A run with who and what started it, as MLflow's fluent `start_run` records them: the client API
     records neither, so the UI's User column read `unknown` and its Source column stayed empty."""
-    all_tags = {PIPELINE_TAG: "retrain", **source_tags(), **tags}
+    all_tags = {PIPELINE: "retrain", **source_tags(), **tags}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     run = settings.client().create_run(experiment_id(settings), run_name=name, tags=all_tags)
@@ -409,7 +409,7 @@ def close_stale_runs(settings: TrackingSettings, pipeline_key: str) -> list[str]
         return []
     stale = client.search_runs(
         [exp.experiment_id],
-        filter_string=f"attributes.status = 'RUNNING' and tags.`bitune.pipeline_key` = '{pipeline_key}'",
+        filter_string=f"attributes.status = 'RUNNING' and tags.`{PIPELINE_KEY}` = '{pipeline_key}'",
     )
     for run in stale:
         client.set_terminated(run.info.run_id, status=RunStatus.to_string(RunStatus.KILLED))
@@ -426,9 +426,7 @@ def earlier_phase_run(
         return None
     runs = client.search_runs(
         [exp.experiment_id],
-        filter_string=(
-            f"tags.`bitune.pipeline_key` = '{pipeline_key}' and attributes.run_name = '{phase_key}'"
-        ),
+        filter_string=f"tags.`{PIPELINE_KEY}` = '{pipeline_key}' and attributes.run_name = '{phase_key}'",
         order_by=["attributes.start_time DESC"],
         max_results=5,
     )
@@ -464,8 +462,8 @@ def copy_phase_run(
     bitune tags, metric history, and `artifacts` (files kept with the phase's output)."""
     client = settings.client()
     source = client.get_run(source_run_id)
-    tags = {k: v for k, v in source.data.tags.items() if k.startswith("bitune.")}
-    run_id = start_run(settings, name, tags | {"bitune.reused_from_run": source_run_id}, parent_run_id)
+    tags = {k: v for k, v in source.data.tags.items() if k.startswith(PREFIX)}
+    run_id = start_run(settings, name, tags | {REUSED_FROM_RUN: source_run_id}, parent_run_id)
     try:
         log_params(settings, run_id, dict(source.data.params))
         copy_metric_history(settings, source_run_id, run_id)

@@ -24,6 +24,7 @@ from bitune.data.prepared import PreparedData
 from bitune.device import launched_distributed
 from bitune.forgetting import DRIFT_PLOT, plot_drift
 from bitune.params import Params, flatten
+from bitune.tag_names import FEATURE_CACHE, PHASE, PIPELINE_KEY, RESUMED_FROM_EPOCH, RESUMED_FROM_RUN, ROUND
 from bitune.tuning.checkpoint import STATE as CHECKPOINT_STATE
 from bitune.tuning.checkpoint import PhaseCheckpoints
 from bitune.tuning.phase_context import PhaseResult
@@ -52,9 +53,9 @@ class MlflowPhaseRecorder:
             self.settings,
             run.key,
             {
-                "bitune.phase": run.spec.name,
-                "bitune.round": str(run.round),
-                "bitune.pipeline_key": self.pipeline_key,
+                PHASE: run.spec.name,
+                ROUND: str(run.round),
+                PIPELINE_KEY: self.pipeline_key,
             },
             self.parent_run_id,
         )
@@ -111,9 +112,9 @@ class MlflowPhaseRecorder:
         tracking.set_tags(
             self.settings,
             self.run_id,
-            {"bitune.feature_cache": str(result.used_feature_cache).lower()}
+            {FEATURE_CACHE: str(result.used_feature_cache).lower()}
             | (  # only on a resumed phase: a "None" tag on every other run said nothing
-                {"bitune.resumed_from_epoch": str(result.resumed_from_epoch)}
+                {RESUMED_FROM_EPOCH: str(result.resumed_from_epoch)}
                 if result.resumed_from_epoch is not None
                 else {}
             ),
@@ -159,7 +160,7 @@ def carry_resumed_history(
     earlier = tracking.earlier_phase_run(settings, pipeline_key, run.key, run_id)
     if earlier is not None:
         tracking.copy_metric_history(settings, earlier, run_id, skip=frozenset(logged))
-        tracking.set_tags(settings, run_id, {"bitune.resumed_from_run": earlier})
+        tracking.set_tags(settings, run_id, {RESUMED_FROM_RUN: earlier})
 
 
 def tune_phase_fn(

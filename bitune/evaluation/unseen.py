@@ -15,6 +15,7 @@ import numpy as np
 from bitune.data.seen import text_key_fingerprints
 from bitune.params import PER_CLASS_F1
 from bitune.promotion import GateDecision
+from bitune.tag_names import GATE_EXCLUDED_ROWS, GATE_TEST_ROWS
 
 MACRO_F1 = "test/macro_f1"
 # the gate's metrics that average over every label: with a label gone they average over fewer
@@ -88,8 +89,8 @@ class GateRows:
     def tags(self) -> dict[str, str]:
         """The counts as model-version tags: `bitune.gate_test_rows`, `bitune.gate_excluded_rows`."""
         return {
-            "bitune.gate_test_rows": str(self.kept),
-            "bitune.gate_excluded_rows": str(self.excluded) if self.recorded else "unknown",
+            GATE_TEST_ROWS: str(self.kept),
+            GATE_EXCLUDED_ROWS: str(self.excluded) if self.recorded else "unknown",
         }
 
     def annotate(self, decision: GateDecision) -> GateDecision:
