@@ -42,6 +42,30 @@ def prefect_db() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
+def shared_prefect(prefect_db: None) -> dict[str, str]:
+    """`PREFECT_API_URL` of the session's Prefect server (`prefect_db`: one per xdist worker), for a CLI
+    subprocess that runs a flow: `env=os.environ | shared_prefect`.
+
+    Without it, each such process (`bitune run`, a `python -c` calling `retrain`) starts Prefect's
+    temporary server first: 5-10 s, 15-25 s on a loaded 2-core machine (a new Prefect home's database
+    is migrated first). The harness sets the URL only in this process's settings, so a subprocess does
+    not inherit it. A run on it is found by its own flow-run id, never by listing the server's runs:
+    other tests' runs are there too.
+
+    The temporary server is what a user's `make run` gets, so these runs keep it on purpose:
+    - tests/test_crash_resume.py: the `uninterrupted` fixture (a first `bitune run` of a fresh project,
+      to the end) and the kill -9 run (its temporary server must die with it);
+    - tests/test_run_timeout.py: the Ctrl-C run (SIGINT reaches the temporary server too);
+    - tests/test_project_lock.py: the refused run and the one that takes the lock (Prefect never starts).
+    """
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    assert url, "prefect_test_harness set no PREFECT_API_URL"
+    return {"PREFECT_API_URL": str(url)}
+
+
+@pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tiny_models import save_tiny_bert
 

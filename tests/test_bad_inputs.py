@@ -8,10 +8,11 @@ are exactly as they were.
 
 Most cases fail in the CLI's own checks, before any flow or server starts: those run in processes
 forked from one that imported the CLI once (tests/forked_cli.py), and must print no Prefect line at
-all. The cases only the flow can catch run as real `bitune run` processes against one Prefect server
-shared by the module, several at a time. The same runs show that Prefect's results stay in the
-project: the good run is told to persist results and writes none, a failed flow run's record lands
-in the project's .bitune/prefect-results/, and nothing reaches the Prefect home's storage/.
+all. The cases only the flow can catch run as real `bitune run` processes against the session's
+Prefect server (conftest's `shared_prefect`), several at a time. The same runs show that Prefect's
+results stay in the project: the good run is told to persist results and writes none, a failed flow
+run's record lands in the project's .bitune/prefect-results/, and nothing reaches the Prefect home's
+storage/.
 
 Bad model files fail in the CLI's checks, before Prefect starts; a tokenizer that cannot load or a
 strategy that reaches past the model's layers fail in the flow's preflight, before the data step runs
@@ -30,8 +31,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -383,42 +383,14 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def prefect_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """One Prefect server for the module: each `bitune run` skips starting its own (5-10 s each)."""
+def prefect_env(tmp_path_factory: pytest.TempPathFactory, shared_prefect: dict[str, str]) -> dict[str, str]:
+    """The session's Prefect server (conftest's `shared_prefect`): each `bitune run` skips starting its
+    own (5-10 s each). A Prefect home of the module's own, where the result-storage tests look, and
+    no other PREFECT_ setting of this machine."""
     home = tmp_path_factory.mktemp("prefect-home")
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env |= {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1"}
-    log = (home / "server.log").open("w")
-    server = subprocess.Popen(
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}/api"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, (home / "server.log").read_text()[
-                -2000:
-            ]
-            time.sleep(0.5)
-        yield env | {"PREFECT_API_URL": url}
-    finally:
-        os.killpg(server.pid, 15)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, 9)
-        log.close()
+    return env | shared_prefect
 
 
 def bitune_run(root: Path, args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -129,11 +129,12 @@ def test_a_broken_local_folder_offline_is_not_blamed_on_offline_mode(
 
 
 def test_a_user_error_in_a_flow_run_reaches_the_console_without_its_traceback(
-    tmp_path: Path, tiny_bert_dir: Path
+    tmp_path: Path, tiny_bert_dir: Path, shared_prefect: dict[str, str]
 ) -> None:
     """`bitune schedule` shows its runs' output as is: a TrackingError, already one line naming the
     setting and the fix, came with two tracebacks (about 80 lines) per failed run. The flow runs in
-    a process of its own, as a runner starts it, with Prefect's own logging."""
+    a process of its own, as a runner starts it, with Prefect's own logging and a Prefect server to
+    report to (a runner's flow runs have one: here the session's)."""
     import os
     import subprocess
     import sys
@@ -151,6 +152,7 @@ def test_a_user_error_in_a_flow_run_reaches_the_console_without_its_traceback(
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env |= {"PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env |= shared_prefect
     proc = subprocess.run(
         [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )

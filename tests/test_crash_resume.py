@@ -1,6 +1,8 @@
 """Crashes: kill -9 mid bottom phase then resume; SIGTERM marks runs KILLED; secrets never logged.
 
-Runs the real CLI as a subprocess in a tmp project, the way a scheduler would.
+Runs the real CLI as a subprocess in a tmp project, the way a scheduler would. The first run of the
+straight project and the killed run start Prefect's temporary server, as `make run` does (the killed
+run's must die with it); the resume and the SIGTERM run use the session's server (`shared_prefect`).
 """
 
 from __future__ import annotations
@@ -33,9 +35,11 @@ def command(root: Path, model_dir: Path, *extra: str) -> list[str]:
     return args + list(extra)
 
 
-def env() -> dict[str, str]:
-    """The environment of a scheduled job: credentials present, as in production."""
-    return os.environ | {"AWS_SECRET_ACCESS_KEY": SECRET, "MLFLOW_TRACKING_PASSWORD": SECRET}
+def env(prefect: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a scheduled job: credentials present, as in production. `prefect`: the
+    session's Prefect server (conftest's `shared_prefect`); without it the run starts its own."""
+    secrets = {"AWS_SECRET_ACCESS_KEY": SECRET, "MLFLOW_TRACKING_PASSWORD": SECRET}
+    return os.environ | secrets | (prefect or {})
 
 
 def client(root: Path) -> MlflowClient:
@@ -63,8 +67,10 @@ def wait_for_bottom_epoch(
     raise AssertionError(f"no bottom checkpoint of epoch {epoch} within {timeout} s")
 
 
-def finished(root: Path, args: list[str]) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(args, capture_output=True, text=True, env=env(), timeout=600)
+def finished(
+    root: Path, args: list[str], prefect: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(args, capture_output=True, text=True, env=env(prefect), timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc
 
@@ -77,6 +83,7 @@ def runs(root: Path) -> list:  # type: ignore[type-arg]
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, tiny_bert_dir):  # type: ignore[no-untyped-def]
+    """A fresh project's first `bitune run`, to the end, with Prefect's temporary server (as `make run`)."""
     root = make_project(tmp_path_factory.mktemp("straight"), tiny_bert_dir)
     finished(root, command(root, tiny_bert_dir))
     return root
@@ -84,11 +91,15 @@ def uninterrupted(tmp_path_factory, tiny_bert_dir):  # type: ignore[no-untyped-d
 
 def prefect_servers_started_by(test_id: str) -> list[int]:
     """Pids of the temporary Prefect servers whose environment holds this test's id (inherited in
-    PYTEST_CURRENT_TEST from the run it started): Prefect starts them in a session of their own."""
+    PYTEST_CURRENT_TEST from the run it started): Prefect starts them in a session of their own. The
+    session's server (`shared_prefect`), a child of this process, may hold the id too if this test
+    started it: it is no run's."""
     pids = []
     for proc_dir in Path("/proc").glob("[0-9]*"):
         try:
             if b"prefect.server.api.server:create_app" not in (proc_dir / "cmdline").read_bytes():
+                continue
+            if int((proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[1]) == os.getpid():
                 continue
             if test_id.encode() in (proc_dir / "environ").read_bytes():
                 pids.append(int(proc_dir.name))
@@ -114,7 +125,9 @@ def wait_until_gone(pids: list[int], timeout_s: float) -> list[int]:
         time.sleep(0.1)
 
 
-def test_kill_9_in_bottom_phase_resumes_and_registers_once(tmp_path, tiny_bert_dir, uninterrupted) -> None:  # type: ignore[no-untyped-def]
+def test_kill_9_in_bottom_phase_resumes_and_registers_once(  # type: ignore[no-untyped-def]
+    tmp_path, tiny_bert_dir, uninterrupted, shared_prefect
+) -> None:
     root = make_project(tmp_path / "p", tiny_bert_dir)
     proc = subprocess.Popen(
         command(root, tiny_bert_dir),
@@ -140,7 +153,7 @@ def test_kill_9_in_bottom_phase_resumes_and_registers_once(tmp_path, tiny_bert_d
     assert {r.info.status for r in runs(root)} >= {"RUNNING"}
 
     rerun_started_ms = time.time() * 1000
-    rerun = finished(root, command(root, tiny_bert_dir))
+    rerun = finished(root, command(root, tiny_bert_dir), shared_prefect)
     said = rerun.stdout + rerun.stderr
 
     all_runs = runs(root)
@@ -195,11 +208,16 @@ def test_kill_9_in_bottom_phase_resumes_and_registers_once(tmp_path, tiny_bert_d
     assert resumed["test/loss"] == pytest.approx(straight["test/loss"], rel=1e-4)
 
 
-def test_sigterm_marks_runs_killed_and_keeps_the_champion(uninterrupted, tiny_bert_dir) -> None:  # type: ignore[no-untyped-def]
+def test_sigterm_marks_runs_killed_and_keeps_the_champion(  # type: ignore[no-untyped-def]
+    uninterrupted, tiny_bert_dir, shared_prefect
+) -> None:
     root = uninterrupted
     champion = client(root).get_model_version_by_alias("bitune-classifier", "champion").version
     proc = subprocess.Popen(
-        command(root, tiny_bert_dir, "--force"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env()
+        command(root, tiny_bert_dir, "--force"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env(shared_prefect),
     )
     wait_for_bottom_epoch(root, proc, 2)
     proc.send_signal(signal.SIGTERM)

@@ -13,7 +13,8 @@ Ctrl-C is SIGINT to the whole foreground process group, Prefect's temporary serv
 audit: the temporary server stopped with the run, so the interrupted run could not record its end; it
 retried for two minutes and failed with "unexpected ConnectError ... a bug in bitune", exit 1. The
 later runs use the session's Prefect server, so the flow run's final state can be read back.
-(tests/test_crash_resume.py signals the bitune process alone, mid-epoch, with a shared server.)
+(tests/test_crash_resume.py signals the bitune process alone, mid-epoch: kill -9 with its temporary
+server, SIGTERM on the session's.)
 """
 
 from __future__ import annotations
@@ -85,13 +86,16 @@ def run_args(root: Path, model_dir: Path, probe: Path, *extra: str) -> list[str]
     return args
 
 
-def bitune_run(root: Path, model_dir: Path, probe: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    """A run against the session's Prefect server."""
-    from prefect.settings import PREFECT_API_URL
-
-    env = os.environ | {"PREFECT_API_URL": str(PREFECT_API_URL.value())}
+def bitune_run(
+    root: Path, model_dir: Path, probe: Path, prefect: dict[str, str], *extra: str
+) -> subprocess.CompletedProcess[str]:
+    """A run against the session's Prefect server (`prefect`: conftest's `shared_prefect`)."""
     return subprocess.run(
-        run_args(root, model_dir, probe, *extra), capture_output=True, text=True, env=env, timeout=300
+        run_args(root, model_dir, probe, *extra),
+        capture_output=True,
+        text=True,
+        env=os.environ | prefect,
+        timeout=300,
     )
 
 
@@ -143,7 +147,7 @@ def parent_runs(root: Path) -> list:  # type: ignore[type-arg]
 
 
 def test_ctrl_c_then_a_run_past_its_limit_each_end_in_one_line_and_the_next_run_resumes(
-    tmp_path: Path, tiny_bert_dir: Path, prefect_db: None
+    tmp_path: Path, tiny_bert_dir: Path, shared_prefect: dict[str, str]
 ) -> None:
     from prefect.client.orchestration import get_client
 
@@ -170,7 +174,7 @@ def test_ctrl_c_then_a_run_past_its_limit_each_end_in_one_line_and_the_next_run_
     # past the limit: the run resumes the interrupted one (so the lock went with it), hangs, is stopped
     logged_before = log.stat().st_size
     started = time.monotonic()
-    hung = bitune_run(root, tiny_bert_dir, probe, f"train.timeout_minutes={LIMIT}")
+    hung = bitune_run(root, tiny_bert_dir, probe, shared_prefect, f"train.timeout_minutes={LIMIT}")
     seconds = time.monotonic() - started
     assert "head: already trained for this data and params; reusing it whole" in hung.stderr, hung.stderr
     assert "bottom: resuming from the checkpoint after epoch 2 of 2" in hung.stderr, hung.stderr
@@ -211,7 +215,7 @@ def test_ctrl_c_then_a_run_past_its_limit_each_end_in_one_line_and_the_next_run_
     # no limit: the next run resumes from the stopped one and finishes
     feeder = ProbeFeeder(probe, times=None)
     try:
-        resumed = bitune_run(root, tiny_bert_dir, probe)
+        resumed = bitune_run(root, tiny_bert_dir, probe, shared_prefect)
     finally:
         feeder.close()
     assert resumed.returncode == 0, resumed.stderr[-3000:]
