@@ -217,7 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--static-compile", action="store_true", help="with --compile: dynamic=False")
     parser.add_argument("--compile-mode", default=None, help="with --compile: torch.compile's mode")
     parser.add_argument("--bf16-weights", action="store_true", help="bf16 weights, no autocast (upper bound)")
-    parser.add_argument("--bf16-norms", action="store_true", help="train.bf16_norms: bf16 LayerNorm in/out")
+    parser.add_argument(
+        "--bf16-norms",
+        action=argparse.BooleanOptionalAction,
+        default=TrainParams.model_fields["bf16_norms"].default,
+        help="train.bf16_norms: bf16 LayerNorm in/out under autocast (default: the engine's)",
+    )
     args = parser.parse_args(argv)
     compile_options: dict[str, object] = {}
     if args.static_compile:  # a diagnostic: the engine compiles with dynamic=True (batches vary in length)

@@ -290,10 +290,10 @@ class TrainParams(Strict):
         description="torch.compile the model in the tuning phases (pays off on GPUs; first batches compile)",
     )
     bf16_norms: bool = Field(
-        False,
+        True,
         description="under bf16: LayerNorm reads and writes bf16 (fp32 statistics inside), so hidden states "
-        "between layers are bf16 instead of autocast's fp32; halves their memory traffic. Weights and "
-        "optimizer stay fp32. No effect in fp32",
+        "between layers are bf16 instead of autocast's fp32; halves their memory traffic (1.08x the "
+        "bottom phase on an H100, same SST-2 accuracy). Weights and optimizer stay fp32. No effect in fp32",
     )
     timeout_minutes: float | None = Field(
         None,

@@ -45,7 +45,7 @@ class PhaseContext:
     log_every: int = 10  # also how often the NaN guard reads the loss and weights back (a GPU sync)
     progress: bool = True  # tqdm bars for training (main process only); evaluation's only when asked
     compile: bool = False  # torch.compile the forward pass (dynamic shapes: batches are padded per batch)
-    bf16_norms: bool = False  # under bf16 autocast, LayerNorm in and out in bf16 (`bf16_norms`)
+    bf16_norms: bool = True  # under bf16 autocast, LayerNorm in and out in bf16 (`train.bf16_norms`)
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """bf16 autocast when the accelerator runs mixed precision, else nothing."""
