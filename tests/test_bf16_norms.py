@@ -134,3 +134,11 @@ def test_the_pipeline_key_moves_only_when_the_setting_leaves_its_default() -> No
     base = load_params(PARAMS).digest()
     assert load_params(PARAMS, [f"train.bf16_norms={str(default).lower()}"]).digest() == base
     assert load_params(PARAMS, [f"train.bf16_norms={str(not default).lower()}"]).digest() != base
+
+
+def test_the_feature_cache_keys_bf16_features_by_the_setting() -> None:
+    """Features encoded with bf16 norms differ by bf16 rounding: a cache made without them is not theirs."""
+    from bitune.tuning.features import features_precision
+
+    assert features_precision("bf16", True) != features_precision("bf16", False)
+    assert features_precision("no", True) == features_precision("no", False) == "no"

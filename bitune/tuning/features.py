@@ -50,6 +50,12 @@ def feature_cache_file(root: Path, params: Params, data_key: str, precision: str
     )
 
 
+def features_precision(mixed_precision: str, bf16_norms: bool) -> str:
+    """The precision part of a feature cache's key: bf16 features differ with `train.bf16_norms`
+    (LayerNorm's output rounded to bf16 or not); fp32 ones do not."""
+    return "bf16-norms" if mixed_precision == "bf16" and bf16_norms else mixed_precision
+
+
 @torch.inference_mode()
 def encode_rows(
     model: BituneClassifier,

@@ -35,7 +35,7 @@ from bitune.model.pretrained import build_model, check_strategy_fits_model
 from bitune.params import Params
 from bitune.tuning.checkpoint import STATE as CHECKPOINT_STATE
 from bitune.tuning.checkpoint import PhaseCheckpoints
-from bitune.tuning.features import feature_cache_file
+from bitune.tuning.features import feature_cache_file, features_precision
 from bitune.tuning.phase import PhaseContext, PhaseData, run_phase
 from bitune.tuning.phase_context import PhaseResult
 from bitune.tuning.phase_names import phase_field
@@ -156,7 +156,8 @@ def train_phase(
 
     feature_cache = None
     if previous is None:  # later phases start from trained weights: their features are their own
-        feature_cache = feature_cache_file(root, params, prepared.key, accelerator.mixed_precision)
+        precision = features_precision(accelerator.mixed_precision, params.train.bf16_norms)
+        feature_cache = feature_cache_file(root, params, prepared.key, precision)
     checkpoints = PhaseCheckpoints(root / params.train.checkpoint_dir / pipeline_key / run.key)
     ctx = PhaseContext(
         accelerator=accelerator,
